@@ -1,0 +1,245 @@
+"""The Python API; the CLI is a thin shell over these functions.
+
+    import fewlabel
+    result = fewlabel.train("fashion-mnist-small", out="runs/fashion", strategy="linear-probe", img_size=64)
+    predictor = fewlabel.load("runs/fashion")
+    predictor.predict(["shoe.png"], top_k=3)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import TrainConfig, load_config, make_config, read_config_file
+from .data.builtin import BUILTIN_DATASETS
+from .data.images import ImageDecodeError, decode_image, pil_to_array, resize_to_square
+from .data.imageset import ImageSet
+from .data.sources import load_data
+from .data.splits import align_classes
+from .data.transforms import build_transform
+from .errors import FewlabelError
+from .evaluate import aggregate_seeds, classification_metrics
+from .fileio import read_json, write_json, write_yaml
+from .models import OFFLINE_WEIGHTS, ModelCard, create_backbone, load_model_files, save_model_files
+from .models.files import WEIGHTS_FILE
+from .train.engine import CHECKPOINT, Engine, check_image_size, prepare_data, resolve_accelerator
+from .train.inference import batched_outputs
+
+log = logging.getLogger("fewlabel")
+RUN_CONFIG_KEYS_FREE_ON_RESUME = {"progress", "workers", "accelerator", "devices", "logger"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    config: TrainConfig
+
+
+def build_config(data: str | None = None, config: TrainConfig | str | Path | None = None, **options: Any) -> TrainConfig:
+    """Resolve a config: explicit options override the config (object or YAML file) and defaults."""
+    options = {k: v for k, v in options.items() if v is not None}
+    if data is not None:
+        options["data"] = data
+    if isinstance(config, TrainConfig):
+        return make_config(config.model_dump() | options)
+    if config is not None:
+        return load_config(config, options)
+    if "data" not in options:
+        raise FewlabelError("No DATA given: pass a folder, a CSV, or a built-in name such as 'fashion-mnist-small'.")
+    return make_config(options, "options")
+
+
+def train(data: str | None = None, out: str | Path = "runs/run", *, config: TrainConfig | str | Path | None = None,
+          overwrite: bool = False, resume: bool = False, callbacks: list[L.Callback] | None = None,
+          **options: Any) -> TrainResult:
+    """Fine-tune a backbone on DATA and write a run directory (see DESIGN.md) to ``out``.
+
+    With several ``seeds`` each seed gets ``out/seed-<s>`` and ``out/metrics.json`` holds the
+    mean, standard deviation and 95% interval of every figure.
+    """
+    cfg = build_config(data, config, **options)
+    run_dir = Path(out)
+    _prepare_run_dir(run_dir, cfg, overwrite, resume)
+    write_yaml(run_dir / "config.yaml", cfg.to_yaml_dict())
+    seeds = cfg.seed_list
+    if len(seeds) == 1:
+        metrics = _train_one_seed(cfg, seeds[0], run_dir, resume, callbacks)
+    else:
+        per_seed = {s: _train_one_seed(cfg, s, run_dir / f"seed-{s}", resume, callbacks) for s in seeds}
+        metrics = aggregate_seeds(per_seed) | {"eval_data": per_seed[seeds[0]]["eval_data"]}
+        write_json(run_dir / "metrics.json", metrics)
+        _write_report(run_dir)
+    return TrainResult(run_dir, metrics, cfg)
+
+
+def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool, resume: bool) -> None:
+    if overwrite and resume:
+        raise FewlabelError("Use either --overwrite or --resume, not both.")
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if not exists:
+        if resume:
+            raise FewlabelError(f"--resume: run directory '{run_dir}' does not exist or is empty.")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return
+    if overwrite:
+        shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        return
+    if not resume:
+        raise FewlabelError(f"Run directory '{run_dir}' already exists; pass --overwrite to replace it or --resume to continue it.")
+    previous = read_config_file(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    changed = sorted(k for k, v in cfg.to_yaml_dict().items()
+                     if k not in RUN_CONFIG_KEYS_FREE_ON_RESUME and previous.get(k, v) != v)
+    if changed:
+        details = ", ".join(f"{k}: {previous.get(k)!r} -> {cfg.to_yaml_dict()[k]!r}" for k in changed)
+        raise FewlabelError(f"--resume: '{run_dir}' was started with another config ({details}); use --overwrite.")
+
+
+def _train_one_seed(cfg: TrainConfig, seed: int, run_dir: Path, resume: bool,
+                    callbacks: list[L.Callback] | None) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(seed, workers=True, verbose=False)
+    data = prepare_data(cfg, seed)
+    model, info = create_backbone(cfg.model, cfg.pretrained, data.train.num_classes, drop_rate=cfg.dropout)
+    check_image_size(model, cfg.img_size, cfg.model)
+    write_json(run_dir / "splits.json", {
+        "seed": seed, "summary": data.summary(), "labeled": data.train.ids,
+        "val": data.val.ids if data.val is not None else [], "unlabeled": data.unlabeled_ids,
+    })
+    resume_here = resume and (run_dir / CHECKPOINT).is_file()
+    result = Engine(cfg, seed, run_dir, callbacks).fit(model, info, data, resume_here)
+    card = ModelCard(cfg.model, data.class_names, cfg.img_size, list(info.mean), list(info.std),
+                     drop_rate=cfg.dropout, pretrained=info.weights)
+    save_model_files(run_dir, model, card)
+    predictor = Predictor(model, card)
+    metrics = predictor.metrics(data.eval, progress=cfg.progress)
+    metrics |= {"eval_data": data.eval_name, "seed": seed, "train_seconds": result.train_seconds,
+                "train_images_per_second": result.images_per_second}
+    write_json(run_dir / "metrics.json", metrics)
+    _write_report(run_dir)
+    return metrics
+
+
+def _write_report(run_dir: Path) -> None:
+    from .report import write_report
+
+    write_report(run_dir)
+
+
+class Predictor:
+    """A trained model with its preprocessing; built by :func:`load` from a run directory."""
+
+    def __init__(self, model: torch.nn.Module, card: ModelCard, device: str | None = None) -> None:
+        self.model = model.eval()
+        self.card = card
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.transform = build_transform("none", card.img_size, card.mean, card.std, train=False)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.card.class_names
+
+    def predict_proba(self, images: ImageSet | list, progress: bool = False) -> torch.Tensor:
+        """Class probabilities (N x C) for an ImageSet or a list of paths, PIL images or arrays."""
+        image_set = images if isinstance(images, ImageSet) else self._to_image_set(images)
+        self.model.to(self.device)
+        logits = batched_outputs(self.model, image_set, self.transform, 128, self.device,
+                                 desc="evaluating", progress=progress)
+        return logits.softmax(-1)
+
+    def predict(self, images: list, top_k: int = 3) -> list[dict]:
+        """Top-k classes with probabilities for each image."""
+        probs = self.predict_proba(images)
+        k = min(top_k, probs.shape[1])
+        values, indices = probs.topk(k, dim=1)
+        names = [str(x) if isinstance(x, (str, Path)) else f"image {i}" for i, x in enumerate(images)]
+        return [{"image": name, "top": [{"class": self.class_names[j], "probability": float(v)}
+                                        for v, j in zip(vals.tolist(), idx.tolist(), strict=True)]}
+                for name, vals, idx in zip(names, values, indices, strict=True)]
+
+    def metrics(self, images: ImageSet, progress: bool = False) -> dict:
+        probs = self.predict_proba(images, progress=progress)
+        return classification_metrics(probs, images.labels, self.class_names)
+
+    def _to_image_set(self, images: list) -> ImageSet:
+        tensors = [resize_to_square(_as_tensor(x), self.card.img_size) for x in images]
+        channels = max(t.shape[0] for t in tensors)
+        stacked = torch.stack([t.expand(channels, -1, -1) for t in tensors])
+        return ImageSet(stacked, torch.zeros(len(tensors), dtype=torch.long), self.class_names,
+                        [str(x) if isinstance(x, (str, Path)) else f"image {i}" for i, x in enumerate(images)])
+
+
+def _as_tensor(image: Any) -> torch.Tensor:
+    if isinstance(image, (str, Path)):
+        try:
+            return decode_image(image)
+        except (ImageDecodeError, FileNotFoundError) as exc:
+            raise FewlabelError(f"Cannot read image '{image}': {exc}.") from None
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(pil_to_array(image)).permute(2, 0, 1).contiguous()
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.dtype != np.uint8:
+        raise FewlabelError(f"Image arrays must be H x W or H x W x C uint8, got {array.shape} {array.dtype}.")
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
+def resolve_model_dir(run_dir: str | Path) -> Path:
+    """A run directory with the model, or the first seed of a multi-seed run."""
+    run_dir = Path(run_dir)
+    if (run_dir / WEIGHTS_FILE).is_file():
+        return run_dir
+    seeds = sorted(run_dir.glob("seed-*/" + WEIGHTS_FILE))
+    if seeds:
+        return seeds[0].parent
+    raise FewlabelError(f"'{run_dir}' holds no model ({WEIGHTS_FILE} missing); train one with 'fewlabel train'.")
+
+
+def load(run_dir: str | Path, device: str | None = None) -> Predictor:
+    """Load a trained model from a run directory (only its model files are read)."""
+    model, card = load_model_files(resolve_model_dir(run_dir))
+    return Predictor(model, card, device)
+
+
+def evaluate(run_dir: str | Path, data: str, out: str | Path | None = None, strict: bool = False) -> dict:
+    """Metrics of a trained model on DATA, optionally written to ``out`` as JSON."""
+    predictor = load(run_dir)
+    images = align_classes(load_data(data, predictor.card.img_size, strict), predictor.class_names, "Evaluation")
+    metrics = predictor.metrics(images, progress=True) | {"eval_data": data, "run": str(run_dir)}
+    if out is not None:
+        write_json(out, metrics)
+    return metrics
+
+
+def list_models(pattern: str = "") -> list[dict]:
+    """Backbone names (timm's), each with whether ImageNet weights are available offline."""
+    import timm
+
+    names = timm.list_models(pattern or "*")
+    return [{"name": n, "offline_imagenet": n in OFFLINE_WEIGHTS and OFFLINE_WEIGHTS[n].is_installed()}
+            for n in names]
+
+
+def list_datasets() -> list[dict]:
+    return [{"name": d.name, "splits": list(d.splits), "present": d.is_present(), "description": d.description}
+            for d in BUILTIN_DATASETS.values()]
+
+
+def device_summary(cfg: TrainConfig) -> str:
+    accelerator, device, precision = resolve_accelerator(cfg)
+    return f"{device.type} ({precision})"
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    return read_json(Path(run_dir) / "metrics.json")

@@ -1,0 +1,177 @@
+"""The ``fewlabel`` command: parses arguments, calls :mod:`fewlabel.api`, prints. No logic here."""
+
+from __future__ import annotations
+
+import json
+import logging
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from . import api
+from .errors import FewlabelError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train trustworthy image models when labels are scarce.")
+console = Console()
+Strategy = Enum("Strategy", {s: s for s in ("linear-probe", "freeze-unfreeze", "full", "layer-decay")}, type=str)
+Augment = Enum("Augment", {s: s for s in ("none", "light", "standard", "randaugment")}, type=str)
+Schedule = Enum("Schedule", {s: s for s in ("cosine", "onecycle", "constant")}, type=str)
+Imbalance = Enum("Imbalance", {s: s for s in ("none", "class-weights", "balanced-sampler")}, type=str)
+Logger = Enum("Logger", {s: s for s in ("csv", "tensorboard", "mlflow")}, type=str)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _seeds(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise FewlabelError(f"--seeds must be comma-separated integers such as 0,1,2; got '{value}'.") from None
+
+
+def _metrics_table(metrics: dict, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "ece", "nll", "n_samples"):
+        if key in metrics:
+            value = metrics[key]
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            if f"{key}_sd" in metrics:
+                text += f" ± {metrics[key + '_sd']:.4f}"
+            table.add_row(key, text)
+    return table
+
+
+@app.command()
+def train(
+    data: Annotated[str | None, typer.Argument(help="folder, CSV (path,label) or built-in name[:split]")] = None,
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/run"),
+    config: Annotated[Path | None, typer.Option(help="YAML config; flags override it")] = None,
+    model: Annotated[str | None, typer.Option(help="timm architecture")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="none | imagenet | hub | path.safetensors")] = None,
+    strategy: Annotated[str | None, typer.Option(help="linear-probe | freeze-unfreeze | full | layer-decay | partial:N")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    head_epochs: Annotated[int | None, typer.Option(help="head epochs on cached features (freeze-unfreeze)")] = None,
+    img_size: Annotated[int | None, typer.Option()] = None,
+    labels_per_class: Annotated[int | None, typer.Option(help="stratified labelled subset of K per class")] = None,
+    val_split: Annotated[float | None, typer.Option(help="hold out this fraction for validation")] = None,
+    eval_data: Annotated[str | None, typer.Option(help="data for the final metrics")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    seeds: Annotated[str | None, typer.Option(help="repeat over seeds, e.g. 0,1,2")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    head_lr: Annotated[float | None, typer.Option()] = None,
+    weight_decay: Annotated[float | None, typer.Option()] = None,
+    schedule: Annotated[Schedule | None, typer.Option()] = None,
+    warmup_epochs: Annotated[float | None, typer.Option()] = None,
+    layer_decay: Annotated[float | None, typer.Option()] = None,
+    dropout: Annotated[float | None, typer.Option(help="head dropout")] = None,
+    augment: Annotated[Augment | None, typer.Option()] = None,
+    label_smoothing: Annotated[float | None, typer.Option()] = None,
+    imbalance: Annotated[Imbalance | None, typer.Option()] = None,
+    freeze_bn: Annotated[str | None, typer.Option(help="auto | yes | no")] = None,
+    early_stopping: Annotated[int | None, typer.Option(help="patience (epochs) on validation loss")] = None,
+    accelerator: Annotated[str | None, typer.Option()] = None,
+    devices: Annotated[str | None, typer.Option()] = None,
+    precision: Annotated[str | None, typer.Option()] = None,
+    workers: Annotated[int | None, typer.Option()] = None,
+    logger: Annotated[Logger | None, typer.Option()] = None,
+    strict: Annotated[bool | None, typer.Option("--strict", help="refuse unreadable images instead of skipping")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="progress bars")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    resume: Annotated[bool, typer.Option(help="continue from checkpoints/last.ckpt")] = False,
+) -> None:
+    """Fine-tune a pretrained backbone on DATA; writes a run directory."""
+    options = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()
+               if k not in ("data", "out", "config", "overwrite", "resume", "seeds")}
+    options["seeds"] = _seeds(seeds)
+    result = api.train(data, out, config=config, overwrite=overwrite, resume=resume, **options)
+    console.print(_metrics_table(result.metrics, f"{result.run_dir} on {result.metrics.get('eval_data')}"))
+    console.print(f"report: {result.run_dir / 'report.html'}")
+
+
+@app.command("eval")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    data: Annotated[str, typer.Argument(help="DATA to evaluate on, e.g. fashion-mnist:test")],
+    out: Annotated[Path | None, typer.Option(help="write the metrics JSON here")] = None,
+    strict: Annotated[bool, typer.Option("--strict")] = False,
+) -> None:
+    """Evaluate a trained model on DATA."""
+    metrics = api.evaluate(run, data, out, strict)
+    console.print(_metrics_table(metrics, f"{run} on {data}"))
+    if out:
+        console.print(f"metrics: {out}")
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    images: Annotated[list[Path], typer.Argument(help="image files")],
+    top_k: Annotated[int, typer.Option(min=1)] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Top-k classes for each image."""
+    predictions = api.load(run).predict([str(p) for p in images], top_k=top_k)
+    if as_json:
+        typer.echo(json.dumps(predictions, indent=2))
+        return
+    table = Table()
+    table.add_column("image")
+    for i in range(min(top_k, len(predictions[0]["top"]))):
+        table.add_column(f"#{i + 1}")
+    for p in predictions:
+        table.add_row(p["image"], *[f"{t['class']} {t['probability']:.3f}" for t in p["top"]])
+    console.print(table)
+
+
+@app.command()
+def models(
+    pattern: Annotated[str, typer.Argument(help="glob, e.g. 'efficientnet*'")] = "",
+    offline: Annotated[bool, typer.Option(help="only those with ImageNet weights offline")] = False,
+) -> None:
+    """Backbones (any timm architecture) and which have ImageNet weights offline."""
+    rows = [r for r in api.list_models(pattern) if r["offline_imagenet"] or not offline]
+    table = Table(title=f"{len(rows)} backbones")
+    table.add_column("name")
+    table.add_column("ImageNet weights offline")
+    for r in sorted(rows, key=lambda r: (not r["offline_imagenet"], r["name"])):
+        table.add_row(r["name"], "yes" if r["offline_imagenet"] else "hub download only")
+    console.print(table)
+
+
+@app.command()
+def datasets() -> None:
+    """Built-in datasets and whether each is present on this machine."""
+    table = Table()
+    for column in ("name", "splits", "present", "description"):
+        table.add_column(column)
+    for d in api.list_datasets():
+        table.add_row(d["name"], ", ".join(d["splits"]), "yes" if d["present"] else "no", d["description"])
+    console.print(table)
+
+
+def main() -> None:
+    _setup_logging()
+    try:
+        app()
+    except FewlabelError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

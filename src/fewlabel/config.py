@@ -1,0 +1,126 @@
+"""Validated training configuration: YAML in, one-line errors naming the bad key out.
+
+Precedence: command-line flags, then the ``--config`` file, then these defaults. The resolved
+config is written to ``runs/<name>/config.yaml`` and re-runs the same training.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import FewlabelError
+
+STRATEGIES = ("linear-probe", "freeze-unfreeze", "full", "layer-decay", "partial:N")
+_PARTIAL = re.compile(r"^partial:(\d+)$")
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run (not where it is written)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: str = Field(description="DATA spec: folder, CSV or built-in name, optional :split")
+    eval_data: str | None = Field(None, description="data for final metrics; default DATA's test split, else validation")
+    model: str = "efficientnet_lite0"
+    pretrained: str = "imagenet"
+    strategy: str = "freeze-unfreeze"
+    epochs: int = Field(10, ge=0, description="epochs of the main phase (of the head for linear-probe)")
+    head_epochs: int = Field(30, ge=0, description="epochs of the head on cached features (freeze-unfreeze)")
+    img_size: int = Field(224, ge=8)
+    labels_per_class: int | None = Field(None, ge=1)
+    val_split: float | None = Field(None, ge=0.0, lt=1.0)
+    seed: int = 0
+    seeds: list[int] | None = None
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0, description="peak learning rate of the top layers")
+    head_lr: float = Field(1e-2, gt=0, description="learning rate of the head on cached features")
+    weight_decay: float = Field(1e-2, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)
+    layer_decay: float = Field(0.7, gt=0, le=1, description="learning-rate factor per layer group, top to bottom")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    augment: Literal["none", "light", "standard", "randaugment"] = "light"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    imbalance: Literal["none", "class-weights", "balanced-sampler"] = "none"
+    freeze_bn: Literal["auto", "yes", "no"] = Field(
+        "auto", description="keep BatchNorm statistics fixed; auto = yes for pretrained weights"
+    )
+    early_stopping: int | None = Field(None, ge=1, description="patience in epochs on validation loss")
+    accelerator: str = "auto"
+    devices: str = "auto"
+    precision: str = Field("auto", description="auto = 16-mixed on CUDA, else 32-true")
+    workers: int = Field(0, ge=0)
+    logger: Literal["csv", "tensorboard", "mlflow"] = "csv"
+    strict: bool = False
+    feature_cache: Literal["memory", "disk", "off"] = "disk"
+    progress: bool = True
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value in STRATEGIES[:-1] or _PARTIAL.match(value):
+            return value
+        from .errors import did_you_mean
+
+        raise ValueError(
+            f"unknown strategy '{value}'; accepted: {', '.join(STRATEGIES)}{did_you_mean(value, STRATEGIES[:-1])}"
+        )
+
+    @property
+    def partial_blocks(self) -> int | None:
+        match = _PARTIAL.match(self.strategy)
+        return int(match.group(1)) if match else None
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]
+
+    def to_yaml_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def format_validation_error(exc: ValidationError, origin: str) -> str:
+    """One line per problem: ``origin: key.path: message (got value)``."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = f"unknown key; accepted keys: {', '.join(TrainConfig.model_fields)}"
+        got = f" (got {err['input']!r})" if err["type"] != "missing" and "input" in err else ""
+        lines.append(f"{origin}: {key}: {message}{got}")
+    return "\n".join(lines)
+
+
+def make_config(values: dict, origin: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        raise FewlabelError(format_validation_error(exc, origin)) from None
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a YAML mapping, with clear errors for a missing file or bad YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise FewlabelError(f"Config file '{path}' not found.")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise FewlabelError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}).") from None
+    if not isinstance(values, dict):
+        raise FewlabelError(f"{path}: expected a mapping of keys to values, got {type(values).__name__}.")
+    return values
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """Config file values, overridden by the explicitly given ``overrides``."""
+    values = read_config_file(path)
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return make_config(values, str(path))

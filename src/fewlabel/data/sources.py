@@ -1,0 +1,169 @@
+"""DATA specs: an ImageFolder folder, a ``path,label`` CSV, or a built-in name, each with ``:split``.
+
+A folder holding ``train/`` (and optionally ``val/``, ``test/``) subfolders is used split by
+split; any other folder is one ImageFolder whose split is ``train``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import FewlabelError, unknown_choice
+from .builtin import BUILTIN_DATASETS, load_builtin
+from .images import ImageDecodeError, decode_image, is_image_file, resize_to_square
+from .imageset import ImageSet
+
+log = logging.getLogger("fewlabel.data")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed DATA argument: what kind of source, where it is, and which split was named."""
+
+    kind: str  # "builtin" | "folder" | "csv"
+    location: str
+    split: str | None = None
+
+    def __str__(self) -> str:
+        return self.location + (f":{self.split}" if self.split else "")
+
+    def with_split(self, split: str) -> DataSpec:
+        return DataSpec(self.kind, self.location, split)
+
+    def available_splits(self) -> tuple[str, ...]:
+        if self.kind == "builtin":
+            return BUILTIN_DATASETS[self.location].splits
+        if self.kind == "folder":
+            root = Path(self.location)
+            found = tuple(s for s in SPLITS if (root / s).is_dir())
+            return found if "train" in found else ("train",)
+        return ("train",)
+
+
+def parse_data_spec(spec: str) -> DataSpec:
+    """Parse ``fashion-mnist:test``, ``data/skin``, ``data/skin:val`` or ``labels.csv``."""
+    location, split = spec, None
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail in SPLITS:
+        location, split = head, tail
+    if location in BUILTIN_DATASETS:
+        return DataSpec("builtin", location, split)
+    path = Path(location)
+    if path.is_dir():
+        return DataSpec("folder", str(path), split)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return DataSpec("csv", str(path), split)
+    if path.exists():
+        raise FewlabelError(
+            f"DATA '{spec}' is a file but not a .csv. Accepted: a folder in ImageFolder layout, "
+            "a CSV with path,label columns, or a built-in dataset name."
+        )
+    if "/" in location or "\\" in location or "." in location:
+        raise FewlabelError(f"DATA '{spec}': no such file or folder.")
+    raise unknown_choice("dataset", location, BUILTIN_DATASETS)
+
+
+def load_data(spec: DataSpec | str, image_size: int, strict: bool = False) -> ImageSet:
+    """Load the split the spec names (``train`` when it names none) into memory."""
+    spec = parse_data_spec(spec) if isinstance(spec, str) else spec
+    split = spec.split or "train"
+    if split not in spec.available_splits():
+        raise FewlabelError(
+            f"DATA '{spec.location}' has no '{split}' split. Available: "
+            f"{', '.join(spec.available_splits())}."
+        )
+    if spec.kind == "builtin":
+        dataset = load_builtin(spec.location, split)
+    elif spec.kind == "folder":
+        root = Path(spec.location)
+        folder = root / split if (root / "train").is_dir() else root
+        dataset = _load_image_folder(folder, image_size, strict)
+    else:
+        dataset = _load_csv(Path(spec.location), image_size, strict)
+    dataset.source = str(spec.with_split(split))
+    _check_classes(dataset, str(spec.with_split(split)))
+    return dataset
+
+
+def _check_classes(dataset: ImageSet, name: str) -> None:
+    present = [c for c, n in zip(dataset.class_names, dataset.class_counts(), strict=True) if n]
+    if len(present) < 2:
+        raise FewlabelError(
+            f"DATA '{name}' has {len(present)} class(es) with images ({', '.join(present) or 'none'});"
+            " classification needs at least 2."
+        )
+
+
+def _load_image_folder(folder: Path, image_size: int, strict: bool) -> ImageSet:
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise FewlabelError(
+            f"Folder '{folder}' has no class subfolders. Expected ImageFolder layout: "
+            f"{folder}/<class name>/<image files>."
+        )
+    entries: list[tuple[Path, int]] = []
+    for label, class_dir in enumerate(class_dirs):
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and is_image_file(p))
+        if not files:
+            raise FewlabelError(
+                f"Class folder '{class_dir}' has no image files "
+                "(accepted extensions: .png .jpg .jpeg .bmp .tif .tiff .gif .webp .ppm .pgm)."
+            )
+        entries += [(f, label) for f in files]
+    return _decode_all(entries, [d.name for d in class_dirs], image_size, strict)
+
+
+def _load_csv(path: Path, image_size: int, strict: bool) -> ImageSet:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "path" not in columns or "label" not in columns:
+            raise FewlabelError(
+                f"CSV '{path}' must have columns 'path' and 'label'; found: {', '.join(columns) or 'none'}."
+            )
+        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    if not rows:
+        raise FewlabelError(f"CSV '{path}' has no rows.")
+    missing = [r["path"] for r in rows if not (path.parent / r["path"]).is_file()]
+    if missing:
+        raise FewlabelError(
+            f"CSV '{path}': {len(missing)} path(s) not found relative to the CSV, "
+            f"first: '{missing[0]}'."
+        )
+    class_names = sorted({r["label"] for r in rows})
+    index = {c: i for i, c in enumerate(class_names)}
+    entries = [(path.parent / r["path"], index[r["label"]]) for r in rows]
+    return _decode_all(entries, class_names, image_size, strict)
+
+
+def _decode_all(
+    entries: list[tuple[Path, int]], class_names: list[str], image_size: int, strict: bool
+) -> ImageSet:
+    """Decode every file once, resized to image_size; skip (or refuse, if strict) bad files."""
+    from tqdm.auto import tqdm
+
+    images, labels, ids, bad = [], [], [], []
+    for path, label in tqdm(entries, desc="decoding images", leave=False, disable=len(entries) < 200):
+        try:
+            image = decode_image(path)
+        except ImageDecodeError as exc:
+            if strict:
+                raise FewlabelError(f"Unreadable image '{path}': {exc} (remove it, or drop --strict to skip).") from None
+            bad.append(f"{path} ({exc})")
+            continue
+        images.append(resize_to_square(image, image_size))
+        labels.append(label)
+        ids.append(str(path))
+    if bad:
+        log.warning("skipped %d unreadable image(s): %s", len(bad), "; ".join(bad))
+    if not images:
+        raise FewlabelError(f"No readable images among {len(entries)} file(s).")
+    channels = max(im.shape[0] for im in images)
+    stacked = torch.stack([im.expand(channels, -1, -1) for im in images]).contiguous()
+    return ImageSet(stacked, torch.tensor(labels, dtype=torch.long), class_names, ids)

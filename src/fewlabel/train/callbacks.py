@@ -1,0 +1,148 @@
+"""Engineering concerns of training, as Lightning callbacks."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from ..fileio import atomic_write, write_text
+
+HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+class EpochSeed(L.Callback):
+    """Reseed torch at every epoch from (seed, phase, epoch): augmentation and dropout then
+    repeat exactly after ``--resume``, whatever happened before the interruption."""
+
+    def __init__(self, seed: int, phase_index: int) -> None:
+        self.seed = seed
+        self.phase_index = phase_index
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.manual_seed(self.seed * 1_000_003 + self.phase_index * 10_007 + trainer.current_epoch)
+
+
+class EvalModeModules(L.Callback):
+    """Keep frozen modules (and, when asked, every BatchNorm) in eval mode while training, so
+    their running statistics stay fixed; with small batches these statistics are noise."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.modules = modules
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        for module in self.modules:
+            module.eval()
+
+
+class Throughput(L.Callback):
+    """Wall time spent in training batches (validation excluded) and images seen."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.images = 0
+        self._start: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.images += len(batch[1])
+
+    def _stop(self) -> None:
+        if self._start is not None:
+            self.seconds += time.perf_counter() - self._start
+            self._start = None
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.training:
+            self._stop()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop()
+
+
+class HistoryWriter(L.Callback):
+    """Append one row per epoch to history.csv (rewritten atomically); on resume, rows of
+    epochs that will be redone are dropped first."""
+
+    def __init__(self, path: Path, phase: str) -> None:
+        self.path = path
+        self.phase = phase
+        self._epoch_start = 0.0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        rows = read_history(self.path)
+        self.rows = [r for r in rows if not (r["phase"] == self.phase and int(r["epoch"]) >= trainer.current_epoch)]
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        lr = trainer.optimizers[0].param_groups[-1]["lr"] if trainer.optimizers else float("nan")
+        row = {"phase": self.phase, "epoch": trainer.current_epoch, "lr": f"{lr:.3g}",
+               "seconds": f"{time.perf_counter() - self._epoch_start:.2f}"}
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            row[key] = f"{metrics[key]:.5f}" if key in metrics else ""
+        self.rows.append(row)
+        write_history(self.path, self.rows)
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+class LastCheckpoint(L.Callback):
+    """Save ``checkpoints/last.ckpt`` atomically at the end of every training epoch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp))
+
+
+class BestWeights(L.Callback):
+    """Remember the weights of the epoch with the lowest validation loss; restore them when
+    training ends (used with early stopping)."""
+
+    def __init__(self) -> None:
+        self.best_loss = float("inf")
+        self.best_state: dict | None = None
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        loss = trainer.callback_metrics.get("val_loss")
+        if trainer.sanity_checking or loss is None:
+            return
+        if float(loss) < self.best_loss:
+            self.best_loss = float(loss)
+            self.best_state = copy.deepcopy(pl_module.state_dict())
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.best_state is not None:
+            pl_module.load_state_dict(self.best_state)
+
+    def state_dict(self) -> dict:
+        return {"best_loss": self.best_loss, "best_state": self.best_state}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best_loss = state_dict["best_loss"]
+        self.best_state = state_dict["best_state"]
