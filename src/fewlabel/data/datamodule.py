@@ -12,27 +12,39 @@ from .imageset import ImageSet
 
 
 class TransformedImages(Dataset):
-    """An ImageSet seen through a per-image transform; returns (image, label)."""
+    """An ImageSet seen through a per-image transform; returns (image, label).
 
-    def __init__(self, images: ImageSet, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    Indexed by ``(epoch, index)`` (as :class:`EpochSampler` yields with ``keyed=True``), the
+    random transform of each image is seeded by (seed, epoch, index): augmentation is then the
+    same whatever the number of workers, the batch order, or a resume in between.
+    """
+
+    def __init__(self, images: ImageSet, transform: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> None:
         self.images = images
         self.transform = transform
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images.images[index]), self.images.labels[index]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(key, tuple):
+            epoch, index = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+                return self.transform(self.images.images[index]), self.images.labels[index]
+        return self.transform(self.images.images[key]), self.images.labels[key]
 
 
 class EpochSampler(Sampler[int]):
     """Shuffles (or, balanced, draws with class-inverse weights) from a generator seeded by
     (seed, epoch), so an interrupted run that resumes at epoch e sees the same order."""
 
-    def __init__(self, labels: torch.Tensor, seed: int, balanced: bool = False) -> None:
+    def __init__(self, labels: torch.Tensor, seed: int, balanced: bool = False, keyed: bool = False) -> None:
         self.labels = labels
         self.seed = seed
         self.balanced = balanced
+        self.keyed = keyed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -41,14 +53,15 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.labels)
-        if not self.balanced:
-            return iter(torch.randperm(n, generator=generator).tolist())
-        counts = torch.bincount(self.labels).float()
-        weights = 1.0 / counts[self.labels]
-        return iter(torch.multinomial(weights, n, replacement=True, generator=generator).tolist())
+        if self.balanced:
+            weights = 1.0 / torch.bincount(self.labels).float()[self.labels]
+            order = torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
+        else:
+            order = torch.randperm(n, generator=generator).tolist()
+        return iter([(self.epoch, i) for i in order] if self.keyed else order)
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -74,7 +87,8 @@ class ClassificationDataModule(L.LightningDataModule):
         self.workers = workers
 
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(self.train_labels, self.seed, self.balanced)
+        keyed = isinstance(self.train_set, TransformedImages)
+        sampler = EpochSampler(self.train_labels, self.seed, self.balanced, keyed)
         return self._loader(self.train_set, sampler=sampler, drop_last=len(self.train_set) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:

@@ -61,7 +61,7 @@ def decode_image(path: str | Path) -> torch.Tensor:
         raise ImageDecodeError(f"refused as a decompression bomb ({exc})") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).contiguous()
 
 
 def resize_to_square(image: torch.Tensor, size: int) -> torch.Tensor:

@@ -17,16 +17,17 @@ from ..fileio import atomic_write, write_text
 HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
 
-class EpochSeed(L.Callback):
-    """Reseed torch at every epoch from (seed, phase, epoch): augmentation and dropout then
-    repeat exactly after ``--resume``, whatever happened before the interruption."""
+class BatchSeed(L.Callback):
+    """Reseed torch before every training batch from (seed, phase, epoch, batch): dropout then
+    repeats exactly after ``--resume``, whatever consumed random numbers before."""
 
     def __init__(self, seed: int, phase_index: int) -> None:
         self.seed = seed
         self.phase_index = phase_index
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        torch.manual_seed(self.seed * 1_000_003 + self.phase_index * 10_007 + trainer.current_epoch)
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        epoch_key = (self.seed * 1_000_003 + self.phase_index) * 10_007 + trainer.current_epoch
+        torch.manual_seed(epoch_key * 100_003 + batch_idx)
 
 
 class EvalModeModules(L.Callback):
@@ -77,11 +78,12 @@ class HistoryWriter(L.Callback):
         self.phase = phase
         self._epoch_start = 0.0
 
-    def on_fit_start(self, trainer, pl_module) -> None:
-        rows = read_history(self.path)
-        self.rows = [r for r in rows if not (r["phase"] == self.phase and int(r["epoch"]) >= trainer.current_epoch)]
+        self.rows: list[dict] | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if self.rows is None:  # first epoch of this fit: after a resume, drop epochs to be redone
+            self.rows = [r for r in read_history(self.path)
+                         if not (r["phase"] == self.phase and int(r["epoch"]) >= trainer.current_epoch)]
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -22,7 +22,7 @@ from ..data.splits import align_classes, per_class_subset, stratified_holdout
 from ..data.transforms import build_transform, describe_eval_transform
 from ..errors import FewlabelError
 from ..models.backbones import BackboneInfo
-from .callbacks import BestWeights, EpochSeed, EvalModeModules, HistoryWriter, LastCheckpoint, Throughput
+from .callbacks import BestWeights, BatchSeed, EvalModeModules, HistoryWriter, LastCheckpoint, Throughput
 from .functional import decayed_param_groups, freeze_all_but_last_blocks
 from .inference import FeatureCache
 from .module import ClassifierModule
@@ -101,13 +101,26 @@ def resolve_accelerator(cfg: TrainConfig) -> tuple[str, torch.device, str]:
 
 
 def check_image_size(model: nn.Module, img_size: int, arch: str) -> None:
-    """Refuse an input size below the backbone's total stride (its last feature map would vanish)."""
+    """Refuse an input size the backbone cannot take: below its total stride (the last feature
+    map would vanish), or one a fixed-size model (e.g. a ViT) rejects in a trial forward pass."""
     reduction = max((f.get("reduction", 1) for f in getattr(model, "feature_info", [])), default=1)
+    expected = model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
     if img_size < reduction:
         raise FewlabelError(
             f"--img-size {img_size} is too small for '{arch}', which downsamples by {reduction}; "
-            f"use at least {reduction} (typical: 64-224)."
+            f"use at least {reduction} (its default is {expected})."
         )
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, img_size, img_size))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise FewlabelError(
+            f"--img-size {img_size} does not work with '{arch}' ({str(exc).splitlines()[0][:120]}); "
+            f"it expects {expected}."
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def checkpoint_phase(path: Path) -> str | None:
@@ -174,7 +187,7 @@ class Engine:
             net, groups, phase.name, self.cfg.optimizer, self.cfg.schedule, self.cfg.warmup_epochs,
             self.cfg.label_smoothing, self._class_weights(data.train),
         )
-        callbacks = [EpochSeed(self.seed, index), EvalModeModules(eval_modules), meter,
+        callbacks = [BatchSeed(self.seed, index), EvalModeModules(eval_modules), meter,
                      HistoryWriter(self.run_dir / "history.csv", phase.name),
                      LastCheckpoint(self.run_dir / CHECKPOINT), *self.extra_callbacks]
         if self.cfg.early_stopping and data.val is not None:
@@ -225,7 +238,8 @@ class Engine:
         train_tf = build_transform(self.cfg.augment, self.cfg.img_size, info.mean, info.std, train=True)
         eval_tf = build_transform("none", self.cfg.img_size, info.mean, info.std, train=False)
         val_set = TransformedImages(data.val, eval_tf) if data.val is not None else None
-        return model, self._datamodule(TransformedImages(data.train, train_tf), data, val_set), frozen_modules
+        train_set = TransformedImages(data.train, train_tf, seed=self.seed)
+        return model, self._datamodule(train_set, data, val_set), frozen_modules
 
     def _datamodule(self, train_set, data: DataBundle, val_set) -> ClassificationDataModule:
         return ClassificationDataModule(
