@@ -33,9 +33,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for split, (images_name, labels_name) in IDX_FILES.items():
         images, labels = read_idx(source / images_name), read_idx(source / labels_name)
-        chosen = np.sort(np.concatenate(
-            [rng.choice(np.flatnonzero(labels == c), PER_CLASS, replace=False) for c in range(10)]
-        ))
+        chosen = np.sort(
+            np.concatenate([rng.choice(np.flatnonzero(labels == c), PER_CLASS, replace=False) for c in range(10)])
+        )
         write_idx(out / images_name, images[chosen])
         write_idx(out / labels_name, labels[chosen])
         print(f"{split}: {len(chosen)} images -> {out}")

@@ -12,8 +12,18 @@ from PIL import Image
 CLASSES = ("red", "green", "blue")
 
 # A tiny timm model, random init, 32 px: one epoch on 24 images takes well under a second.
-FAST = dict(model="test_efficientnet", pretrained="none", img_size=32, epochs=2, head_epochs=2,
-            batch_size=8, progress=False, feature_cache="memory", lr=1e-2, head_lr=1e-2)
+FAST = dict(
+    model="test_efficientnet",
+    pretrained="none",
+    img_size=32,
+    epochs=2,
+    head_epochs=2,
+    batch_size=8,
+    progress=False,
+    feature_cache="memory",
+    lr=1e-2,
+    head_lr=1e-2,
+)
 
 
 @pytest.fixture(autouse=True)

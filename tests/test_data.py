@@ -9,12 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import make_image_folder
 from fewlabel.data.images import decode_image, resize_to_square
 from fewlabel.data.sources import load_data, parse_data_spec
 from fewlabel.data.splits import align_classes, per_class_subset, stratified_holdout
 from fewlabel.errors import FewlabelError
-
-from conftest import make_image_folder
 
 
 @pytest.mark.parametrize(
@@ -23,8 +22,11 @@ from conftest import make_image_folder
 )
 def test_every_image_mode_decodes_to_uint8(tmp_path, mode, channels):
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 255, (12, 17, 3), dtype=np.uint8))
-    image = rgb.convert(mode) if mode != "I;16" else Image.fromarray(
-        (np.arange(12 * 17, dtype=np.uint16).reshape(12, 17) * 300))
+    image = (
+        rgb.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray(np.arange(12 * 17, dtype=np.uint16).reshape(12, 17) * 300)
+    )
     path = tmp_path / ("x.tiff" if mode in ("CMYK", "I;16") else "x.png")
     image.save(path)
     tensor = decode_image(path)

@@ -8,19 +8,38 @@ import lightning as L
 import pytest
 import timm
 import torch
-from conftest import FAST
 from safetensors.torch import load_file
 
 import fewlabel
+from conftest import FAST
 from fewlabel.data.datamodule import EpochSampler
 from fewlabel.errors import FewlabelError
 from fewlabel.train.engine import CHECKPOINT
 from fewlabel.train.functional import decayed_param_groups, freeze_all_but_last_blocks, layer_groups
 
-RUN_FILES = ("config.yaml", "model.safetensors", "model.json", "metrics.json", "history.csv",
-             "report.html", "checkpoints/last.ckpt")
-METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "ece", "nll", "n_samples",
-               "class_names", "confusion_matrix", "per_class", "train_seconds", "train_images_per_second")
+RUN_FILES = (
+    "config.yaml",
+    "model.safetensors",
+    "model.json",
+    "metrics.json",
+    "history.csv",
+    "report.html",
+    "checkpoints/last.ckpt",
+)
+METRIC_KEYS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "auroc_macro",
+    "ece",
+    "nll",
+    "n_samples",
+    "class_names",
+    "confusion_matrix",
+    "per_class",
+    "train_seconds",
+    "train_images_per_second",
+)
 
 
 def history_phases(run_dir) -> list[str]:
@@ -29,8 +48,13 @@ def history_phases(run_dir) -> list[str]:
 
 @pytest.mark.parametrize(
     ("strategy", "phases"),
-    [("linear-probe", ["head"] * 2), ("freeze-unfreeze", ["head"] * 2 + ["finetune"] * 2),
-     ("full", ["finetune"] * 2), ("layer-decay", ["finetune"] * 2), ("partial:2", ["finetune"] * 2)],
+    [
+        ("linear-probe", ["head"] * 2),
+        ("freeze-unfreeze", ["head"] * 2 + ["finetune"] * 2),
+        ("full", ["finetune"] * 2),
+        ("layer-decay", ["finetune"] * 2),
+        ("partial:2", ["finetune"] * 2),
+    ],
 )
 def test_each_strategy_writes_a_complete_run_directory(split_folder, tmp_path, strategy, phases):
     result = fewlabel.train(str(split_folder), tmp_path / "run", strategy=strategy, **FAST)
@@ -126,9 +150,12 @@ def test_existing_run_directory_is_refused_unless_overwrite_or_resume(split_fold
     fewlabel.train(str(split_folder), tmp_path / "run", strategy="linear-probe", **FAST)
     with pytest.raises(FewlabelError, match="already exists; pass --overwrite.*--resume"):
         fewlabel.train(str(split_folder), tmp_path / "run", strategy="linear-probe", **FAST)
-    with pytest.raises(FewlabelError, match="started with another config .*model: 'test_efficientnet' -> 'test_resnet'"):
-        fewlabel.train(str(split_folder), tmp_path / "run", resume=True, strategy="linear-probe",
-                       **FAST | {"model": "test_resnet"})
+    with pytest.raises(
+        FewlabelError, match="started with another config .*model: 'test_efficientnet' -> 'test_resnet'"
+    ):
+        fewlabel.train(
+            str(split_folder), tmp_path / "run", resume=True, strategy="linear-probe", **FAST | {"model": "test_resnet"}
+        )
     again = fewlabel.train(str(split_folder), tmp_path / "run", overwrite=True, strategy="linear-probe", **FAST)
     assert (again.run_dir / "model.safetensors").is_file()
 
@@ -170,7 +197,15 @@ def test_balanced_sampler_evens_out_classes():
 
 
 def test_early_stopping_and_imbalance_options_run(split_folder, tmp_path):
-    result = fewlabel.train(str(split_folder), tmp_path / "run", strategy="full", early_stopping=1,
-                            imbalance="class-weights", label_smoothing=0.1, augment="randaugment",
-                            schedule="onecycle", **FAST | {"epochs": 25, "lr": 0.05})
+    result = fewlabel.train(
+        str(split_folder),
+        tmp_path / "run",
+        strategy="full",
+        early_stopping=1,
+        imbalance="class-weights",
+        label_smoothing=0.1,
+        augment="randaugment",
+        schedule="onecycle",
+        **FAST | {"epochs": 25, "lr": 0.05},
+    )
     assert len(history_phases(result.run_dir)) < 25

@@ -2,8 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .api import Predictor, TrainResult, evaluate, list_datasets, list_models, load, train  # noqa: E402
-from .errors import FewlabelError  # noqa: E402
+from .api import Predictor, TrainResult, evaluate, list_datasets, list_models, load, train
+from .errors import FewlabelError
 
-__all__ = ["FewlabelError", "Predictor", "TrainResult", "evaluate", "list_datasets", "list_models",
-           "load", "train"]
+__all__ = ["FewlabelError", "Predictor", "TrainResult", "evaluate", "list_datasets", "list_models", "load", "train"]

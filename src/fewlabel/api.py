@@ -1,9 +1,9 @@
 """The Python API; the CLI is a thin shell over these functions.
 
-    import fewlabel
-    result = fewlabel.train("fashion-mnist-small", out="runs/fashion", strategy="linear-probe", img_size=64)
-    predictor = fewlabel.load("runs/fashion")
-    predictor.predict(["shoe.png"], top_k=3)
+import fewlabel
+result = fewlabel.train("fashion-mnist-small", out="runs/fashion", strategy="linear-probe", img_size=64)
+predictor = fewlabel.load("runs/fashion")
+predictor.predict(["shoe.png"], top_k=3)
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from .data.splits import align_classes
 from .data.transforms import build_transform
 from .errors import FewlabelError
 from .evaluate import aggregate_seeds, classification_metrics
-from .fileio import read_json, write_json, write_yaml
+from .fileio import write_json, write_yaml
 from .models import OFFLINE_WEIGHTS, ModelCard, create_backbone, load_model_files, save_model_files
 from .models.files import WEIGHTS_FILE
-from .train.engine import CHECKPOINT, Engine, check_image_size, prepare_data, resolve_accelerator
+from .train.engine import CHECKPOINT, Engine, check_image_size, prepare_data
 from .train.inference import batched_outputs
 
 log = logging.getLogger("fewlabel")
@@ -45,7 +45,9 @@ class TrainResult:
     config: TrainConfig
 
 
-def build_config(data: str | None = None, config: TrainConfig | str | Path | None = None, **options: Any) -> TrainConfig:
+def build_config(
+    data: str | None = None, config: TrainConfig | str | Path | None = None, **options: Any
+) -> TrainConfig:
     """Resolve a config: explicit options override the config (object or YAML file) and defaults."""
     options = {k: v for k, v in options.items() if v is not None}
     if data is not None:
@@ -59,9 +61,16 @@ def build_config(data: str | None = None, config: TrainConfig | str | Path | Non
     return make_config(options, "options")
 
 
-def train(data: str | None = None, out: str | Path = "runs/run", *, config: TrainConfig | str | Path | None = None,
-          overwrite: bool = False, resume: bool = False, callbacks: list[L.Callback] | None = None,
-          **options: Any) -> TrainResult:
+def train(
+    data: str | None = None,
+    out: str | Path = "runs/run",
+    *,
+    config: TrainConfig | str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    callbacks: list[L.Callback] | None = None,
+    **options: Any,
+) -> TrainResult:
     """Fine-tune a backbone on DATA and write a run directory (see DESIGN.md) to ``out``.
 
     With several ``seeds`` each seed gets ``out/seed-<s>`` and ``out/metrics.json`` holds the
@@ -96,35 +105,56 @@ def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool, resume: b
         run_dir.mkdir(parents=True)
         return
     if not resume:
-        raise FewlabelError(f"Run directory '{run_dir}' already exists; pass --overwrite to replace it or --resume to continue it.")
+        raise FewlabelError(
+            f"Run directory '{run_dir}' already exists; pass --overwrite to replace it or --resume to continue it."
+        )
     previous = read_config_file(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
-    changed = sorted(k for k, v in cfg.to_yaml_dict().items()
-                     if k not in RUN_CONFIG_KEYS_FREE_ON_RESUME and previous.get(k, v) != v)
+    changed = sorted(
+        k for k, v in cfg.to_yaml_dict().items() if k not in RUN_CONFIG_KEYS_FREE_ON_RESUME and previous.get(k, v) != v
+    )
     if changed:
         details = ", ".join(f"{k}: {previous.get(k)!r} -> {cfg.to_yaml_dict()[k]!r}" for k in changed)
         raise FewlabelError(f"--resume: '{run_dir}' was started with another config ({details}); use --overwrite.")
 
 
-def _train_one_seed(cfg: TrainConfig, seed: int, run_dir: Path, resume: bool,
-                    callbacks: list[L.Callback] | None) -> dict:
+def _train_one_seed(
+    cfg: TrainConfig, seed: int, run_dir: Path, resume: bool, callbacks: list[L.Callback] | None
+) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
     data = prepare_data(cfg, seed)
     model, info = create_backbone(cfg.model, cfg.pretrained, data.train.num_classes, drop_rate=cfg.dropout)
     check_image_size(model, cfg.img_size, cfg.model)
-    write_json(run_dir / "splits.json", {
-        "seed": seed, "summary": data.summary(), "labeled": data.train.ids,
-        "val": data.val.ids if data.val is not None else [], "unlabeled": data.unlabeled_ids,
-    })
+    write_json(
+        run_dir / "splits.json",
+        {
+            "seed": seed,
+            "summary": data.summary(),
+            "labeled": data.train.ids,
+            "val": data.val.ids if data.val is not None else [],
+            "unlabeled": data.unlabeled_ids,
+        },
+    )
     resume_here = resume and (run_dir / CHECKPOINT).is_file()
     result = Engine(cfg, seed, run_dir, callbacks).fit(model, info, data, resume_here)
-    card = ModelCard(cfg.model, data.class_names, cfg.img_size, list(info.mean), list(info.std),
-                     drop_rate=cfg.dropout, pretrained=info.weights)
+    card = ModelCard(
+        cfg.model,
+        data.class_names,
+        cfg.img_size,
+        list(info.mean),
+        list(info.std),
+        drop_rate=cfg.dropout,
+        pretrained=info.weights,
+    )
     save_model_files(run_dir, model, card)
     predictor = Predictor(model, card)
     metrics = predictor.metrics(data.eval, progress=cfg.progress)
-    metrics |= {"eval_data": data.eval_name, "seed": seed, "train_seconds": result.train_seconds,
-                "train_images_per_second": result.images_per_second}
+    metrics |= {
+        "eval_data": data.eval_name,
+        "seed": seed,
+        "train_seconds": result.train_seconds,
+        "train_images_per_second": result.images_per_second,
+    }
     write_json(run_dir / "metrics.json", metrics)
     _write_report(run_dir)
     return metrics
@@ -153,8 +183,9 @@ class Predictor:
         """Class probabilities (N x C) for an ImageSet or a list of paths, PIL images or arrays."""
         image_set = images if isinstance(images, ImageSet) else self._to_image_set(images)
         self.model.to(self.device)
-        logits = batched_outputs(self.model, image_set, self.transform, 128, self.device,
-                                 desc="evaluating", progress=progress)
+        logits = batched_outputs(
+            self.model, image_set, self.transform, 128, self.device, desc="evaluating", progress=progress
+        )
         return logits.softmax(-1)
 
     def predict(self, images: list, top_k: int = 3) -> list[dict]:
@@ -163,9 +194,16 @@ class Predictor:
         k = min(top_k, probs.shape[1])
         values, indices = probs.topk(k, dim=1)
         names = [str(x) if isinstance(x, (str, Path)) else f"image {i}" for i, x in enumerate(images)]
-        return [{"image": name, "top": [{"class": self.class_names[j], "probability": float(v)}
-                                        for v, j in zip(vals.tolist(), idx.tolist(), strict=True)]}
-                for name, vals, idx in zip(names, values, indices, strict=True)]
+        return [
+            {
+                "image": name,
+                "top": [
+                    {"class": self.class_names[j], "probability": float(v)}
+                    for v, j in zip(vals.tolist(), idx.tolist(), strict=True)
+                ],
+            }
+            for name, vals, idx in zip(names, values, indices, strict=True)
+        ]
 
     def metrics(self, images: ImageSet, progress: bool = False) -> dict:
         probs = self.predict_proba(images, progress=progress)
@@ -175,8 +213,12 @@ class Predictor:
         tensors = [resize_to_square(_as_tensor(x), self.card.img_size) for x in images]
         channels = max(t.shape[0] for t in tensors)
         stacked = torch.stack([t.expand(channels, -1, -1) for t in tensors])
-        return ImageSet(stacked, torch.zeros(len(tensors), dtype=torch.long), self.class_names,
-                        [str(x) if isinstance(x, (str, Path)) else f"image {i}" for i, x in enumerate(images)])
+        return ImageSet(
+            stacked,
+            torch.zeros(len(tensors), dtype=torch.long),
+            self.class_names,
+            [str(x) if isinstance(x, (str, Path)) else f"image {i}" for i, x in enumerate(images)],
+        )
 
 
 def _as_tensor(image: Any) -> torch.Tensor:
@@ -227,19 +269,11 @@ def list_models(pattern: str = "") -> list[dict]:
     import timm
 
     names = timm.list_models(pattern or "*")
-    return [{"name": n, "offline_imagenet": n in OFFLINE_WEIGHTS and OFFLINE_WEIGHTS[n].is_installed()}
-            for n in names]
+    return [{"name": n, "offline_imagenet": n in OFFLINE_WEIGHTS and OFFLINE_WEIGHTS[n].is_installed()} for n in names]
 
 
 def list_datasets() -> list[dict]:
-    return [{"name": d.name, "splits": list(d.splits), "present": d.is_present(), "description": d.description}
-            for d in BUILTIN_DATASETS.values()]
-
-
-def device_summary(cfg: TrainConfig) -> str:
-    accelerator, device, precision = resolve_accelerator(cfg)
-    return f"{device.type} ({precision})"
-
-
-def read_metrics(run_dir: str | Path) -> dict:
-    return read_json(Path(run_dir) / "metrics.json")
+    return [
+        {"name": d.name, "splits": list(d.splits), "present": d.is_present(), "description": d.description}
+        for d in BUILTIN_DATASETS.values()
+    ]

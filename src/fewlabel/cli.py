@@ -16,8 +16,12 @@ from rich.table import Table
 from . import api
 from .errors import FewlabelError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train trustworthy image models when labels are scarce.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Train trustworthy image models when labels are scarce.",
+)
 console = Console()
 Strategy = Enum("Strategy", {s: s for s in ("linear-probe", "freeze-unfreeze", "full", "layer-decay")}, type=str)
 Augment = Enum("Augment", {s: s for s in ("none", "light", "standard", "randaugment")}, type=str)
@@ -27,7 +31,9 @@ Logger = Enum("Logger", {s: s for s in ("csv", "tensorboard", "mlflow")}, type=s
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)]
+    )
     for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -62,7 +68,9 @@ def train(
     config: Annotated[Path | None, typer.Option(help="YAML config; flags override it")] = None,
     model: Annotated[str | None, typer.Option(help="timm architecture")] = None,
     pretrained: Annotated[str | None, typer.Option(help="none | imagenet | hub | path.safetensors")] = None,
-    strategy: Annotated[str | None, typer.Option(help="linear-probe | freeze-unfreeze | full | layer-decay | partial:N")] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="linear-probe | freeze-unfreeze | full | layer-decay | partial:N")
+    ] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     head_epochs: Annotated[int | None, typer.Option(help="head epochs on cached features (freeze-unfreeze)")] = None,
     img_size: Annotated[int | None, typer.Option()] = None,
@@ -89,14 +97,19 @@ def train(
     precision: Annotated[str | None, typer.Option()] = None,
     workers: Annotated[int | None, typer.Option()] = None,
     logger: Annotated[Logger | None, typer.Option()] = None,
-    strict: Annotated[bool | None, typer.Option("--strict", help="refuse unreadable images instead of skipping")] = None,
+    strict: Annotated[
+        bool | None, typer.Option("--strict", help="refuse unreadable images instead of skipping")
+    ] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="progress bars")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     resume: Annotated[bool, typer.Option(help="continue from checkpoints/last.ckpt")] = False,
 ) -> None:
     """Fine-tune a pretrained backbone on DATA; writes a run directory."""
-    options = {k: (v.value if isinstance(v, Enum) else v) for k, v in locals().items()
-               if k not in ("data", "out", "config", "overwrite", "resume", "seeds")}
+    options = {
+        k: (v.value if isinstance(v, Enum) else v)
+        for k, v in locals().items()
+        if k not in ("data", "out", "config", "overwrite", "resume", "seeds")
+    }
     options["seeds"] = _seeds(seeds)
     result = api.train(data, out, config=config, overwrite=overwrite, resume=resume, **options)
     console.print(_metrics_table(result.metrics, f"{result.run_dir} on {result.metrics.get('eval_data')}"))

@@ -25,7 +25,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: str = Field(description="DATA spec: folder, CSV or built-in name, optional :split")
-    eval_data: str | None = Field(None, description="data for final metrics; default DATA's test split, else validation")
+    eval_data: str | None = Field(
+        None, description="data for final metrics; default DATA's test split, else validation"
+    )
     model: str = "efficientnet_lite0"
     pretrained: str = "imagenet"
     strategy: str = "freeze-unfreeze"

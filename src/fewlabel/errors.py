@@ -19,6 +19,4 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
 def unknown_choice(kind: str, value: str, choices: Iterable[str]) -> FewlabelError:
     """The error for a name that is not in a registry, listing what is available."""
     choices = sorted(choices)
-    return FewlabelError(
-        f"Unknown {kind} '{value}'. Available: {', '.join(choices)}.{did_you_mean(value, choices)}"
-    )
+    return FewlabelError(f"Unknown {kind} '{value}'. Available: {', '.join(choices)}.{did_you_mean(value, choices)}")

@@ -15,8 +15,16 @@ from ..errors import FewlabelError, unknown_choice
 from .imageset import ImageSet
 
 FASHION_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 SHIPPED_DIR = Path(__file__).parent / "builtin"
@@ -51,8 +59,11 @@ def load_idx_split(folder: Path, split: str, name: str) -> ImageSet:
 
 def fashion_mnist_dir() -> Path | None:
     """Where the full Fashion-MNIST IDX files are: $FEWLABEL_FASHION_MNIST_DIR, Debian, or cache."""
-    candidates = [os.environ.get("FEWLABEL_FASHION_MNIST_DIR"), DEBIAN_FASHION_DIR,
-                  cache_root() / "datasets" / "FashionMNIST" / "raw"]
+    candidates = [
+        os.environ.get("FEWLABEL_FASHION_MNIST_DIR"),
+        DEBIAN_FASHION_DIR,
+        cache_root() / "datasets" / "FashionMNIST" / "raw",
+    ]
     for candidate in candidates:
         if candidate and all((Path(candidate) / f).exists() for f in IDX_FILES["train"]):
             return Path(candidate)
@@ -70,7 +81,7 @@ def _download_fashion_mnist() -> Path:
     try:
         FashionMNIST(str(root), train=True, download=True)
         FashionMNIST(str(root), train=False, download=True)
-    except Exception as exc:  # noqa: BLE001 - any network failure gets the same remedy
+    except Exception as exc:
         raise FewlabelError(
             "Built-in dataset 'fashion-mnist' is not on this machine and could not be downloaded "
             f"({type(exc).__name__}). Install it with 'apt-get install dataset-fashion-mnist', "
@@ -101,12 +112,17 @@ BUILTIN_DATASETS = {
     d.name: d
     for d in (
         BuiltinDataset(
-            "fashion-mnist", "Fashion-MNIST, 60,000 train / 10,000 test, 28x28 grayscale, 10 classes",
-            ("train", "test"), _load_fashion_mnist, lambda: fashion_mnist_dir() is not None,
+            "fashion-mnist",
+            "Fashion-MNIST, 60,000 train / 10,000 test, 28x28 grayscale, 10 classes",
+            ("train", "test"),
+            _load_fashion_mnist,
+            lambda: fashion_mnist_dir() is not None,
         ),
         BuiltinDataset(
-            "fashion-mnist-small", "stratified Fashion-MNIST subset shipped in the package, "
-            "100 train / 100 test per class", ("train", "test"), _load_fashion_mnist_small,
+            "fashion-mnist-small",
+            "stratified Fashion-MNIST subset shipped in the package, 100 train / 100 test per class",
+            ("train", "test"),
+            _load_fashion_mnist_small,
             lambda: (SHIPPED_DIR / "fashion-mnist-small" / IDX_FILES["train"][0]).exists(),
         ),
     )
@@ -118,7 +134,5 @@ def load_builtin(name: str, split: str) -> ImageSet:
         raise unknown_choice("dataset", name, BUILTIN_DATASETS)
     dataset = BUILTIN_DATASETS[name]
     if split not in dataset.splits:
-        raise FewlabelError(
-            f"Dataset '{name}' has no split '{split}'. Available: {', '.join(dataset.splits)}."
-        )
+        raise FewlabelError(f"Dataset '{name}' has no split '{split}'. Available: {', '.join(dataset.splits)}.")
     return dataset.loader(split)

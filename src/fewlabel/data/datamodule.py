@@ -96,6 +96,9 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, **kwargs) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.batch_size, num_workers=self.workers,
-            persistent_workers=self.workers > 0, **kwargs,
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            persistent_workers=self.workers > 0,
+            **kwargs,
         )

@@ -42,8 +42,11 @@ class ImageSet:
     def subset(self, indices: torch.Tensor | list[int]) -> ImageSet:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return ImageSet(
-            self.images[idx], self.labels[idx], list(self.class_names),
-            [self.ids[i] for i in idx.tolist()], self.source,
+            self.images[idx],
+            self.labels[idx],
+            list(self.class_names),
+            [self.ids[i] for i in idx.tolist()],
+            self.source,
         )
 
     def fingerprint(self) -> str:

@@ -75,8 +75,7 @@ def load_data(spec: DataSpec | str, image_size: int, strict: bool = False) -> Im
     split = spec.split or "train"
     if split not in spec.available_splits():
         raise FewlabelError(
-            f"DATA '{spec.location}' has no '{split}' split. Available: "
-            f"{', '.join(spec.available_splits())}."
+            f"DATA '{spec.location}' has no '{split}' split. Available: {', '.join(spec.available_splits())}."
         )
     if spec.kind == "builtin":
         dataset = load_builtin(spec.location, split)
@@ -133,8 +132,7 @@ def _load_csv(path: Path, image_size: int, strict: bool) -> ImageSet:
     missing = [r["path"] for r in rows if not (path.parent / r["path"]).is_file()]
     if missing:
         raise FewlabelError(
-            f"CSV '{path}': {len(missing)} path(s) not found relative to the CSV, "
-            f"first: '{missing[0]}'."
+            f"CSV '{path}': {len(missing)} path(s) not found relative to the CSV, first: '{missing[0]}'."
         )
     class_names = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(class_names)}
@@ -142,9 +140,7 @@ def _load_csv(path: Path, image_size: int, strict: bool) -> ImageSet:
     return _decode_all(entries, class_names, image_size, strict)
 
 
-def _decode_all(
-    entries: list[tuple[Path, int]], class_names: list[str], image_size: int, strict: bool
-) -> ImageSet:
+def _decode_all(entries: list[tuple[Path, int]], class_names: list[str], image_size: int, strict: bool) -> ImageSet:
     """Decode every file once, resized to image_size; skip (or refuse, if strict) bad files."""
     from tqdm.auto import tqdm
 
@@ -154,7 +150,9 @@ def _decode_all(
             image = decode_image(path)
         except ImageDecodeError as exc:
             if strict:
-                raise FewlabelError(f"Unreadable image '{path}': {exc} (remove it, or drop --strict to skip).") from None
+                raise FewlabelError(
+                    f"Unreadable image '{path}': {exc} (remove it, or drop --strict to skip)."
+                ) from None
             bad.append(f"{path} ({exc})")
             continue
         images.append(resize_to_square(image, image_size))

@@ -8,7 +8,9 @@ from ..errors import FewlabelError
 from .imageset import ImageSet
 
 
-def per_class_subset(labels: torch.Tensor, k: int, seed: int, class_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def per_class_subset(
+    labels: torch.Tensor, k: int, seed: int, class_names: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick ``k`` indices of every class (seeded); return (chosen, rest), both sorted."""
     generator = torch.Generator().manual_seed(seed)
     chosen = []
@@ -46,8 +48,9 @@ def align_classes(dataset: ImageSet, class_names: list[str], stage: str) -> Imag
     """Relabel ``dataset`` to ``class_names`` order; refuse classes the model has never seen."""
     if dataset.class_names == class_names:
         return dataset
-    unknown = [c for c, n in zip(dataset.class_names, dataset.class_counts(), strict=True)
-               if n and c not in class_names]
+    unknown = [
+        c for c, n in zip(dataset.class_names, dataset.class_counts(), strict=True) if n and c not in class_names
+    ]
     if unknown:
         raise FewlabelError(
             f"{stage} data '{dataset.source}' has classes the model does not know: "

@@ -20,8 +20,9 @@ from torchmetrics.functional.classification import multiclass_calibration_error
 METRIC_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "auroc_macro", "ece", "nll")
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, class_names: list[str],
-                           ece_bins: int = 15) -> dict:
+def classification_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, class_names: list[str], ece_bins: int = 15
+) -> dict:
     """All metrics of DESIGN.md's metrics.json for N x C probabilities and N integer labels.
 
     ``auroc_macro`` is one-vs-rest, averaged over the classes present in ``labels`` (AUROC is
@@ -48,8 +49,12 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, class_name
         "class_names": list(class_names),
         "confusion_matrix": confusion_matrix(y, pred, labels=np.arange(n_classes)).tolist(),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                   "f1": float(f1[i]), "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(class_names)
         },
     }
@@ -92,8 +97,10 @@ def aggregate_seeds(per_seed: dict[int, dict]) -> dict:
     out["class_names"] = first["class_names"]
     out["confusion_matrix"] = np.sum([per_seed[s]["confusion_matrix"] for s in seeds], axis=0).tolist()
     out["per_class"] = {
-        name: {m: float(np.mean([per_seed[s]["per_class"][name][m] for s in seeds]))
-               for m in ("precision", "recall", "f1")} | {"support": first["per_class"][name]["support"]}
+        name: {
+            m: float(np.mean([per_seed[s]["per_class"][name][m] for s in seeds])) for m in ("precision", "recall", "f1")
+        }
+        | {"support": first["per_class"][name]["support"]}
         for name in first["class_names"]
     }
     out["per_seed"] = {str(s): {k: per_seed[s][k] for k in METRIC_KEYS} for s in seeds}

@@ -134,7 +134,7 @@ def _offline_state_dict(arch: str, offline: OfflineWeights, model: nn.Module) ->
 def _from_hub(arch: str, num_classes: int, drop_rate: float) -> tuple[nn.Module, BackboneInfo]:
     try:
         model = timm.create_model(arch, pretrained=True, num_classes=num_classes, drop_rate=drop_rate)
-    except Exception as exc:  # noqa: BLE001 - network, missing weights, hub errors: same remedy
+    except Exception as exc:
         offline = ", ".join(OFFLINE_WEIGHTS)
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise FewlabelError(

@@ -59,8 +59,7 @@ def load_model_files(folder: str | Path) -> tuple[nn.Module, ModelCard]:
         if not required.is_file():
             raise FewlabelError(f"'{folder}' is not a model folder: {required.name} is missing.")
     card = ModelCard.from_file(card_path)
-    model = timm.create_model(card.arch, pretrained=False, num_classes=len(card.class_names),
-                              drop_rate=card.drop_rate)
+    model = timm.create_model(card.arch, pretrained=False, num_classes=len(card.class_names), drop_rate=card.drop_rate)
     state = load_file(str(weights))
     own = model.state_dict()
     bad = [k for k in own if k not in state or state[k].shape != own[k].shape]

@@ -8,8 +8,8 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def _encode(fig) -> str:
@@ -33,8 +33,15 @@ def confusion_figure(matrix: list[list[int]], class_names: list[str], normalise:
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
             text = f"{shown[i, j]:.2f}" if normalise else f"{int(cm[i, j])}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                    color="white" if shown[i, j] > 0.6 * shown.max() else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shown[i, j] > 0.6 * shown.max() else "black",
+            )
     return _encode(fig)
 
 

@@ -29,17 +29,22 @@ def write_report(run_dir: str | Path) -> Path:
     data_summary = read_json(splits_path)["summary"] if splits_path.is_file() else None
     rows = [
         {"name": key, "value": metrics.get(key), "sd": metrics.get(f"{key}_sd"), "ci": metrics.get(f"{key}_ci95")}
-        for key in HEADLINE if key in metrics
+        for key in HEADLINE
+        if key in metrics
     ]
-    html = _environment().get_template("run.html").render(
-        title=run_dir.name,
-        metrics=metrics,
-        rows=rows,
-        per_class=metrics.get("per_class", {}),
-        confusion_counts=confusion_figure(metrics["confusion_matrix"], metrics["class_names"], False),
-        confusion_norm=confusion_figure(metrics["confusion_matrix"], metrics["class_names"], True),
-        curves=learning_curves_figure(history),
-        config=yaml.safe_dump(config, sort_keys=False),
-        data_summary=data_summary,
+    html = (
+        _environment()
+        .get_template("run.html")
+        .render(
+            title=run_dir.name,
+            metrics=metrics,
+            rows=rows,
+            per_class=metrics.get("per_class", {}),
+            confusion_counts=confusion_figure(metrics["confusion_matrix"], metrics["class_names"], False),
+            confusion_norm=confusion_figure(metrics["confusion_matrix"], metrics["class_names"], True),
+            curves=learning_curves_figure(history),
+            config=yaml.safe_dump(config, sort_keys=False),
+            data_summary=data_summary,
+        )
     )
     return write_text(run_dir / "report.html", html)

@@ -82,15 +82,22 @@ class HistoryWriter(L.Callback):
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.rows is None:  # first epoch of this fit: after a resume, drop epochs to be redone
-            self.rows = [r for r in read_history(self.path)
-                         if not (r["phase"] == self.phase and int(r["epoch"]) >= trainer.current_epoch)]
+            self.rows = [
+                r
+                for r in read_history(self.path)
+                if not (r["phase"] == self.phase and int(r["epoch"]) >= trainer.current_epoch)
+            ]
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         lr = trainer.optimizers[0].param_groups[-1]["lr"] if trainer.optimizers else float("nan")
-        row = {"phase": self.phase, "epoch": trainer.current_epoch, "lr": f"{lr:.3g}",
-               "seconds": f"{time.perf_counter() - self._epoch_start:.2f}"}
+        row = {
+            "phase": self.phase,
+            "epoch": trainer.current_epoch,
+            "lr": f"{lr:.3g}",
+            "seconds": f"{time.perf_counter() - self._epoch_start:.2f}",
+        }
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
             row[key] = f"{metrics[key]:.5f}" if key in metrics else ""
         self.rows.append(row)
@@ -119,7 +126,7 @@ class LastCheckpoint(L.Callback):
         self.path = path
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp))
+        atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
 
 
 class BestWeights(L.Callback):

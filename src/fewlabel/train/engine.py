@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +23,32 @@ from ..data.splits import align_classes, per_class_subset, stratified_holdout
 from ..data.transforms import build_transform, describe_eval_transform
 from ..errors import FewlabelError
 from ..models.backbones import BackboneInfo
-from .callbacks import BestWeights, BatchSeed, EvalModeModules, HistoryWriter, LastCheckpoint, Throughput
+from .callbacks import (
+    BatchSeed,
+    BestWeights,
+    EvalModeModules,
+    HistoryWriter,
+    LastCheckpoint,
+    Throughput,
+)
 from .functional import decayed_param_groups, freeze_all_but_last_blocks
 from .inference import FeatureCache
 from .module import ClassifierModule
 from .strategies import Phase, plan_phases
 
 log = logging.getLogger("fewlabel.train")
+# Lightning notices that say nothing to a fewlabel user (small data, no validation set, resumes).
+for _pattern in (
+    ".*treespec.*LeafSpec.*",
+    ".*smaller than the logging interval.*",
+    ".*Total length of .* is zero.*",
+    ".*Experiment logs directory .* exists.*",
+    ".*does not have many workers.*",
+    ".*`weights_only` was not set.*",
+):
+    warnings.filterwarnings("ignore", message=_pattern)
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
 DEFAULT_VAL_SPLIT = 0.2
 
@@ -68,7 +88,9 @@ def prepare_data(cfg: TrainConfig, seed: int) -> DataBundle:
     splits = spec.available_splits()
     val = None
     if "val" in splits and spec.split is None and not cfg.val_split:
-        val = align_classes(load_data(spec.with_split("val"), cfg.img_size, cfg.strict), labeled.class_names, "Validation")
+        val = align_classes(
+            load_data(spec.with_split("val"), cfg.img_size, cfg.strict), labeled.class_names, "Validation"
+        )
     has_test = "test" in splits and spec.split is None
     val_split = cfg.val_split
     if val is None and not val_split and not has_test and cfg.eval_data is None:
@@ -129,8 +151,10 @@ def checkpoint_phase(path: Path) -> str | None:
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True).get("fewlabel_phase")
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint gets the same message
-        raise FewlabelError(f"Checkpoint '{path}' cannot be read ({type(exc).__name__}); rerun with --overwrite.") from None
+    except Exception as exc:
+        raise FewlabelError(
+            f"Checkpoint '{path}' cannot be read ({type(exc).__name__}); rerun with --overwrite."
+        ) from None
 
 
 @dataclass
@@ -170,33 +194,62 @@ class Engine:
             meters.append((phase, meter))
         image_meters = [m for p, m in meters if not p.on_features] or [m for _, m in meters]
         seconds = sum(m.seconds for m in image_meters)
-        return FitResult(time.perf_counter() - started,
-                         sum(m.images for m in image_meters) / seconds if seconds else 0.0,
-                         self.cache.hits)
+        return FitResult(
+            time.perf_counter() - started,
+            sum(m.images for m in image_meters) / seconds if seconds else 0.0,
+            self.cache.hits,
+        )
 
-    def _run_phase(self, index: int, phase: Phase, model: nn.Module, info: BackboneInfo,
-                   data: DataBundle, meter: Throughput, ckpt: Path | None) -> None:
+    def _run_phase(
+        self,
+        index: int,
+        phase: Phase,
+        model: nn.Module,
+        info: BackboneInfo,
+        data: DataBundle,
+        meter: Throughput,
+        ckpt: Path | None,
+    ) -> None:
         if phase.on_features:
             net, datamodule, eval_modules = self._head_on_features(model, info, data)
             groups = [{"params": list(net.parameters()), "lr": phase.lr, "weight_decay": self.cfg.weight_decay}]
         else:
             net, datamodule, eval_modules = self._whole_network(phase, model, info, data)
-            groups = decayed_param_groups(model, phase.lr, phase.layer_decay, phase.coarse_groups,
-                                          self.cfg.weight_decay)
+            groups = decayed_param_groups(
+                model, phase.lr, phase.layer_decay, phase.coarse_groups, self.cfg.weight_decay
+            )
         module = ClassifierModule(
-            net, groups, phase.name, self.cfg.optimizer, self.cfg.schedule, self.cfg.warmup_epochs,
-            self.cfg.label_smoothing, self._class_weights(data.train),
+            net,
+            groups,
+            phase.name,
+            self.cfg.optimizer,
+            self.cfg.schedule,
+            self.cfg.warmup_epochs,
+            self.cfg.label_smoothing,
+            self._class_weights(data.train),
         )
-        callbacks = [BatchSeed(self.seed, index), EvalModeModules(eval_modules), meter,
-                     HistoryWriter(self.run_dir / "history.csv", phase.name),
-                     LastCheckpoint(self.run_dir / CHECKPOINT), *self.extra_callbacks]
+        callbacks = [
+            BatchSeed(self.seed, index),
+            EvalModeModules(eval_modules),
+            meter,
+            HistoryWriter(self.run_dir / "history.csv", phase.name),
+            LastCheckpoint(self.run_dir / CHECKPOINT),
+            *self.extra_callbacks,
+        ]
         if self.cfg.early_stopping and data.val is not None:
             callbacks += [EarlyStopping("val_loss", patience=self.cfg.early_stopping), BestWeights()]
         trainer = L.Trainer(
-            max_epochs=phase.epochs, accelerator=self.accelerator, devices=self._devices(),
-            precision=self.precision, logger=self._logger(phase.name), callbacks=callbacks,
-            enable_checkpointing=False, enable_progress_bar=self.cfg.progress,
-            enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=self.run_dir,
+            max_epochs=phase.epochs,
+            accelerator=self.accelerator,
+            devices=self._devices(),
+            precision=self.precision,
+            logger=self._logger(phase.name),
+            callbacks=callbacks,
+            enable_checkpointing=False,
+            enable_progress_bar=self.cfg.progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=self.run_dir,
             log_every_n_steps=10,
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True if ckpt else None)
@@ -231,8 +284,11 @@ class Engine:
                 freeze_all_but_last_blocks(model, phase.trainable_blocks)
             except ValueError as exc:
                 raise FewlabelError(f"--strategy {self.cfg.strategy}: {exc}.") from None
-        frozen_modules = [m for m in model.modules()
-                          if list(m.parameters(recurse=False)) and not any(p.requires_grad for p in m.parameters(recurse=False))]
+        frozen_modules = [
+            m
+            for m in model.modules()
+            if list(m.parameters(recurse=False)) and not any(p.requires_grad for p in m.parameters(recurse=False))
+        ]
         if self._freeze_bn():
             frozen_modules += [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         train_tf = build_transform(self.cfg.augment, self.cfg.img_size, info.mean, info.std, train=True)
@@ -243,8 +299,13 @@ class Engine:
 
     def _datamodule(self, train_set, data: DataBundle, val_set) -> ClassificationDataModule:
         return ClassificationDataModule(
-            train_set, data.train.labels, val_set, self.cfg.batch_size, self.seed,
-            balanced=self.cfg.imbalance == "balanced-sampler", workers=self.cfg.workers,
+            train_set,
+            data.train.labels,
+            val_set,
+            self.cfg.batch_size,
+            self.seed,
+            balanced=self.cfg.imbalance == "balanced-sampler",
+            workers=self.cfg.workers,
         )
 
     def _class_weights(self, train: ImageSet) -> torch.Tensor | None:
@@ -263,7 +324,13 @@ class Engine:
         return self.cfg.freeze_bn == "yes"
 
     def _devices(self):
-        return "auto" if self.cfg.devices == "auto" else int(self.cfg.devices) if self.cfg.devices.isdigit() else self.cfg.devices
+        return (
+            "auto"
+            if self.cfg.devices == "auto"
+            else int(self.cfg.devices)
+            if self.cfg.devices.isdigit()
+            else self.cfg.devices
+        )
 
     def _logger(self, phase: str):
         save_dir = self.run_dir / "logs"
@@ -274,8 +341,11 @@ class Engine:
         if self.cfg.logger == "mlflow":
             from lightning.pytorch.loggers import MLFlowLogger
 
-            return MLFlowLogger(experiment_name="fewlabel", run_name=f"{self.run_dir.name}-{phase}",
-                                tracking_uri=f"file:{(self.run_dir / 'mlruns').resolve()}")
+            return MLFlowLogger(
+                experiment_name="fewlabel",
+                run_name=f"{self.run_dir.name}-{phase}",
+                tracking_uri=f"file:{(self.run_dir / 'mlruns').resolve()}",
+            )
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir, name=phase, version=0)

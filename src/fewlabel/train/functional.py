@@ -18,9 +18,7 @@ def layer_groups(model: nn.Module, coarse: bool) -> list[list[str]]:
     return [names for _, names in sorted(groups.items())]
 
 
-def decayed_param_groups(
-    model: nn.Module, lr: float, decay: float, coarse: bool, weight_decay: float
-) -> list[dict]:
+def decayed_param_groups(model: nn.Module, lr: float, decay: float, coarse: bool, weight_decay: float) -> list[dict]:
     """Optimizer groups where group i of n (top is n-1) trains at ``lr * decay ** (n-1-i)``.
 
     ``decay=1`` gives one learning rate for every layer; only parameters that require
@@ -36,7 +34,8 @@ def decayed_param_groups(
         plain = [p for p in trainable if p.ndim <= 1]
         out += [
             {"params": ps, "lr": lr * scale, "weight_decay": wd}
-            for ps, wd in ((decayed, weight_decay), (plain, 0.0)) if ps
+            for ps, wd in ((decayed, weight_decay), (plain, 0.0))
+            if ps
         ]
     return out
 

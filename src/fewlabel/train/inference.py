@@ -34,8 +34,9 @@ def batched_outputs(
     dataset = TransformedImages(images, transform)
     outputs = []
     n_batches = (len(dataset) + batch_size - 1) // batch_size
-    for start in tqdm(range(0, len(dataset), batch_size), total=n_batches, desc=desc,
-                      leave=False, disable=not progress):
+    for start in tqdm(
+        range(0, len(dataset), batch_size), total=n_batches, desc=desc, leave=False, disable=not progress
+    ):
         batch = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
         outputs.append(fn(batch.to(device)).float().cpu())
     return torch.cat(outputs)
@@ -65,8 +66,9 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def features(self, model: nn.Module, images: ImageSet, transform, transform_id: str,
-                 batch_size: int, device, progress: bool) -> torch.Tensor:
+    def features(
+        self, model: nn.Module, images: ImageSet, transform, transform_id: str, batch_size: int, device, progress: bool
+    ) -> torch.Tensor:
         key = hashlib.sha256(
             f"{images.fingerprint()}|{transform_id}|{weights_fingerprint(model)}".encode()
         ).hexdigest()[:32]
@@ -81,8 +83,15 @@ class FeatureCache:
             self.misses += 1
             was_training = model.training
             model.eval()
-            feats = batched_outputs(pre_logits(model), images, transform, batch_size, device,
-                                    desc=f"features of {images.source or 'images'}", progress=progress)
+            feats = batched_outputs(
+                pre_logits(model),
+                images,
+                transform,
+                batch_size,
+                device,
+                desc=f"features of {images.source or 'images'}",
+                progress=progress,
+            )
             model.train(was_training)
             if self.mode == "disk":
                 atomic_write(path, lambda tmp: save_file({"features": feats.contiguous()}, str(tmp)))

@@ -33,6 +33,7 @@ def register_strategy(name: str):
     def decorate(fn: Callable[[TrainConfig], list[Phase]]):
         _STRATEGIES[name] = fn
         return fn
+
     return decorate
 
 
