@@ -3,6 +3,7 @@ feature caching, resume and timing. The research code stays in module.py and fun
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 import warnings
@@ -334,6 +335,11 @@ class Engine:
 
     def _logger(self, phase: str):
         save_dir = self.run_dir / "logs"
+        package = {"tensorboard": "tensorboard", "mlflow": "mlflow"}.get(self.cfg.logger)
+        if package and importlib.util.find_spec(package) is None:
+            raise FewlabelError(
+                f"--logger {self.cfg.logger} needs the '{package}' package: pip install 'fewlabel[{package}]'."
+            )
         if self.cfg.logger == "tensorboard":
             from lightning.pytorch.loggers import TensorBoardLogger
 
