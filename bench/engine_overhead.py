@@ -77,14 +77,17 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     args = parser.parse_args()
     hand, ours = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(args.repeats):
-            hand.append(hand_loop(args))
-            ours.append(fewlabel_run(args, f"{tmp}/run"))
-            print(f"hand {hand[-1]:.1f} img/s, fewlabel {ours[-1]:.1f} img/s")
+        for repeat in range(args.repeats):  # alternate which goes first, so warm-up hits both
+            for name in ("hand", "fewlabel") if repeat % 2 == 0 else ("fewlabel", "hand"):
+                if name == "hand":
+                    hand.append(hand_loop(args))
+                else:
+                    ours.append(fewlabel_run(args, f"{tmp}/run"))
+                print(f"{name}: {(hand if name == 'hand' else ours)[-1]:.1f} img/s", flush=True)
     save(
         "engine_overhead",
         {

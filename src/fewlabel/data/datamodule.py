@@ -31,7 +31,8 @@ class TransformedImages(Dataset):
         if isinstance(key, tuple):
             epoch, index = key
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+                # the CPU generator only: torch.manual_seed would also queue a (slow) CUDA seeding
+                torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
                 return self.transform(self.images.images[index]), self.images.labels[index]
         return self.transform(self.images.images[key]), self.images.labels[key]
 

@@ -27,7 +27,11 @@ class BatchSeed(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         epoch_key = (self.seed * 1_000_003 + self.phase_index) * 10_007 + trainer.current_epoch
-        torch.manual_seed(epoch_key * 100_003 + batch_idx)
+        seed = epoch_key * 100_003 + batch_idx
+        if pl_module.device.type == "cpu":  # torch.manual_seed would also queue CUDA seeding (slow)
+            torch.default_generator.manual_seed(seed)
+        else:
+            torch.manual_seed(seed)
 
 
 class EvalModeModules(L.Callback):

@@ -22,22 +22,19 @@ def decayed_param_groups(model: nn.Module, lr: float, decay: float, coarse: bool
     """Optimizer groups where group i of n (top is n-1) trains at ``lr * decay ** (n-1-i)``.
 
     ``decay=1`` gives one learning rate for every layer; only parameters that require
-    gradients are included. Biases and normalisation weights get no weight decay.
+    gradients are included. Biases and normalisation weights get no weight decay. Groups with
+    the same learning rate and weight decay are merged (fewer groups, faster optimiser steps).
     """
     named = dict(model.named_parameters())
     groups = layer_groups(model, coarse)
-    out = []
+    merged: dict[tuple[float, float], list] = {}
     for depth, names in enumerate(groups):
-        scale = decay ** (len(groups) - 1 - depth)
-        trainable = [named[n] for n in names if named[n].requires_grad]
-        decayed = [p for p in trainable if p.ndim > 1]
-        plain = [p for p in trainable if p.ndim <= 1]
-        out += [
-            {"params": ps, "lr": lr * scale, "weight_decay": wd}
-            for ps, wd in ((decayed, weight_decay), (plain, 0.0))
-            if ps
-        ]
-    return out
+        scaled_lr = lr * decay ** (len(groups) - 1 - depth)
+        for name in names:
+            param = named[name]
+            if param.requires_grad:
+                merged.setdefault((scaled_lr, weight_decay if param.ndim > 1 else 0.0), []).append(param)
+    return [{"params": params, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), params in merged.items()]
 
 
 def freeze_all_but_last_blocks(model: nn.Module, n_blocks: int) -> list[str]:
