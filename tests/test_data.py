@@ -162,3 +162,26 @@ def test_mismatched_class_sets_are_refused(tmp_path, image_folder):
     subset = load_data(str(make_image_folder(tmp_path / "s", classes=("red", "blue"))), 16)
     aligned = align_classes(subset, ["blue", "green", "red"], "Evaluation")
     assert aligned.class_names == ["blue", "green", "red"] and set(aligned.labels.tolist()) == {0, 2}
+
+
+def test_full_fashion_mnist_reads_idx_files_from_the_configured_folder(monkeypatch):
+    from fewlabel.data.builtin import SHIPPED_DIR
+
+    monkeypatch.setenv("FEWLABEL_FASHION_MNIST_DIR", str(SHIPPED_DIR / "fashion-mnist-small"))
+    data = load_data("fashion-mnist:test", 28)
+    assert len(data) == 1000 and data.source == "fashion-mnist:test" and data.class_names[9] == "Ankle boot"
+
+
+def test_missing_full_fashion_mnist_names_both_remedies(monkeypatch):
+    import torchvision.datasets
+
+    from fewlabel.data import builtin
+
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(builtin, "fashion_mnist_dir", lambda: None)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", no_network)
+    with pytest.raises(FewlabelError, match="apt-get install dataset-fashion-mnist.*fashion-mnist-small") as err:
+        load_data("fashion-mnist", 28)
+    assert "could not be downloaded (OSError)" in str(err.value)

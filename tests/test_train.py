@@ -209,3 +209,25 @@ def test_early_stopping_and_imbalance_options_run(split_folder, tmp_path):
         **FAST | {"epochs": 25, "lr": 0.05},
     )
     assert len(history_phases(result.run_dir)) < 25
+
+
+def test_worker_processes_give_the_same_metrics(split_folder, tmp_path):
+    options = FAST | {"strategy": "full", "augment": "standard"}
+    single = fewlabel.train(str(split_folder), tmp_path / "a", workers=0, **options)
+    multi = fewlabel.train(str(split_folder), tmp_path / "b", workers=2, **options)
+    assert single.metrics["nll"] == multi.metrics["nll"]
+
+
+def test_predictor_accepts_paths_pil_images_and_arrays(split_folder, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    result = fewlabel.train(str(split_folder), tmp_path / "run", strategy="linear-probe", **FAST)
+    predictor = fewlabel.load(result.run_dir)
+    path = next((split_folder / "test" / "green").iterdir())
+    pil = Image.open(path)
+    probs = predictor.predict_proba([str(path), pil, np.asarray(pil), np.asarray(pil.convert("L"))])
+    assert probs.shape == (4, 3) and torch.allclose(probs.sum(1), torch.ones(4))
+    assert torch.allclose(probs[0], probs[1]) and torch.allclose(probs[1], probs[2])
+    with pytest.raises(FewlabelError, match="Cannot read image 'missing.png'"):
+        predictor.predict(["missing.png"])

@@ -6,7 +6,7 @@ import json
 import logging
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
@@ -14,6 +14,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from . import api
+from .config import TrainConfig
 from .errors import FewlabelError
 
 app = typer.Typer(
@@ -23,11 +24,17 @@ app = typer.Typer(
     help="Train trustworthy image models when labels are scarce.",
 )
 console = Console()
-Strategy = Enum("Strategy", {s: s for s in ("linear-probe", "freeze-unfreeze", "full", "layer-decay")}, type=str)
-Augment = Enum("Augment", {s: s for s in ("none", "light", "standard", "randaugment")}, type=str)
-Schedule = Enum("Schedule", {s: s for s in ("cosine", "onecycle", "constant")}, type=str)
-Imbalance = Enum("Imbalance", {s: s for s in ("none", "class-weights", "balanced-sampler")}, type=str)
-Logger = Enum("Logger", {s: s for s in ("csv", "tensorboard", "mlflow")}, type=str)
+
+
+def _choices(field: str) -> type[Enum]:
+    """A str Enum of a config field's Literal choices: --help lists them, typos fail early."""
+    values = get_args(TrainConfig.model_fields[field].annotation)
+    return Enum(field.title().replace("_", ""), {v: v for v in values}, type=str)
+
+
+Augment, Schedule, Imbalance, Logger, FreezeBN = map(
+    _choices, ("augment", "schedule", "imbalance", "logger", "freeze_bn")
+)
 
 
 def _setup_logging() -> None:
@@ -90,7 +97,7 @@ def train(
     augment: Annotated[Augment | None, typer.Option()] = None,
     label_smoothing: Annotated[float | None, typer.Option()] = None,
     imbalance: Annotated[Imbalance | None, typer.Option()] = None,
-    freeze_bn: Annotated[str | None, typer.Option(help="auto | yes | no")] = None,
+    freeze_bn: Annotated[FreezeBN | None, typer.Option(help="keep BatchNorm statistics fixed")] = None,
     early_stopping: Annotated[int | None, typer.Option(help="patience (epochs) on validation loss")] = None,
     accelerator: Annotated[str | None, typer.Option()] = None,
     devices: Annotated[str | None, typer.Option()] = None,
