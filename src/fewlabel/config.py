@@ -55,7 +55,7 @@ class TrainConfig(BaseModel):
     )
     early_stopping: int | None = Field(None, ge=1, description="patience in epochs on validation loss")
     accelerator: str = "auto"
-    devices: str = "auto"
+    devices: str = Field("1", description="devices per machine; several need a DDP launch (torchrun/SLURM)")
     precision: str = Field("auto", description="auto = 16-mixed on CUDA, else 32-true")
     workers: int = Field(0, ge=0)
     logger: Literal["csv", "tensorboard", "mlflow"] = "csv"

@@ -324,14 +324,8 @@ class Engine:
             return self.cfg.pretrained != "none"
         return self.cfg.freeze_bn == "yes"
 
-    def _devices(self):
-        return (
-            "auto"
-            if self.cfg.devices == "auto"
-            else int(self.cfg.devices)
-            if self.cfg.devices.isdigit()
-            else self.cfg.devices
-        )
+    def _devices(self) -> int | str:
+        return int(self.cfg.devices) if self.cfg.devices.isdigit() else self.cfg.devices
 
     def _logger(self, phase: str):
         save_dir = self.run_dir / "logs"
