@@ -231,3 +231,22 @@ def test_predictor_accepts_paths_pil_images_and_arrays(split_folder, tmp_path):
     assert torch.allclose(probs[0], probs[1]) and torch.allclose(probs[1], probs[2])
     with pytest.raises(FewlabelError, match="Cannot read image 'missing.png'"):
         predictor.predict(["missing.png"])
+
+
+def test_tensorboard_logger_writes_event_files(split_folder, tmp_path):
+    result = fewlabel.train(str(split_folder), tmp_path / "run", strategy="full", logger="tensorboard", **FAST)
+    assert list((result.run_dir / "logs" / "finetune").rglob("events.out.tfevents.*"))
+
+
+def test_missing_logger_package_is_one_clear_line(split_folder, tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a)
+    )
+    with pytest.raises(
+        FewlabelError, match=r"--logger mlflow needs the 'mlflow' package: pip install 'fewlabel\[mlflow\]'"
+    ):
+        fewlabel.train(str(split_folder), tmp_path / "run", strategy="full", logger="mlflow", **FAST)
+    assert not (tmp_path / "run").exists()

@@ -31,7 +31,7 @@ from .evaluate import aggregate_seeds, classification_metrics
 from .fileio import write_json, write_yaml
 from .models import OFFLINE_WEIGHTS, ModelCard, create_backbone, load_model_files, save_model_files
 from .models.files import WEIGHTS_FILE
-from .train.engine import CHECKPOINT, Engine, check_image_size, prepare_data
+from .train.engine import CHECKPOINT, Engine, check_image_size, check_logger_available, prepare_data
 from .train.inference import batched_outputs
 
 log = logging.getLogger("fewlabel")
@@ -77,6 +77,7 @@ def train(
     mean, standard deviation and 95% interval of every figure.
     """
     cfg = build_config(data, config, **options)
+    check_logger_available(cfg.logger)
     run_dir = Path(out)
     _prepare_run_dir(run_dir, cfg, overwrite, resume)
     write_yaml(run_dir / "config.yaml", cfg.to_yaml_dict())

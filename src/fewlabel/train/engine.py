@@ -146,6 +146,13 @@ def check_image_size(model: nn.Module, img_size: int, arch: str) -> None:
         model.train(was_training)
 
 
+def check_logger_available(logger: str) -> None:
+    """Refuse, before any work, a logger whose package is not installed."""
+    package = {"tensorboard": "tensorboard", "mlflow": "mlflow"}.get(logger)
+    if package and importlib.util.find_spec(package) is None:
+        raise FewlabelError(f"--logger {logger} needs the '{package}' package: pip install 'fewlabel[{package}]'.")
+
+
 def checkpoint_phase(path: Path) -> str | None:
     """The phase a last.ckpt belongs to (loaded with weights_only=True)."""
     if not path.is_file():
@@ -329,11 +336,6 @@ class Engine:
 
     def _logger(self, phase: str):
         save_dir = self.run_dir / "logs"
-        package = {"tensorboard": "tensorboard", "mlflow": "mlflow"}.get(self.cfg.logger)
-        if package and importlib.util.find_spec(package) is None:
-            raise FewlabelError(
-                f"--logger {self.cfg.logger} needs the '{package}' package: pip install 'fewlabel[{package}]'."
-            )
         if self.cfg.logger == "tensorboard":
             from lightning.pytorch.loggers import TensorBoardLogger
 
