@@ -23,7 +23,7 @@ from fewlabel.evaluate.metrics import mean_sd_ci
 SETUPS = {
     "linear-probe": dict(strategy="linear-probe", pretrained="imagenet", epochs=100),
     "freeze-unfreeze": dict(strategy="freeze-unfreeze", pretrained="imagenet", head_epochs=50, epochs=10),
-    "full": dict(strategy="full", pretrained="imagenet", epochs=10, lr=3e-4),
+    "full": dict(strategy="full", pretrained="imagenet", epochs=10),
     "scratch": dict(strategy="full", pretrained="none", epochs=30, lr=1e-3),
 }
 

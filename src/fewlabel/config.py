@@ -39,7 +39,10 @@ class TrainConfig(BaseModel):
     seed: int = 0
     seeds: list[int] | None = None
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(1e-3, gt=0, description="peak learning rate of the top layers")
+    # 3e-4: on Fashion-MNIST with 10 labels per class (EfficientNet-Lite0, 64 px, seed 0, scored
+    # on 1,000 training-set images outside the labelled draw) freeze-unfreeze reached 68.1% at
+    # 1e-4, 70.9% at 3e-4 and 47.7% at 1e-3, where whole-network AdamW steps wreck the features.
+    lr: float = Field(3e-4, gt=0, description="peak learning rate of the top layers (AdamW)")
     head_lr: float = Field(1e-2, gt=0, description="learning rate of the head on cached features")
     weight_decay: float = Field(1e-2, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
