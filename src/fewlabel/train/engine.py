@@ -86,29 +86,34 @@ def prepare_data(cfg: TrainConfig, seed: int) -> DataBundle:
         chosen, rest = per_class_subset(full_train.labels, cfg.labels_per_class, seed, full_train.class_names)
         labeled = full_train.subset(chosen)
         unlabeled_ids = [full_train.ids[i] for i in rest.tolist()]
-    splits = spec.available_splits()
-    val = None
-    if "val" in splits and spec.split is None and not cfg.val_split:
-        val = align_classes(
-            load_data(spec.with_split("val"), cfg.img_size, cfg.strict), labeled.class_names, "Validation"
-        )
-    has_test = "test" in splits and spec.split is None
-    val_split = cfg.val_split
-    if val is None and not val_split and not has_test and cfg.eval_data is None:
-        val_split = DEFAULT_VAL_SPLIT
-        log.info("DATA has no val or test split: holding out %.0f%% of it for validation", 100 * val_split)
-    if val is None and val_split:
-        held, kept = stratified_holdout(labeled.labels, val_split, seed)
-        labeled, val = labeled.subset(kept), labeled.subset(held)
-        val.source = f"{full_train.source} (held out)"
+    splits = spec.available_splits() if spec.split is None else ()
+    labeled, val = _validation(cfg, spec, splits, labeled, seed)
     if cfg.eval_data:
         evaluation, name = load_data(cfg.eval_data, cfg.img_size, cfg.strict), cfg.eval_data
-    elif has_test:
+    elif "test" in splits:
         evaluation, name = load_data(spec.with_split("test"), cfg.img_size, cfg.strict), "test"
     else:
         evaluation, name = val, "validation"
     evaluation = align_classes(evaluation, labeled.class_names, "Evaluation")
     return DataBundle(labeled, val, evaluation, name, unlabeled_ids)
+
+
+def _validation(cfg: TrainConfig, spec, splits: tuple[str, ...], labeled: ImageSet, seed: int):
+    """(labelled, validation): DATA's val split; else ``val_split`` of the labelled images held
+    out; else, when nothing else could score the model, DEFAULT_VAL_SPLIT held out."""
+    if "val" in splits and not cfg.val_split:
+        val = load_data(spec.with_split("val"), cfg.img_size, cfg.strict)
+        return labeled, align_classes(val, labeled.class_names, "Validation")
+    fraction = cfg.val_split
+    if not fraction and "test" not in splits and cfg.eval_data is None:
+        fraction = DEFAULT_VAL_SPLIT
+        log.info("DATA has no val or test split: holding out %.0f%% of it for validation", 100 * fraction)
+    if not fraction:
+        return labeled, None
+    held, kept = stratified_holdout(labeled.labels, fraction, seed)
+    val = labeled.subset(held)
+    val.source = f"{labeled.source} (held out)"
+    return labeled.subset(kept), val
 
 
 def resolve_accelerator(cfg: TrainConfig) -> tuple[str, torch.device, str]:
