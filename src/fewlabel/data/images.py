@@ -1,13 +1,12 @@
 """Decode image files of any common mode into uint8 tensors, once.
 
 Grayscale, RGB, RGBA, palette, 16-bit and CMYK files all load. Transparent images are
-composited on white. Pillow's decompression-bomb limit stays on and its warning is treated
-as an error, so an oversized file is refused rather than decoded.
+composited on white. Pillow's decompression-bomb limit stays on, and an image over the
+limit is refused even where Pillow would only warn.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,20 +43,30 @@ def pil_to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def _refuse_bombs(img: Image.Image) -> None:
+    """Refuse more pixels than Pillow's MAX_IMAGE_PIXELS, where Pillow itself only warns
+    (it raises above twice the limit). Checked here rather than through a warnings filter,
+    which is not thread-safe."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.size[0] * img.size[1] > limit:
+        raise ImageDecodeError(
+            f"refused as a decompression bomb ({img.size[0]}x{img.size[1]} pixels exceeds the limit of {limit})"
+        )
+
+
 def decode_image(path: str | Path) -> torch.Tensor:
     """Read one file into a CxHxW uint8 tensor, raising ImageDecodeError with the reason."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise ImageDecodeError("empty file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                arr = pil_to_array(img)
+        with Image.open(path) as img:
+            _refuse_bombs(img)
+            img.load()
+            arr = pil_to_array(img)
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"refused as a decompression bomb ({exc})") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageDecodeError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None

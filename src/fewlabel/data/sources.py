@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,21 +143,36 @@ def _load_csv(path: Path, image_size: int, strict: bool) -> ImageSet:
 
 
 def _decode_all(entries: list[tuple[Path, int]], class_names: list[str], image_size: int, strict: bool) -> ImageSet:
-    """Decode every file once, resized to image_size; skip (or refuse, if strict) bad files."""
+    """Decode every file once, resized to image_size; skip (or refuse, if strict) bad files.
+
+    Files are decoded in a thread pool (Pillow releases the GIL while decoding); order is kept.
+    """
     from tqdm.auto import tqdm
 
-    images, labels, ids, bad = [], [], [], []
-    for path, label in tqdm(entries, desc="decoding images", leave=False, disable=len(entries) < 200):
+    def decode(path: Path) -> torch.Tensor | ImageDecodeError:
         try:
-            image = decode_image(path)
+            return resize_to_square(decode_image(path), image_size)
         except ImageDecodeError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        results = list(
+            tqdm(
+                pool.map(decode, [p for p, _ in entries]),
+                total=len(entries),
+                desc="decoding images",
+                leave=False,
+                disable=len(entries) < 200,
+            )
+        )
+    images, labels, ids, bad = [], [], [], []
+    for (path, label), result in zip(entries, results, strict=True):
+        if isinstance(result, ImageDecodeError):
             if strict:
-                raise FewlabelError(
-                    f"Unreadable image '{path}': {exc} (remove it, or drop --strict to skip)."
-                ) from None
-            bad.append(f"{path} ({exc})")
+                raise FewlabelError(f"Unreadable image '{path}': {result} (remove it, or drop --strict to skip).")
+            bad.append(f"{path} ({result})")
             continue
-        images.append(resize_to_square(image, image_size))
+        images.append(result)
         labels.append(label)
         ids.append(str(path))
     if bad:
