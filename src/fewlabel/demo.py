@@ -17,7 +17,7 @@ import fewlabel
 
 RUNS = {
     "linear-probe": dict(strategy="linear-probe", epochs=40),
-    "freeze-unfreeze": dict(strategy="freeze-unfreeze", head_epochs=40, epochs=6),
+    "freeze-unfreeze": dict(strategy="freeze-unfreeze", head_epochs=40, epochs=10),
 }
 COMMON = dict(model="efficientnet_lite0", pretrained="imagenet", img_size=64, labels_per_class=50, seed=0)
 
