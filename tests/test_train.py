@@ -250,3 +250,13 @@ def test_missing_logger_package_is_one_clear_line(split_folder, tmp_path, monkey
     ):
         fewlabel.train(str(split_folder), tmp_path / "run", strategy="full", logger="mlflow", **FAST)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("bad", ["partial", "partial:x", "full:2", "freze-unfreeze"])
+def test_strategy_names_are_parsed_from_the_registry(bad):
+    from fewlabel.train.strategies import list_strategies, parse_strategy
+
+    assert parse_strategy("partial:3") == ("partial", 3) and parse_strategy("full") == ("full", None)
+    assert "partial:N" in list_strategies()
+    with pytest.raises(ValueError, match=f"unknown strategy '{bad}'; accepted: linear-probe.*partial:N"):
+        parse_strategy(bad)

@@ -29,7 +29,7 @@ from .data.transforms import build_transform
 from .errors import FewlabelError
 from .evaluate import aggregate_seeds, classification_metrics
 from .fileio import write_json, write_yaml
-from .models import OFFLINE_WEIGHTS, ModelCard, create_backbone, load_model_files, save_model_files
+from .models import OFFLINE_WEIGHTS, ModelCard, create_backbone, list_backbones, load_model_files, save_model_files
 from .models.files import WEIGHTS_FILE
 from .train.engine import CHECKPOINT, Engine, check_image_size, check_logger_available, prepare_data
 from .train.inference import batched_outputs
@@ -267,9 +267,7 @@ def evaluate(run_dir: str | Path, data: str, out: str | Path | None = None, stri
 
 def list_models(pattern: str = "") -> list[dict]:
     """Backbone names (timm's), each with whether ImageNet weights are available offline."""
-    import timm
-
-    names = timm.list_models(pattern or "*")
+    names = list_backbones(pattern)
     return [{"name": n, "offline_imagenet": n in OFFLINE_WEIGHTS and OFFLINE_WEIGHTS[n].is_installed()} for n in names]
 
 

@@ -6,7 +6,6 @@ config is written to ``runs/<name>/config.yaml`` and re-runs the same training.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -14,9 +13,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import FewlabelError
-
-STRATEGIES = ("linear-probe", "freeze-unfreeze", "full", "layer-decay", "partial:N")
-_PARTIAL = re.compile(r"^partial:(\d+)$")
 
 
 class TrainConfig(BaseModel):
@@ -69,18 +65,10 @@ class TrainConfig(BaseModel):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        if value in STRATEGIES[:-1] or _PARTIAL.match(value):
-            return value
-        from .errors import did_you_mean
+        from .train.strategies import parse_strategy  # the registry imports this module
 
-        raise ValueError(
-            f"unknown strategy '{value}'; accepted: {', '.join(STRATEGIES)}{did_you_mean(value, STRATEGIES[:-1])}"
-        )
-
-    @property
-    def partial_blocks(self) -> int | None:
-        match = _PARTIAL.match(self.strategy)
-        return int(match.group(1)) if match else None
+        parse_strategy(value)
+        return value
 
     @property
     def seed_list(self) -> list[int]:

@@ -71,7 +71,7 @@ def parse_data_spec(spec: str) -> DataSpec:
     raise unknown_choice("dataset", location, BUILTIN_DATASETS)
 
 
-def load_data(spec: DataSpec | str, image_size: int, strict: bool = False) -> ImageSet:
+def load_data(spec: DataSpec | str, image_size: int, strict: bool = False, progress: bool = True) -> ImageSet:
     """Load the split the spec names (``train`` when it names none) into memory."""
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
     split = spec.split or "train"
@@ -84,9 +84,9 @@ def load_data(spec: DataSpec | str, image_size: int, strict: bool = False) -> Im
     elif spec.kind == "folder":
         root = Path(spec.location)
         folder = root / split if (root / "train").is_dir() else root
-        dataset = _load_image_folder(folder, image_size, strict)
+        dataset = _load_image_folder(folder, image_size, strict, progress)
     else:
-        dataset = _load_csv(Path(spec.location), image_size, strict)
+        dataset = _load_csv(Path(spec.location), image_size, strict, progress)
     dataset.source = str(spec.with_split(split))
     _check_classes(dataset, str(spec.with_split(split)))
     return dataset
@@ -101,7 +101,7 @@ def _check_classes(dataset: ImageSet, name: str) -> None:
         )
 
 
-def _load_image_folder(folder: Path, image_size: int, strict: bool) -> ImageSet:
+def _load_image_folder(folder: Path, image_size: int, strict: bool, progress: bool) -> ImageSet:
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise FewlabelError(
@@ -117,10 +117,10 @@ def _load_image_folder(folder: Path, image_size: int, strict: bool) -> ImageSet:
                 "(accepted extensions: .png .jpg .jpeg .bmp .tif .tiff .gif .webp .ppm .pgm)."
             )
         entries += [(f, label) for f in files]
-    return _decode_all(entries, [d.name for d in class_dirs], image_size, strict)
+    return _decode_all(entries, [d.name for d in class_dirs], image_size, strict, progress)
 
 
-def _load_csv(path: Path, image_size: int, strict: bool) -> ImageSet:
+def _load_csv(path: Path, image_size: int, strict: bool, progress: bool) -> ImageSet:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in reader.fieldnames or []]
@@ -139,10 +139,12 @@ def _load_csv(path: Path, image_size: int, strict: bool) -> ImageSet:
     class_names = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(class_names)}
     entries = [(path.parent / r["path"], index[r["label"]]) for r in rows]
-    return _decode_all(entries, class_names, image_size, strict)
+    return _decode_all(entries, class_names, image_size, strict, progress)
 
 
-def _decode_all(entries: list[tuple[Path, int]], class_names: list[str], image_size: int, strict: bool) -> ImageSet:
+def _decode_all(
+    entries: list[tuple[Path, int]], class_names: list[str], image_size: int, strict: bool, progress: bool
+) -> ImageSet:
     """Decode every file once, resized to image_size; skip (or refuse, if strict) bad files.
 
     Files are decoded in a thread pool (Pillow releases the GIL while decoding); order is kept.

@@ -80,7 +80,7 @@ class DataBundle:
 def prepare_data(cfg: TrainConfig, seed: int) -> DataBundle:
     """Load DATA's splits, draw the labelled subset and the validation split (both seeded)."""
     spec = parse_data_spec(cfg.data)
-    full_train = load_data(spec if spec.split else spec.with_split("train"), cfg.img_size, cfg.strict)
+    full_train = load_data(spec if spec.split else spec.with_split("train"), cfg.img_size, cfg.strict, cfg.progress)
     labeled, unlabeled_ids = full_train, []
     if cfg.labels_per_class:
         chosen, rest = per_class_subset(full_train.labels, cfg.labels_per_class, seed, full_train.class_names)
@@ -89,9 +89,9 @@ def prepare_data(cfg: TrainConfig, seed: int) -> DataBundle:
     splits = spec.available_splits() if spec.split is None else ()
     labeled, val = _validation(cfg, spec, splits, labeled, seed)
     if cfg.eval_data:
-        evaluation, name = load_data(cfg.eval_data, cfg.img_size, cfg.strict), cfg.eval_data
+        evaluation, name = load_data(cfg.eval_data, cfg.img_size, cfg.strict, cfg.progress), cfg.eval_data
     elif "test" in splits:
-        evaluation, name = load_data(spec.with_split("test"), cfg.img_size, cfg.strict), "test"
+        evaluation, name = load_data(spec.with_split("test"), cfg.img_size, cfg.strict, cfg.progress), "test"
     else:
         evaluation, name = val, "validation"
     evaluation = align_classes(evaluation, labeled.class_names, "Evaluation")
@@ -102,7 +102,7 @@ def _validation(cfg: TrainConfig, spec, splits: tuple[str, ...], labeled: ImageS
     """(labelled, validation): DATA's val split; else ``val_split`` of the labelled images held
     out; else, when nothing else could score the model, DEFAULT_VAL_SPLIT held out."""
     if "val" in splits and not cfg.val_split:
-        val = load_data(spec.with_split("val"), cfg.img_size, cfg.strict)
+        val = load_data(spec.with_split("val"), cfg.img_size, cfg.strict, cfg.progress)
         return labeled, align_classes(val, labeled.class_names, "Validation")
     fraction = cfg.val_split
     if not fraction and "test" not in splits and cfg.eval_data is None:
@@ -174,7 +174,6 @@ def checkpoint_phase(path: Path) -> str | None:
 class FitResult:
     train_seconds: float
     images_per_second: float
-    cache_hits: int = 0
 
 
 class Engine:
@@ -210,7 +209,6 @@ class Engine:
         return FitResult(
             time.perf_counter() - started,
             sum(m.images for m in image_meters) / seconds if seconds else 0.0,
-            self.cache.hits,
         )
 
     def _run_phase(

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..config import TrainConfig
-from ..errors import unknown_choice
+from ..errors import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -26,36 +26,49 @@ class Phase:
     trainable_blocks: int | None = None  # None: all layers; N: the last N blocks and the head
 
 
-_STRATEGIES: dict[str, Callable[[TrainConfig], list[Phase]]] = {}
+_STRATEGIES: dict[str, Callable[[TrainConfig, int | None], list[Phase]]] = {}
+_TAKES_NUMBER: set[str] = set()
 
 
-def register_strategy(name: str):
-    def decorate(fn: Callable[[TrainConfig], list[Phase]]):
+def register_strategy(name: str, takes_number: bool = False):
+    """Register a phase plan under ``name``; with ``takes_number`` it is used as ``name:N``."""
+
+    def decorate(fn: Callable[[TrainConfig, int | None], list[Phase]]):
         _STRATEGIES[name] = fn
+        if takes_number:
+            _TAKES_NUMBER.add(name)
         return fn
 
     return decorate
 
 
 def list_strategies() -> list[str]:
-    return list(_STRATEGIES)
+    """Registered strategy names as a user types them (``partial:N`` for numbered ones)."""
+    return [f"{name}:N" if name in _TAKES_NUMBER else name for name in _STRATEGIES]
+
+
+def parse_strategy(value: str) -> tuple[str, int | None]:
+    """Split ``partial:2`` into ("partial", 2); raise ValueError naming the accepted forms."""
+    name, _, number = value.partition(":")
+    if name in _STRATEGIES and (name in _TAKES_NUMBER) == bool(number) and (not number or number.isdigit()):
+        return name, int(number) if number else None
+    accepted = list_strategies()
+    raise ValueError(f"unknown strategy '{value}'; accepted: {', '.join(accepted)}.{did_you_mean(value, accepted)}")
 
 
 def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    name = "partial" if cfg.partial_blocks is not None else cfg.strategy
-    if name not in _STRATEGIES:
-        raise unknown_choice("strategy", cfg.strategy, _STRATEGIES)
-    return _STRATEGIES[name](cfg)
+    name, number = parse_strategy(cfg.strategy)
+    return _STRATEGIES[name](cfg, number)
 
 
 @register_strategy("linear-probe")
-def linear_probe(cfg: TrainConfig) -> list[Phase]:
+def linear_probe(cfg: TrainConfig, _: int | None) -> list[Phase]:
     """Frozen backbone; the head trains on features computed once (``epochs`` head epochs)."""
     return [Phase("head", True, cfg.epochs, cfg.head_lr)]
 
 
 @register_strategy("freeze-unfreeze")
-def freeze_unfreeze(cfg: TrainConfig) -> list[Phase]:
+def freeze_unfreeze(cfg: TrainConfig, _: int | None) -> list[Phase]:
     """Head first on cached features, then every layer with discriminative learning rates:
     each stage (timm's coarse groups) below the top trains ``layer_decay`` times slower."""
     return [
@@ -65,18 +78,18 @@ def freeze_unfreeze(cfg: TrainConfig) -> list[Phase]:
 
 
 @register_strategy("full")
-def full(cfg: TrainConfig) -> list[Phase]:
+def full(cfg: TrainConfig, _: int | None) -> list[Phase]:
     """Every layer at one learning rate."""
     return [Phase("finetune", False, cfg.epochs, cfg.lr)]
 
 
 @register_strategy("layer-decay")
-def layer_decay(cfg: TrainConfig) -> list[Phase]:
+def layer_decay(cfg: TrainConfig, _: int | None) -> list[Phase]:
     """Layer-wise learning-rate decay over blocks (timm's fine groups), ``layer_decay`` per block."""
     return [Phase("finetune", False, cfg.epochs, cfg.lr, cfg.layer_decay, coarse_groups=False)]
 
 
-@register_strategy("partial")
-def partial(cfg: TrainConfig) -> list[Phase]:
+@register_strategy("partial", takes_number=True)
+def partial(cfg: TrainConfig, blocks: int | None) -> list[Phase]:
     """``partial:N``: only the last N blocks and the head train; the rest stays frozen."""
-    return [Phase("finetune", False, cfg.epochs, cfg.lr, trainable_blocks=cfg.partial_blocks)]
+    return [Phase("finetune", False, cfg.epochs, cfg.lr, trainable_blocks=blocks)]
