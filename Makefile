@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean browser
 
 setup: $(STAMP)
 
@@ -21,7 +21,11 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check src tests bench scripts
 
-test: setup lint
+# The report test opens report.html in Debian's headless Chromium (installed here when missing; needs root).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: setup lint browser
 	$(BIN)/python -m pytest -q
 
 bench: setup

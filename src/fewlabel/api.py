@@ -28,6 +28,8 @@ from .data.splits import align_classes
 from .data.transforms import build_transform
 from .errors import FewlabelError
 from .evaluate import aggregate_seeds, classification_metrics
+from .evaluate.predictions import FILE as PREDICTIONS_FILE
+from .evaluate.predictions import Predictions, write_predictions
 from .fileio import write_json, write_yaml
 from .models import OFFLINE_WEIGHTS, ModelCard, create_backbone, list_backbones, load_model_files, save_model_files
 from .models.files import WEIGHTS_FILE
@@ -149,7 +151,9 @@ def _train_one_seed(
     )
     save_model_files(run_dir, model, card)
     predictor = Predictor(model, card)
-    metrics = predictor.metrics(data.eval, progress=cfg.progress)
+    probs = predictor.predict_proba(data.eval, progress=cfg.progress)
+    write_predictions(run_dir / PREDICTIONS_FILE, Predictions(data.eval.ids, probs, data.eval.labels, data.class_names))
+    metrics = classification_metrics(probs, data.eval.labels, data.class_names)
     metrics |= {
         "eval_data": data.eval_name,
         "seed": seed,

@@ -184,3 +184,23 @@ def _decode_all(
     channels = max(im.shape[0] for im in images)
     stacked = torch.stack([im.expand(channels, -1, -1) for im in images]).contiguous()
     return ImageSet(stacked, torch.tensor(labels, dtype=torch.long), class_names, ids)
+
+
+def load_images_by_id(ids: list[str], image_size: int) -> list[torch.Tensor | None]:
+    """Images named by ImageSet ids (file paths or ``dataset:split/index``), resized to
+    ``image_size``; None for an id that no longer resolves (a moved or deleted file)."""
+    builtin_splits: dict[tuple[str, str], ImageSet] = {}
+    images: list[torch.Tensor | None] = []
+    for image_id in ids:
+        head, _, index = image_id.rpartition("/")
+        name, _, split = head.partition(":")
+        if name in BUILTIN_DATASETS and index.isdigit():
+            if (name, split) not in builtin_splits:
+                builtin_splits[(name, split)] = load_builtin(name, split)
+            images.append(resize_to_square(builtin_splits[(name, split)].images[int(index)], image_size))
+            continue
+        try:
+            images.append(resize_to_square(decode_image(image_id), image_size))
+        except (ImageDecodeError, OSError):
+            images.append(None)
+    return images

@@ -64,3 +64,59 @@ def learning_curves_figure(rows: list[dict]) -> str | None:
             ax.axvline(b, color="grey", linestyle=":")
     fig.suptitle("learning curves (dotted line: next phase)")
     return _encode(fig)
+
+
+def reliability_figure(bins, ece: float) -> str:
+    """Accuracy against confidence per bin, with the diagonal of perfect calibration."""
+    fig, (ax, ax_count) = plt.subplots(2, 1, figsize=(4.5, 5), height_ratios=[3, 1], sharex=True)
+    centres = ((bins.edges[:-1] + bins.edges[1:]) / 2).numpy()
+    width = float(bins.edges[1] - bins.edges[0])
+    accuracy = np.nan_to_num(bins.accuracy.numpy())
+    ax.bar(centres, accuracy, width=width * 0.95, color="#4c72b0", edgecolor="black", label="accuracy")
+    gap = np.nan_to_num(bins.confidence.numpy()) - accuracy
+    ax.bar(centres, gap, bottom=accuracy, width=width * 0.95, color="#dd8452", alpha=0.5, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {ece:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    ax_count.bar(centres, bins.count.numpy(), width=width * 0.95, color="grey")
+    ax_count.set_xlabel("confidence of the predicted class")
+    ax_count.set_ylabel("images")
+    return _encode(fig)
+
+
+def roc_figure(probs, labels, class_names: list[str]) -> str:
+    """One-vs-rest ROC curve per class present in ``labels``, with its AUROC."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    y = labels.numpy()
+    for c, name in enumerate(class_names):
+        positives = y == c
+        if positives.all() or not positives.any():
+            continue
+        fpr, tpr, _ = roc_curve(positives, probs[:, c].numpy())
+        ax.plot(fpr, tpr, linewidth=1.2, label=f"{name} ({roc_auc_score(positives, probs[:, c].numpy()):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", linewidth=1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC, one vs rest (AUROC)")
+    ax.legend(fontsize=7, loc="lower right")
+    return _encode(fig)
+
+
+def image_grid_figure(images: list, titles: list[str], overlays: list | None = None, columns: int = 4) -> str:
+    """A grid of uint8 C x H x W images with titles; optional [0, 1] maps drawn over them."""
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (image, title) in enumerate(zip(images, titles, strict=True)):
+        ax = axes.flat[i]
+        array = image.permute(1, 2, 0).numpy()
+        ax.imshow(array[..., 0] if array.shape[2] == 1 else array, cmap="gray" if array.shape[2] == 1 else None)
+        if overlays is not None:
+            ax.imshow(overlays[i].numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return _encode(fig)

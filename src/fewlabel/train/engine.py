@@ -18,6 +18,7 @@ from torch.utils.data import TensorDataset
 
 from ..config import TrainConfig
 from ..data.datamodule import ClassificationDataModule, TransformedImages
+from ..data.duplicates import cross_duplicates
 from ..data.imageset import ImageSet
 from ..data.sources import load_data, parse_data_spec
 from ..data.splits import align_classes, per_class_subset, stratified_holdout
@@ -69,11 +70,18 @@ class DataBundle:
         return self.train.class_names
 
     def summary(self) -> dict:
+        """Sizes, class counts and exact duplicates between the splits (for the report)."""
+        duplicates = {"train/eval": cross_duplicates(self.train, self.eval)}
+        if self.val is not None:
+            duplicates["train/val"] = cross_duplicates(self.train, self.val)
+            if self.eval is not self.val:
+                duplicates["val/eval"] = cross_duplicates(self.val, self.eval)
         return {
             "train": self.train.summary(),
             "val": self.val.summary() if self.val is not None else None,
             "eval": self.eval.summary() | {"role": self.eval_name},
             "unlabeled_pool": len(self.unlabeled_ids),
+            "duplicates": duplicates,
         }
 
 

@@ -1,0 +1,1 @@
+"""Audits of a trained model: calibration and saliency (pure functions over tensors)."""
