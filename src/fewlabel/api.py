@@ -90,7 +90,7 @@ def train(
         per_seed = {s: _train_one_seed(cfg, s, run_dir / f"seed-{s}", resume, callbacks) for s in seeds}
         metrics = aggregate_seeds(per_seed) | {"eval_data": per_seed[seeds[0]]["eval_data"]}
         write_json(run_dir / "metrics.json", metrics)
-        _write_report(run_dir)
+        _finish(run_dir, cfg)
     return TrainResult(run_dir, metrics, cfg)
 
 
@@ -161,14 +161,20 @@ def _train_one_seed(
         "train_images_per_second": result.images_per_second,
     }
     write_json(run_dir / "metrics.json", metrics)
-    _write_report(run_dir)
+    _finish(run_dir, cfg)
     return metrics
 
 
-def _write_report(run_dir: Path) -> None:
+def _finish(run_dir: Path, cfg: TrainConfig) -> None:
+    """Write the report; with ``--logger mlflow`` also record the run in MLflow."""
     from .report import write_report
 
     write_report(run_dir)
+    if cfg.logger == "mlflow":
+        from .tracking import log_run_to_mlflow
+
+        run_id = log_run_to_mlflow(run_dir, cfg.mlflow_uri)
+        log.info("recorded in MLflow as run %s", run_id)
 
 
 class Predictor:

@@ -104,6 +104,7 @@ def train(
     precision: Annotated[str | None, typer.Option()] = None,
     workers: Annotated[int | None, typer.Option()] = None,
     logger: Annotated[Logger | None, typer.Option()] = None,
+    mlflow_uri: Annotated[str | None, typer.Option(help="MLflow store for --logger mlflow")] = None,
     strict: Annotated[
         bool | None, typer.Option("--strict", help="refuse unreadable images instead of skipping")
     ] = None,

@@ -58,6 +58,7 @@ class TrainConfig(BaseModel):
     precision: str = Field("auto", description="auto = 16-mixed on CUDA, else 32-true")
     workers: int = Field(0, ge=0)
     logger: Literal["csv", "tensorboard", "mlflow"] = "csv"
+    mlflow_uri: str | None = Field(None, description="MLflow store; default sqlite:///<runs folder>/mlflow.db")
     strict: bool = False
     feature_cache: Literal["memory", "disk", "off"] = "disk"
     progress: bool = True
@@ -69,6 +70,13 @@ class TrainConfig(BaseModel):
 
         parse_strategy(value)
         return value
+
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _known_store(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(("sqlite:///", "file:", "http://", "https://", "/")):
+            return value
+        raise ValueError("not accepted: use sqlite:///path/to/mlflow.db, a file: URI or a server URL")
 
     @property
     def seed_list(self) -> list[int]:

@@ -346,19 +346,12 @@ class Engine:
         return int(self.cfg.devices) if self.cfg.devices.isdigit() else self.cfg.devices
 
     def _logger(self, phase: str):
+        """CSV (also under ``--logger mlflow``, whose record api.train writes from the run's files)."""
         save_dir = self.run_dir / "logs"
         if self.cfg.logger == "tensorboard":
             from lightning.pytorch.loggers import TensorBoardLogger
 
             return TensorBoardLogger(save_dir, name=phase, version=0)
-        if self.cfg.logger == "mlflow":
-            from lightning.pytorch.loggers import MLFlowLogger
-
-            return MLFlowLogger(
-                experiment_name="fewlabel",
-                run_name=f"{self.run_dir.name}-{phase}",
-                tracking_uri=f"file:{(self.run_dir / 'mlruns').resolve()}",
-            )
         from lightning.pytorch.loggers import CSVLogger
 
         return CSVLogger(save_dir, name=phase, version=0)
