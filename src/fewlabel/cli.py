@@ -160,6 +160,21 @@ def predict(
 
 
 @app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    host: Annotated[str, typer.Option(help="interface to listen on (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    top_k: Annotated[int, typer.Option(min=1)] = 3,
+    max_upload_mb: Annotated[float, typer.Option(min=0.01, help="largest accepted upload")] = 10.0,
+) -> None:
+    """A local web app: drop images, see top-k classes and Grad-CAM, download CSV."""
+    from .serve import serve as run_server
+
+    console.print(f"serving {run} on http://{host}:{port}/ (Ctrl+C stops)")
+    run_server(run, host, port, top_k, max_upload_mb)
+
+
+@app.command()
 def models(
     pattern: Annotated[str, typer.Argument(help="glob, e.g. 'efficientnet*'")] = "",
     offline: Annotated[bool, typer.Option(help="only those with ImageNet weights offline")] = False,

@@ -7,6 +7,7 @@ limit is refused even where Pillow would only warn.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +55,12 @@ def _refuse_bombs(img: Image.Image) -> None:
         )
 
 
-def decode_image(path: str | Path) -> torch.Tensor:
-    """Read one file into a CxHxW uint8 tensor, raising ImageDecodeError with the reason."""
-    path = Path(path)
+def decode_image(source: str | Path | bytes) -> torch.Tensor:
+    """Read one file (or its bytes) into a CxHxW uint8 tensor, raising ImageDecodeError with the reason."""
     try:
-        if path.stat().st_size == 0:
+        if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
             raise ImageDecodeError("empty file")
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as img:
             _refuse_bombs(img)
             img.load()
             arr = pil_to_array(img)

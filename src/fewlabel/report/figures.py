@@ -120,3 +120,15 @@ def image_grid_figure(images: list, titles: list[str], overlays: list | None = N
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
     return _encode(fig)
+
+
+def overlay_png(image, saliency) -> bytes:
+    """A PNG of a uint8 C x H x W image with a [0, 1] map blended over it in the jet colormap."""
+    from PIL import Image
+
+    base = image.expand(3, -1, -1).permute(1, 2, 0).numpy().astype(np.float32) / 255.0
+    heat = matplotlib.colormaps["jet"](saliency.numpy())[..., :3].astype(np.float32)
+    blended = (0.55 * base + 0.45 * heat).clip(0, 1)
+    buffer = io.BytesIO()
+    Image.fromarray((blended * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
