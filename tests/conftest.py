@@ -26,6 +26,18 @@ FAST = dict(
 )
 
 
+# Debian's Chromium, headless, without the background network calls this closed machine refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FEWLABEL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

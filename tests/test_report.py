@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import fewlabel
-from conftest import FAST
+from conftest import CHROMIUM_ARGS, FAST
 from fewlabel.data.duplicates import cross_duplicates
 from fewlabel.data.imageset import ImageSet
 from fewlabel.evaluate.predictions import Predictions, read_predictions, write_predictions
@@ -77,13 +77,7 @@ def test_report_opens_in_headless_chromium_without_console_errors(split_folder, 
         [
             chromium,
             "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *CHROMIUM_ARGS,
             f"--user-data-dir={tmp_path / 'profile'}",
             "--enable-logging=stderr",
             "--v=0",

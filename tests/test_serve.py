@@ -16,19 +16,9 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 import fewlabel
-from conftest import FAST
+from conftest import CHROMIUM_ARGS, FAST
 from fewlabel.errors import FewlabelError
 from fewlabel.serve import check_port_free, create_app
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
