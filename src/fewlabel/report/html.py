@@ -94,17 +94,21 @@ def _title(predictions: Predictions, i: int) -> str:
     )
 
 
-def _gallery(predictions: Predictions, indices: torch.Tensor, img_size: int) -> str | None:
+def _found_images(predictions: Predictions, indices: torch.Tensor, img_size: int) -> list[tuple[int, torch.Tensor]]:
+    """(index, image) for the evaluation images that can still be loaded by their id."""
     images = load_images_by_id([predictions.ids[i] for i in indices.tolist()], img_size)
-    found = [(i, im) for i, im in zip(indices.tolist(), images, strict=True) if im is not None]
+    return [(i, im) for i, im in zip(indices.tolist(), images, strict=True) if im is not None]
+
+
+def _gallery(predictions: Predictions, indices: torch.Tensor, img_size: int) -> str | None:
+    found = _found_images(predictions, indices, img_size)
     if not found:
         return None
     return image_grid_figure([im for _, im in found], [_title(predictions, i) for i, _ in found])
 
 
 def _saliency(predictions: Predictions, indices: torch.Tensor, model, card) -> str | None:
-    images = load_images_by_id([predictions.ids[i] for i in indices.tolist()], card.img_size)
-    found = [(i, im) for i, im in zip(indices.tolist(), images, strict=True) if im is not None]
+    found = _found_images(predictions, indices, card.img_size)
     if not found:
         return None
     transform = build_transform("none", card.img_size, card.mean, card.std, train=False)
