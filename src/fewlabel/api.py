@@ -26,6 +26,7 @@ from .data.imageset import ImageSet
 from .data.sources import load_data
 from .data.splits import align_classes
 from .data.transforms import build_transform
+from .distributed import is_rank_zero
 from .errors import FewlabelError
 from .evaluate import aggregate_seeds, classification_metrics
 from .evaluate.predictions import FILE as PREDICTIONS_FILE
@@ -81,16 +82,18 @@ def train(
     cfg = build_config(data, config, **options)
     check_logger_available(cfg.logger)
     run_dir = Path(out)
-    _prepare_run_dir(run_dir, cfg, overwrite, resume)
-    write_yaml(run_dir / "config.yaml", cfg.to_yaml_dict())
+    if is_rank_zero():  # under DDP the other processes train alongside but write nothing
+        _prepare_run_dir(run_dir, cfg, overwrite, resume)
+        write_yaml(run_dir / "config.yaml", cfg.to_yaml_dict())
     seeds = cfg.seed_list
     if len(seeds) == 1:
         metrics = _train_one_seed(cfg, seeds[0], run_dir, resume, callbacks)
     else:
         per_seed = {s: _train_one_seed(cfg, s, run_dir / f"seed-{s}", resume, callbacks) for s in seeds}
         metrics = aggregate_seeds(per_seed) | {"eval_data": per_seed[seeds[0]]["eval_data"]}
-        write_json(run_dir / "metrics.json", metrics)
-        _finish(run_dir, cfg)
+        if is_rank_zero():
+            write_json(run_dir / "metrics.json", metrics)
+            _finish(run_dir, cfg)
     return TrainResult(run_dir, metrics, cfg)
 
 
@@ -128,16 +131,18 @@ def _train_one_seed(
     data = prepare_data(cfg, seed)
     model, info = create_backbone(cfg.model, cfg.pretrained, data.train.num_classes, drop_rate=cfg.dropout)
     check_image_size(model, cfg.img_size, cfg.model)
-    write_json(
-        run_dir / "splits.json",
-        {
-            "seed": seed,
-            "summary": data.summary(),
-            "labeled": data.train.ids,
-            "val": data.val.ids if data.val is not None else [],
-            "unlabeled": data.unlabeled_ids,
-        },
-    )
+    writes = is_rank_zero()
+    if writes:
+        write_json(
+            run_dir / "splits.json",
+            {
+                "seed": seed,
+                "summary": data.summary(),
+                "labeled": data.train.ids,
+                "val": data.val.ids if data.val is not None else [],
+                "unlabeled": data.unlabeled_ids,
+            },
+        )
     resume_here = resume and (run_dir / CHECKPOINT).is_file()
     result = Engine(cfg, seed, run_dir, callbacks).fit(model, info, data, resume_here)
     card = ModelCard(
@@ -149,10 +154,8 @@ def _train_one_seed(
         drop_rate=cfg.dropout,
         pretrained=info.weights,
     )
-    save_model_files(run_dir, model, card)
     predictor = Predictor(model, card)
     probs = predictor.predict_proba(data.eval, progress=cfg.progress)
-    write_predictions(run_dir / PREDICTIONS_FILE, Predictions(data.eval.ids, probs, data.eval.labels, data.class_names))
     metrics = classification_metrics(probs, data.eval.labels, data.class_names)
     metrics |= {
         "eval_data": data.eval_name,
@@ -160,8 +163,12 @@ def _train_one_seed(
         "train_seconds": result.train_seconds,
         "train_images_per_second": result.images_per_second,
     }
-    write_json(run_dir / "metrics.json", metrics)
-    _finish(run_dir, cfg)
+    if writes:
+        save_model_files(run_dir, model, card)
+        predictions = Predictions(data.eval.ids, probs, data.eval.labels, data.class_names)
+        write_predictions(run_dir / PREDICTIONS_FILE, predictions)
+        write_json(run_dir / "metrics.json", metrics)
+        _finish(run_dir, cfg)
     return metrics
 
 

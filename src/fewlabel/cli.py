@@ -32,8 +32,8 @@ def _choices(field: str) -> type[Enum]:
     return Enum(field.title().replace("_", ""), {v: v for v in values}, type=str)
 
 
-Augment, Schedule, Imbalance, Logger, FreezeBN = map(
-    _choices, ("augment", "schedule", "imbalance", "logger", "freeze_bn")
+Augment, Schedule, Imbalance, Logger, FreezeBN, FeatureCache = map(
+    _choices, ("augment", "schedule", "imbalance", "logger", "freeze_bn", "feature_cache")
 )
 
 
@@ -100,11 +100,14 @@ def train(
     freeze_bn: Annotated[FreezeBN | None, typer.Option(help="keep BatchNorm statistics fixed")] = None,
     early_stopping: Annotated[int | None, typer.Option(help="patience (epochs) on validation loss")] = None,
     accelerator: Annotated[str | None, typer.Option()] = None,
-    devices: Annotated[str | None, typer.Option()] = None,
+    devices: Annotated[str | None, typer.Option(help="devices (processes) per machine")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="machines (launch with torchrun or srun)")] = None,
+    distributed: Annotated[str | None, typer.Option(help="Lightning strategy: auto, ddp, ...")] = None,
     precision: Annotated[str | None, typer.Option()] = None,
     workers: Annotated[int | None, typer.Option()] = None,
     logger: Annotated[Logger | None, typer.Option()] = None,
     mlflow_uri: Annotated[str | None, typer.Option(help="MLflow store for --logger mlflow")] = None,
+    feature_cache: Annotated[FeatureCache | None, typer.Option(help="where cached features live")] = None,
     strict: Annotated[
         bool | None, typer.Option("--strict", help="refuse unreadable images instead of skipping")
     ] = None,

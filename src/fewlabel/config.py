@@ -54,7 +54,9 @@ class TrainConfig(BaseModel):
     )
     early_stopping: int | None = Field(None, ge=1, description="patience in epochs on validation loss")
     accelerator: str = "auto"
-    devices: str = Field("1", description="devices per machine; several need a DDP launch (torchrun/SLURM)")
+    devices: str = Field("1", description="devices (processes) per machine")
+    num_nodes: int = Field(1, ge=1, description="machines; launch with torchrun or srun")
+    distributed: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, ...")
     precision: str = Field("auto", description="auto = 16-mixed on CUDA, else 32-true")
     workers: int = Field(0, ge=0)
     logger: Literal["csv", "tensorboard", "mlflow"] = "csv"

@@ -39,20 +39,31 @@ class TransformedImages(Dataset):
 
 class EpochSampler(Sampler[int]):
     """Shuffles (or, balanced, draws with class-inverse weights) from a generator seeded by
-    (seed, epoch), so an interrupted run that resumes at epoch e sees the same order."""
+    (seed, epoch), so an interrupted run that resumes at epoch e sees the same order.
+    It also shards that order across DDP processes (Lightning's own sampler is switched off)."""
 
-    def __init__(self, labels: torch.Tensor, seed: int, balanced: bool = False, keyed: bool = False) -> None:
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        seed: int,
+        balanced: bool = False,
+        keyed: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.labels = labels
         self.seed = seed
         self.balanced = balanced
         self.keyed = keyed
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.labels) // self.world_size
 
     def __iter__(self) -> Iterator[int | tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -62,6 +73,10 @@ class EpochSampler(Sampler[int]):
             order = torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
         else:
             order = torch.randperm(n, generator=generator).tolist()
+        # Under DDP each process takes every world_size-th index of the same order (the tail that
+        # does not divide evenly is dropped), so one step of all processes sees the images one
+        # step of a single process with world_size times the batch would see.
+        order = order[: len(self) * self.world_size][self.rank :: self.world_size]
         return iter([(self.epoch, i) for i in order] if self.keyed else order)
 
 
@@ -89,7 +104,8 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         keyed = isinstance(self.train_set, TransformedImages)
-        sampler = EpochSampler(self.train_labels, self.seed, self.balanced, keyed)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = EpochSampler(self.train_labels, self.seed, self.balanced, keyed, rank, world)
         return self._loader(self.train_set, sampler=sampler, drop_last=len(self.train_set) > self.batch_size)
 
     def val_dataloader(self) -> DataLoader | list:

@@ -105,7 +105,8 @@ class HistoryWriter(L.Callback):
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
             row[key] = f"{metrics[key]:.5f}" if key in metrics else ""
         self.rows.append(row)
-        write_history(self.path, self.rows)
+        if trainer.is_global_zero:
+            write_history(self.path, self.rows)
 
 
 def read_history(path: Path) -> list[dict]:
@@ -130,7 +131,10 @@ class LastCheckpoint(L.Callback):
         self.path = path
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
+        if trainer.is_global_zero:
+            atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
+        else:  # every process must call it (it ends in a barrier); only process 0 writes
+            trainer.save_checkpoint(self.path, weights_only=False)
 
 
 class BestWeights(L.Callback):

@@ -261,6 +261,9 @@ class Engine:
             max_epochs=phase.epochs,
             accelerator=self.accelerator,
             devices=self._devices(),
+            num_nodes=self.cfg.num_nodes,
+            strategy=self.cfg.distributed,
+            use_distributed_sampler=False,  # EpochSampler shards itself
             precision=self.precision,
             logger=self._logger(phase.name),
             callbacks=callbacks,
