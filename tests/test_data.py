@@ -185,3 +185,11 @@ def test_missing_full_fashion_mnist_names_both_remedies(monkeypatch):
     with pytest.raises(FewlabelError, match="apt-get install dataset-fashion-mnist.*fashion-mnist-small") as err:
         load_data("fashion-mnist", 28)
     assert "could not be downloaded (OSError)" in str(err.value)
+
+
+def test_original_sizes_are_kept_for_the_data_summary(image_folder):
+    data = load_data(str(image_folder), 16)
+    summary = data.subset([0, 1, 2]).summary()["original_sizes"]
+    assert data.original_sizes[0] == (24, 30) and data.original_sizes[1] == (20, 20)
+    assert summary["min"] == [20, 20] and summary["max"] == [24, 30]
+    assert summary["most_common"][0] == {"size": [20, 20], "count": 2}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,7 @@ class ImageSet:
     class_names: list[str]
     ids: list[str]
     source: str = ""
+    original_sizes: list[tuple[int, int]] | None = None  # (height, width) before resizing; None: as stored
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -40,13 +42,14 @@ class ImageSet:
         return torch.bincount(self.labels, minlength=self.num_classes).tolist()
 
     def subset(self, indices: torch.Tensor | list[int]) -> ImageSet:
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        idx = torch.as_tensor(indices, dtype=torch.long).tolist()
         return ImageSet(
             self.images[idx],
             self.labels[idx],
             list(self.class_names),
-            [self.ids[i] for i in idx.tolist()],
+            [self.ids[i] for i in idx],
             self.source,
+            [self.original_sizes[i] for i in idx] if self.original_sizes is not None else None,
         )
 
     def fingerprint(self) -> str:
@@ -60,9 +63,16 @@ class ImageSet:
         return self._fingerprint
 
     def summary(self) -> dict:
+        sizes = self.original_sizes or [tuple(self.images.shape[2:])] * len(self)
+        common = Counter(sizes).most_common(3)
         return {
             "source": self.source,
             "n_images": len(self),
             "image_shape": list(self.images.shape[1:]),
+            "original_sizes": {
+                "min": list(min(sizes)),
+                "max": list(max(sizes)),
+                "most_common": [{"size": list(size), "count": n} for size, n in common],
+            },
             "class_counts": dict(zip(self.class_names, self.class_counts(), strict=True)),
         }

@@ -151,11 +151,12 @@ def _decode_all(
     """
     from tqdm.auto import tqdm
 
-    def decode(path: Path) -> torch.Tensor | ImageDecodeError:
+    def decode(path: Path) -> tuple[torch.Tensor, tuple[int, int]] | ImageDecodeError:
         try:
-            return resize_to_square(decode_image(path), image_size)
+            image = decode_image(path)
         except ImageDecodeError as exc:
             return exc
+        return resize_to_square(image, image_size), (image.shape[1], image.shape[2])
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(
@@ -167,14 +168,15 @@ def _decode_all(
                 disable=len(entries) < 200,
             )
         )
-    images, labels, ids, bad = [], [], [], []
+    images, sizes, labels, ids, bad = [], [], [], [], []
     for (path, label), result in zip(entries, results, strict=True):
         if isinstance(result, ImageDecodeError):
             if strict:
                 raise FewlabelError(f"Unreadable image '{path}': {result} (remove it, or drop --strict to skip).")
             bad.append(f"{path} ({result})")
             continue
-        images.append(result)
+        images.append(result[0])
+        sizes.append(result[1])
         labels.append(label)
         ids.append(str(path))
     if bad:
@@ -183,7 +185,7 @@ def _decode_all(
         raise FewlabelError(f"No readable images among {len(entries)} file(s).")
     channels = max(im.shape[0] for im in images)
     stacked = torch.stack([im.expand(channels, -1, -1) for im in images]).contiguous()
-    return ImageSet(stacked, torch.tensor(labels, dtype=torch.long), class_names, ids)
+    return ImageSet(stacked, torch.tensor(labels, dtype=torch.long), class_names, ids, original_sizes=sizes)
 
 
 def load_images_by_id(ids: list[str], image_size: int) -> list[torch.Tensor | None]:
