@@ -173,7 +173,6 @@ def serve(
     """A local web app: drop images, see top-k classes and Grad-CAM, download CSV."""
     from .serve import serve as run_server
 
-    console.print(f"serving {run} on http://{host}:{port}/ (Ctrl+C stops)")
     run_server(run, host, port, top_k, max_upload_mb)
 
 

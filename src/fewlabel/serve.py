@@ -99,4 +99,4 @@ def serve(
 
     check_port_free(host, port)
     app = create_app(run_dir, top_k, max_upload_mb)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="info")  # it announces the address; Ctrl+C stops
