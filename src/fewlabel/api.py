@@ -208,19 +208,15 @@ class Predictor:
 
     def predict(self, images: list, top_k: int = 3) -> list[dict]:
         """Top-k classes with probabilities for each image."""
-        probs = self.predict_proba(images)
-        k = min(top_k, probs.shape[1])
-        values, indices = probs.topk(k, dim=1)
-        names = [str(x) if isinstance(x, (str, Path)) else f"image {i}" for i, x in enumerate(images)]
+        tops = self.top_classes(self.predict_proba(images), top_k)
+        return [{"image": name, "top": top} for name, top in zip(_image_names(images), tops, strict=True)]
+
+    def top_classes(self, probs: torch.Tensor, top_k: int) -> list[list[dict]]:
+        """For each row of N x C probabilities, the ``top_k`` classes as {class, probability}."""
+        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
         return [
-            {
-                "image": name,
-                "top": [
-                    {"class": self.class_names[j], "probability": float(v)}
-                    for v, j in zip(vals.tolist(), idx.tolist(), strict=True)
-                ],
-            }
-            for name, vals, idx in zip(names, values, indices, strict=True)
+            [{"class": self.class_names[j], "probability": float(v)} for v, j in zip(vals, idx, strict=True)]
+            for vals, idx in zip(values.tolist(), indices.tolist(), strict=True)
         ]
 
     def metrics(self, images: ImageSet, progress: bool = False) -> dict:
@@ -235,8 +231,12 @@ class Predictor:
             stacked,
             torch.zeros(len(tensors), dtype=torch.long),
             self.class_names,
-            [str(x) if isinstance(x, (str, Path)) else f"image {i}" for i, x in enumerate(images)],
+            _image_names(images),
         )
+
+
+def _image_names(images: list) -> list[str]:
+    return [str(x) if isinstance(x, (str, Path)) else f"image {i}" for i, x in enumerate(images)]
 
 
 def _as_tensor(image: Any) -> torch.Tensor:

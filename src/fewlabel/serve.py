@@ -66,15 +66,11 @@ def _predict_one(predictor: Predictor, name: str, image: torch.Tensor, top_k: in
     square = resize_to_square(image, predictor.card.img_size)
     x = predictor.transform(square)[None]
     with torch.no_grad():
-        probs = predictor.model(x).softmax(-1)[0]
-    values, indices = probs.topk(min(top_k, len(probs)))
-    saliency = grad_cam(predictor.model, x, indices[:1])[0]
+        probs = predictor.model(x).softmax(-1)
+    saliency = grad_cam(predictor.model, x, probs.argmax(1))[0]
     return {
         "filename": name,
-        "top": [
-            {"class": predictor.class_names[i], "probability": float(v)}
-            for v, i in zip(values.tolist(), indices.tolist(), strict=True)
-        ],
+        "top": predictor.top_classes(probs, top_k)[0],
         "saliency": "data:image/png;base64," + base64.b64encode(overlay_png(square, saliency)).decode(),
     }
 
