@@ -1,0 +1,56 @@
+"""Pseudo-classes for a `clusters` intermediate dataset: descriptors and filtered k-means."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from fewlabel.data.imageset import ImageSet
+from fewlabel.data.sources import load_data
+from fewlabel.errors import FewlabelError
+from fewlabel.stepwise.intermediate import (
+    COLOUR_BINS,
+    LBP_POINTS,
+    cluster_pseudo_classes,
+    handcrafted_descriptors,
+    standardise,
+)
+
+
+def test_descriptor_of_a_flat_red_image_by_hand():
+    image = torch.zeros(1, 3, 8, 8, dtype=torch.uint8)
+    image[0, 0] = 255
+    (row,) = handcrafted_descriptors(ImageSet(image, torch.zeros(1, dtype=torch.long), ["a"], ["x"]))
+    red, green, blue, texture = np.split(row, [COLOUR_BINS, 2 * COLOUR_BINS, 3 * COLOUR_BINS])
+    assert red[-1] == 1.0 and green[0] == 1.0 and blue[0] == 1.0
+    # flat image: every interior pixel has the "all neighbours >= centre" code; the 28 border
+    # pixels compare with neighbours outside the image
+    assert texture[LBP_POINTS] == pytest.approx(36 / 64) and texture.sum() == pytest.approx(1.0)
+    assert len(texture) == LBP_POINTS + 2
+
+
+def test_kmeans_recovers_separated_groups_and_drops_the_farthest_members():
+    rng = np.random.default_rng(0)
+    truth = np.repeat(np.arange(3), 20)
+    features = rng.normal(size=(60, 2)) * 0.3 + np.array([[0, 0], [10, 0], [0, 10]])[truth]
+    result = cluster_pseudo_classes(features, k=3, seed=0, keep_fraction=0.5)
+    assert adjusted_rand_score(truth, result.labels) == 1.0
+    assert result.sizes() == [10, 10, 10]
+    for cluster in range(3):
+        members = result.labels == cluster
+        assert result.distances[members & result.kept].max() <= result.distances[members & ~result.kept].min()
+
+
+def test_colour_classes_are_found_without_labels(image_folder):
+    images = load_data(str(image_folder), 16)
+    features = standardise(handcrafted_descriptors(images))
+    result = cluster_pseudo_classes(features, k=3, seed=0, keep_fraction=1.0)
+    assert adjusted_rand_score(images.labels.numpy(), result.labels) > 0.9
+
+
+@pytest.mark.parametrize(("k", "keep"), [(1, 0.8), (61, 0.8), (3, 0.0)])
+def test_bad_k_or_keep_fraction(k, keep):
+    with pytest.raises(FewlabelError, match="--k|keep_fraction"):
+        cluster_pseudo_classes(np.zeros((60, 2)), k=k, keep_fraction=keep)
