@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -54,3 +56,53 @@ def test_colour_classes_are_found_without_labels(image_folder):
 def test_bad_k_or_keep_fraction(k, keep):
     with pytest.raises(FewlabelError, match="--k|keep_fraction"):
         cluster_pseudo_classes(np.zeros((60, 2)), k=k, keep_fraction=keep)
+
+
+def test_build_writes_an_image_folder_a_later_stage_can_train_on(image_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from fewlabel.cli import app
+
+    out = tmp_path / "intermediate"
+    result = CliRunner().invoke(
+        app,
+        [
+            "intermediate",
+            "build",
+            str(image_folder),
+            "--out",
+            str(out),
+            "--k",
+            "3",
+            "--keep-fraction",
+            "0.75",
+            "--img-size",
+            "16",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "18 of 24 images in 3 pseudo-classes" in result.output
+    summary = json.loads((out / "clusters.json").read_text())
+    assert sorted(summary["sizes"].values()) == [6, 6, 6] and summary["params"]["descriptor"] == "handcrafted"
+    stage_data = load_data(str(out), 16)
+    assert stage_data.class_names == ["cluster-0", "cluster-1", "cluster-2"] and len(stage_data) == 18
+    again = CliRunner().invoke(app, ["intermediate", "build", str(image_folder), "--out", str(out), "--k", "3"])
+    assert again.exit_code != 0 and "already exists" in str(again.exception)
+
+
+def test_embedding_and_both_descriptors_use_the_backbone(image_folder, tmp_path):
+    import fewlabel.api
+
+    summary = fewlabel.api.build_intermediate(
+        str(image_folder),
+        tmp_path / "out",
+        k=3,
+        descriptor="both",
+        model="test_efficientnet",
+        pretrained="none",
+        img_size=32,
+        keep_fraction=1.0,
+    )
+    assert summary["kept"] == 24 and summary["params"]["model"] == "test_efficientnet"
+    with pytest.raises(FewlabelError, match="--k 30 must be between 2 and the pool size \\(24 images\\)"):
+        fewlabel.api.build_intermediate(str(image_folder), tmp_path / "other", k=30)

@@ -293,3 +293,50 @@ def list_datasets() -> list[dict]:
         {"name": d.name, "splits": list(d.splits), "present": d.is_present(), "description": d.description}
         for d in BUILTIN_DATASETS.values()
     ]
+
+
+def build_intermediate(
+    data: str,
+    out: str | Path,
+    *,
+    unlabeled: str | None = None,
+    method: str = "clusters",
+    k: int = 20,
+    descriptor: str = "handcrafted",
+    keep_fraction: float = 0.8,
+    seed: int = 0,
+    model: str = "efficientnet_lite0",
+    pretrained: str = "imagenet",
+    img_size: int = 64,
+    overwrite: bool = False,
+) -> dict:
+    """Build a ``clusters`` intermediate dataset (an ImageFolder of pseudo-classes) from the
+    unlabeled pool: ``unlabeled`` if given, else DATA's training split (its labels unused)."""
+    from .stepwise.intermediate import cluster_pseudo_classes, describe, write_cluster_folder
+    from .train.inference import batched_outputs, pre_logits
+
+    if method != "clusters":
+        raise FewlabelError(f"Unknown intermediate method '{method}'. Available: clusters.")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FewlabelError(f"Output folder '{out}' already exists; pass --overwrite to replace it.")
+        shutil.rmtree(out)
+    pool = load_data(unlabeled or data, img_size)
+
+    def embed(images: ImageSet) -> torch.Tensor:
+        backbone, info = create_backbone(model, pretrained, num_classes=2)
+        transform = build_transform("none", img_size, info.mean, info.std, train=False)
+        return batched_outputs(pre_logits(backbone.eval()), images, transform, desc="embedding the pool")
+
+    groups = cluster_pseudo_classes(describe(pool, descriptor, embed), k, seed, keep_fraction)
+    params = {
+        "method": method,
+        "k": k,
+        "descriptor": descriptor,
+        "keep_fraction": keep_fraction,
+        "seed": seed,
+        "model": model if descriptor != "handcrafted" else None,
+        "img_size": img_size,
+    }
+    return write_cluster_folder(pool, groups, out, params)

@@ -202,6 +202,45 @@ def datasets() -> None:
     console.print(table)
 
 
+intermediate_app = typer.Typer(no_args_is_help=True, help="Intermediate datasets for stepwise fine-tuning.")
+app.add_typer(intermediate_app, name="intermediate")
+Descriptor = Enum("Descriptor", {d: d for d in ("handcrafted", "embedding", "both")}, type=str)
+Method = Enum("Method", {"clusters": "clusters"}, type=str)
+
+
+@intermediate_app.command("build")
+def intermediate_build(
+    data: Annotated[str, typer.Argument(help="target DATA (its training split is the pool by default)")],
+    out: Annotated[Path, typer.Option(help="folder to write (ImageFolder of pseudo-classes)")],
+    unlabeled: Annotated[str | None, typer.Option(help="pool of target-domain images (DATA spec)")] = None,
+    method: Annotated[Method, typer.Option()] = Method.clusters,
+    k: Annotated[int, typer.Option(help="number of pseudo-classes")] = 20,
+    descriptor: Annotated[Descriptor, typer.Option()] = Descriptor.handcrafted,
+    keep_fraction: Annotated[float, typer.Option(help="share of each cluster kept, nearest first")] = 0.8,
+    seed: Annotated[int, typer.Option()] = 0,
+    model: Annotated[str, typer.Option(help="backbone for the embedding descriptor")] = "efficientnet_lite0",
+    img_size: Annotated[int, typer.Option()] = 64,
+    overwrite: Annotated[bool, typer.Option()] = False,
+) -> None:
+    """Group unlabeled images into K pseudo-classes (no annotation) and write them as a folder."""
+    summary = api.build_intermediate(
+        data,
+        out,
+        unlabeled=unlabeled,
+        method=method.value,
+        k=k,
+        descriptor=descriptor.value,
+        keep_fraction=keep_fraction,
+        seed=seed,
+        model=model,
+        img_size=img_size,
+        overwrite=overwrite,
+    )
+    console.print(
+        f"{summary['kept']} of {summary['pool_size']} images in {len(summary['sizes'])} pseudo-classes: {out}"
+    )
+
+
 def main() -> None:
     _setup_logging()
     try:

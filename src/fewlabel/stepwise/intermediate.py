@@ -17,6 +17,7 @@ Choices the paper leaves open, each a parameter:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from skimage.feature import local_binary_pattern
@@ -76,3 +77,45 @@ def cluster_pseudo_classes(features: np.ndarray, k: int, seed: int = 0, keep_fra
         keep = max(1, round(keep_fraction * len(members)))
         kept[members[np.argsort(distances[members], kind="stable")[:keep]]] = True
     return PseudoClasses(labels, kept, distances)
+
+
+DESCRIPTORS = ("handcrafted", "embedding", "both")
+
+
+def describe(images: ImageSet, descriptor: str, embed=None) -> np.ndarray:
+    """Standardised descriptors of ``images``; ``embed(images) -> N x D`` serves ``embedding``."""
+    if descriptor not in DESCRIPTORS:
+        raise FewlabelError(f"Unknown descriptor '{descriptor}'. Available: {', '.join(DESCRIPTORS)}.")
+    parts = []
+    if descriptor in ("handcrafted", "both"):
+        parts.append(standardise(handcrafted_descriptors(images)))
+    if descriptor in ("embedding", "both"):
+        parts.append(standardise(np.asarray(embed(images), dtype=np.float64)))
+    return np.concatenate(parts, axis=1)
+
+
+def write_cluster_folder(pool: ImageSet, groups: PseudoClasses, out: Path, params: dict) -> dict:
+    """Write the kept members as an ImageFolder (``cluster-00/…``) plus ``clusters.json``."""
+    from PIL import Image
+
+    from ..fileio import write_json
+
+    width = len(str(groups.labels.max()))
+    members: dict[str, list[str]] = {}
+    for index in np.flatnonzero(groups.kept):
+        name = f"cluster-{groups.labels[index]:0{width}d}"
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        array = pool.images[index].permute(1, 2, 0).numpy()
+        Image.fromarray(array[..., 0] if array.shape[2] == 1 else array).save(folder / f"{index:06d}.png")
+        members.setdefault(name, []).append(pool.ids[index])
+    summary = {
+        "params": params,
+        "pool": pool.source,
+        "pool_size": len(pool),
+        "kept": int(groups.kept.sum()),
+        "sizes": {name: len(ids) for name, ids in sorted(members.items())},
+        "members": members,
+    }
+    write_json(out / "clusters.json", summary)
+    return summary
