@@ -74,3 +74,10 @@ def test_model_files_round_trip_and_refuse_a_mismatched_card(tmp_path):
         load_model_files(tmp_path)
     with pytest.raises(FewlabelError, match="not a model folder: model.json is missing"):
         load_model_files(tmp_path / "nothing")
+
+
+def test_weights_of_a_fewlabel_run_keep_its_preprocessing(tmp_path):
+    model = timm.create_model("test_efficientnet", num_classes=4)
+    save_model_files(tmp_path, model, ModelCard("test_efficientnet", list("abcd"), 32, [0.1, 0.2, 0.3], [0.4] * 3))
+    _, info = create_backbone("test_efficientnet", str(tmp_path / "model.safetensors"), num_classes=2)
+    assert info.mean == (0.1, 0.2, 0.3) and info.std == (0.4, 0.4, 0.4)

@@ -5,12 +5,15 @@
   * ``imagenet``: the offline weights registered below when the architecture has them, else
     timm's hub download (which needs a network);
   * ``hub``: timm's hub download, always;
-  * a path to a ``.safetensors`` file (from ``fewlabel train`` or elsewhere).
+  * a path to a ``.safetensors`` file (from ``fewlabel train`` or elsewhere); beside a
+    fewlabel ``model.json`` its mean/std are used, so a later stage preprocesses as the
+    earlier one did.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +116,10 @@ def create_backbone(
     from safetensors.torch import load_file
 
     load_compatible(model, load_file(str(path)), str(path))
+    card = path.parent / "model.json"  # a fewlabel run: keep the preprocessing it was trained with
+    if card.is_file():
+        trained = json.loads(card.read_text(encoding="utf-8"))
+        mean, std = tuple(trained.get("mean", mean)), tuple(trained.get("std", std))
     return model, BackboneInfo(arch, mean, std, str(path))
 
 
