@@ -16,6 +16,7 @@ from rich.table import Table
 from . import api
 from .config import TrainConfig
 from .errors import FewlabelError
+from .stepwise.intermediate import DESCRIPTORS
 
 app = typer.Typer(
     add_completion=False,
@@ -204,7 +205,7 @@ def datasets() -> None:
 
 intermediate_app = typer.Typer(no_args_is_help=True, help="Intermediate datasets for stepwise fine-tuning.")
 app.add_typer(intermediate_app, name="intermediate")
-Descriptor = Enum("Descriptor", {d: d for d in ("handcrafted", "embedding", "both")}, type=str)
+Descriptor = Enum("Descriptor", {d: d for d in DESCRIPTORS}, type=str)
 Method = Enum("Method", {"clusters": "clusters"}, type=str)
 
 
