@@ -23,11 +23,11 @@ from .config import TrainConfig, load_config, make_config, read_config_file
 from .data.builtin import BUILTIN_DATASETS
 from .data.images import ImageDecodeError, decode_image, pil_to_array, resize_to_square
 from .data.imageset import ImageSet
-from .data.sources import load_data
+from .data.sources import load_data, load_pool
 from .data.splits import align_classes
 from .data.transforms import build_transform
 from .distributed import is_rank_zero
-from .errors import FewlabelError
+from .errors import FewlabelError, unknown_choice
 from .evaluate import aggregate_seeds, classification_metrics
 from .evaluate.predictions import FILE as PREDICTIONS_FILE
 from .evaluate.predictions import Predictions, write_predictions
@@ -35,7 +35,7 @@ from .fileio import write_json, write_yaml
 from .models import OFFLINE_WEIGHTS, ModelCard, create_backbone, list_backbones, load_model_files, save_model_files
 from .models.files import WEIGHTS_FILE
 from .train.engine import CHECKPOINT, Engine, check_image_size, check_logger_available, prepare_data
-from .train.inference import batched_outputs
+from .train.inference import batched_outputs, pre_logits
 
 log = logging.getLogger("fewlabel")
 RUN_CONFIG_KEYS_FREE_ON_RESUME = {"progress", "workers", "accelerator", "devices", "logger"}
@@ -115,12 +115,19 @@ def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool, resume: b
             f"Run directory '{run_dir}' already exists; pass --overwrite to replace it or --resume to continue it."
         )
     previous = read_config_file(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    changes = config_changes(previous, cfg)
+    if changes:
+        raise FewlabelError(f"--resume: '{run_dir}' was started with another config ({changes}); use --overwrite.")
+
+
+def config_changes(previous: dict, cfg: TrainConfig) -> str:
+    """The settings that differ between a saved config and ``cfg``, as ``key: old -> new``
+    (empty when none); settings that do not change results (progress, workers, ...) are ignored."""
+    current = cfg.to_yaml_dict()
     changed = sorted(
-        k for k, v in cfg.to_yaml_dict().items() if k not in RUN_CONFIG_KEYS_FREE_ON_RESUME and previous.get(k, v) != v
+        k for k, v in current.items() if k not in RUN_CONFIG_KEYS_FREE_ON_RESUME and previous.get(k, v) != v
     )
-    if changed:
-        details = ", ".join(f"{k}: {previous.get(k)!r} -> {cfg.to_yaml_dict()[k]!r}" for k in changed)
-        raise FewlabelError(f"--resume: '{run_dir}' was started with another config ({details}); use --overwrite.")
+    return ", ".join(f"{k}: {previous.get(k)!r} -> {current[k]!r}" for k in changed)
 
 
 def _train_one_seed(
@@ -129,7 +136,9 @@ def _train_one_seed(
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
     data = prepare_data(cfg, seed)
-    model, info = create_backbone(cfg.model, cfg.pretrained, data.train.num_classes, drop_rate=cfg.dropout)
+    model, info = create_backbone(
+        cfg.model, cfg.pretrained, data.train.num_classes, cfg.dropout, class_names=data.class_names, head=cfg.head
+    )
     check_image_size(model, cfg.img_size, cfg.model)
     writes = is_rank_zero()
     if writes:
@@ -296,33 +305,48 @@ def list_datasets() -> list[dict]:
 
 
 def build_intermediate(
-    data: str,
+    data: str | None,
     out: str | Path,
     *,
-    unlabeled: str | None = None,
     method: str = "clusters",
+    unlabeled: str | None = None,
+    pool_size: int | None = None,
     k: int = 20,
     descriptor: str = "handcrafted",
     keep_fraction: float = 0.8,
+    generator: str | None = None,
+    per_class: int = 100,
+    options: dict | None = None,
     seed: int = 0,
     model: str = "efficientnet_lite0",
     pretrained: str = "imagenet",
     img_size: int = 64,
     overwrite: bool = False,
 ) -> dict:
-    """Build a ``clusters`` intermediate dataset (an ImageFolder of pseudo-classes) from the
-    unlabeled pool: ``unlabeled`` if given, else DATA's training split (its labels unused)."""
-    from .stepwise.intermediate import cluster_pseudo_classes, describe, write_cluster_folder
-    from .train.inference import batched_outputs, pre_logits
+    """Build an intermediate dataset for stepwise fine-tuning and write it to ``out``.
 
-    if method != "clusters":
-        raise FewlabelError(f"Unknown intermediate method '{method}'. Available: clusters.")
+    ``clusters``: K pseudo-classes from the unlabeled pool (``unlabeled`` if given, else DATA's
+    training split, labels unused; ``pool_size`` draws a seeded random subset), written as an
+    ImageFolder plus ``clusters.json``. ``synthetic``: ``per_class`` images per class from
+    ``generator`` (``module:function``), written as ``labels.csv`` plus ``synthetic.json``.
+    """
+    from .stepwise.intermediate import cluster_pseudo_classes, describe, write_cluster_folder
+    from .stepwise.synthetic import build_synthetic
+
+    if method not in INTERMEDIATE_METHODS:
+        raise unknown_choice("intermediate method", method, INTERMEDIATE_METHODS)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FewlabelError(f"Output folder '{out}' already exists; pass --overwrite to replace it.")
         shutil.rmtree(out)
-    pool = load_data(unlabeled or data, img_size)
+    if method == "synthetic":
+        if not generator:
+            raise FewlabelError("--method synthetic needs --generator module:function.")
+        return build_synthetic(generator, out, per_class, seed, options)
+    if unlabeled is None and data is None:
+        raise FewlabelError("--method clusters needs DATA or --unlabeled POOL: the images to group.")
+    pool = _draw_pool(load_pool(unlabeled or data, img_size), pool_size, seed)
 
     def embed(images: ImageSet) -> torch.Tensor:
         backbone, info = create_backbone(model, pretrained, num_classes=2)
@@ -335,8 +359,20 @@ def build_intermediate(
         "k": k,
         "descriptor": descriptor,
         "keep_fraction": keep_fraction,
+        "pool_size": pool_size,
         "seed": seed,
         "model": model if descriptor != "handcrafted" else None,
         "img_size": img_size,
     }
     return write_cluster_folder(pool, groups, out, params)
+
+
+INTERMEDIATE_METHODS = ("clusters", "synthetic")
+
+
+def _draw_pool(pool: ImageSet, size: int | None, seed: int) -> ImageSet:
+    """A seeded random subset of ``size`` images (the whole pool when it is smaller)."""
+    if size is None or size >= len(pool):
+        return pool
+    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
+    return pool.subset(order[:size].sort().values)

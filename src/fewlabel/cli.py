@@ -33,9 +33,12 @@ def _choices(field: str) -> type[Enum]:
     return Enum(field.title().replace("_", ""), {v: v for v in values}, type=str)
 
 
-Augment, Schedule, Imbalance, Logger, FreezeBN, FeatureCache = map(
-    _choices, ("augment", "schedule", "imbalance", "logger", "freeze_bn", "feature_cache")
+Augment, Schedule, Imbalance, Logger, FreezeBN, FeatureCache, Head = map(
+    _choices, ("augment", "schedule", "imbalance", "logger", "freeze_bn", "feature_cache", "head")
 )
+
+
+Compare = Enum("Compare", {"direct": "direct"}, type=str)
 
 
 def _setup_logging() -> None:
@@ -78,6 +81,10 @@ def train(
     pretrained: Annotated[str | None, typer.Option(help="none | imagenet | hub | path.safetensors")] = None,
     strategy: Annotated[
         str | None, typer.Option(help="linear-probe | freeze-unfreeze | full | layer-decay | partial:N")
+    ] = None,
+    head: Annotated[
+        Head | None,
+        typer.Option(help="with --pretrained RUN/model.safetensors: keep that run's head or train a new one"),
     ] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     head_epochs: Annotated[int | None, typer.Option(help="head epochs on cached features (freeze-unfreeze)")] = None,
@@ -126,6 +133,37 @@ def train(
     result = api.train(data, out, config=config, overwrite=overwrite, resume=resume, **options)
     console.print(_metrics_table(result.metrics, f"{result.run_dir} on {result.metrics.get('eval_data')}"))
     console.print(f"report: {result.run_dir / 'report.html'}")
+
+
+@app.command("run")
+def run(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML: stages of stepwise fine-tuning")],
+    out: Annotated[Path | None, typer.Option(help="recipe folder (default runs/<recipe name>)")] = None,
+    seeds: Annotated[str | None, typer.Option(help="run the whole recipe per seed, e.g. 0,1,2")] = None,
+    compare: Annotated[Compare | None, typer.Option(help="also fine-tune source -> target directly")] = None,
+    overwrite: Annotated[bool, typer.Option(help="redo finished stages")] = False,
+) -> None:
+    """Run a recipe's stages in order; a rerun resumes at the first unfinished stage."""
+    from .stepwise.recipe import run_recipe
+
+    out = out or Path("runs") / recipe.stem
+    summary = run_recipe(
+        recipe, out, seeds=_seeds(seeds), compare=compare.value if compare else None, overwrite=overwrite
+    )
+    table = Table(title=f"{out} ({len(summary['seeds'])} seed(s))")
+    for column in ("stage", "evaluated on", "accuracy", "macro-F1"):
+        table.add_column(column)
+    for stage in summary["stages"]:
+        acc, f1 = stage["metrics"]["accuracy"], stage["metrics"]["macro_f1"]
+        table.add_row(stage["name"], stage["eval_data"], _mean_sd(acc), _mean_sd(f1))
+    console.print(table)
+    if "comparison" in summary:
+        console.print(summary["comparison"]["statement"])
+    console.print(f"report: {out / 'report.html'}")
+
+
+def _mean_sd(stats: dict) -> str:
+    return f"{100 * stats['mean']:.1f}" + (f" ± {100 * stats['sd']:.1f}" if stats["n"] > 1 else "")
 
 
 @app.command("eval")
@@ -206,40 +244,45 @@ def datasets() -> None:
 intermediate_app = typer.Typer(no_args_is_help=True, help="Intermediate datasets for stepwise fine-tuning.")
 app.add_typer(intermediate_app, name="intermediate")
 Descriptor = Enum("Descriptor", {d: d for d in DESCRIPTORS}, type=str)
-Method = Enum("Method", {"clusters": "clusters"}, type=str)
+Method = Enum("Method", {m: m for m in api.INTERMEDIATE_METHODS}, type=str)
 
 
 @intermediate_app.command("build")
 def intermediate_build(
-    data: Annotated[str, typer.Argument(help="target DATA (its training split is the pool by default)")],
-    out: Annotated[Path, typer.Option(help="folder to write (ImageFolder of pseudo-classes)")],
-    unlabeled: Annotated[str | None, typer.Option(help="pool of target-domain images (DATA spec)")] = None,
+    data: Annotated[str | None, typer.Argument(help="target DATA (clusters: its training split is the pool)")] = None,
+    out: Annotated[Path, typer.Option(help="folder to write")] = Path("data/intermediate"),
     method: Annotated[Method, typer.Option()] = Method.clusters,
-    k: Annotated[int, typer.Option(help="number of pseudo-classes")] = 20,
+    unlabeled: Annotated[str | None, typer.Option(help="clusters: pool of target-domain images")] = None,
+    pool_size: Annotated[int | None, typer.Option(help="clusters: random subset of the pool")] = None,
+    k: Annotated[int, typer.Option(help="clusters: number of pseudo-classes")] = 20,
     descriptor: Annotated[Descriptor, typer.Option()] = Descriptor.handcrafted,
-    keep_fraction: Annotated[float, typer.Option(help="share of each cluster kept, nearest first")] = 0.8,
+    keep_fraction: Annotated[float, typer.Option(help="clusters: share of each cluster kept, nearest first")] = 0.8,
+    generator: Annotated[str | None, typer.Option(help="synthetic: module:function making the images")] = None,
+    per_class: Annotated[int, typer.Option(help="synthetic: images per class")] = 100,
     seed: Annotated[int, typer.Option()] = 0,
     model: Annotated[str, typer.Option(help="backbone for the embedding descriptor")] = "efficientnet_lite0",
     img_size: Annotated[int, typer.Option()] = 64,
     overwrite: Annotated[bool, typer.Option()] = False,
 ) -> None:
-    """Group unlabeled images into K pseudo-classes (no annotation) and write them as a folder."""
+    """Build an intermediate dataset: pseudo-classes of unlabeled images, or generated images."""
     summary = api.build_intermediate(
         data,
         out,
-        unlabeled=unlabeled,
         method=method.value,
+        unlabeled=unlabeled,
+        pool_size=pool_size,
         k=k,
         descriptor=descriptor.value,
         keep_fraction=keep_fraction,
+        generator=generator,
+        per_class=per_class,
         seed=seed,
         model=model,
         img_size=img_size,
         overwrite=overwrite,
     )
-    console.print(
-        f"{summary['kept']} of {summary['pool_size']} images in {len(summary['sizes'])} pseudo-classes: {out}"
-    )
+    sizes = summary["sizes"]
+    console.print(f"{sum(sizes.values())} images in {len(sizes)} classes: {out}")
 
 
 def main() -> None:

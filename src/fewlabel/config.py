@@ -6,6 +6,7 @@ config is written to ``runs/<name>/config.yaml`` and re-runs the same training.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,11 @@ class TrainConfig(BaseModel):
     model: str = "efficientnet_lite0"
     pretrained: str = "imagenet"
     strategy: str = "freeze-unfreeze"
+    head: Literal["auto", "keep", "new"] = Field(
+        "auto",
+        description="with weights from a fewlabel run: keep its head when the class set is the same (auto), "
+        "always (keep; refused if the classes changed) or never (new)",
+    )
     epochs: int = Field(10, ge=0, description="epochs of the main phase (of the head for linear-probe)")
     head_epochs: int = Field(30, ge=0, description="epochs of the head on cached features (freeze-unfreeze)")
     img_size: int = Field(224, ge=8)
@@ -88,14 +94,18 @@ class TrainConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
-def format_validation_error(exc: ValidationError, origin: str) -> str:
-    """One line per problem: ``origin: key.path: message (got value)``."""
+def format_validation_error(
+    exc: ValidationError, origin: str, accepted: Callable[[tuple], Iterable[str]] | None = None
+) -> str:
+    """One line per problem: ``origin: key.path: message (got value)``; an unknown key's line
+    lists ``accepted(loc)`` (by default TrainConfig's keys)."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            message = f"unknown key; accepted keys: {', '.join(TrainConfig.model_fields)}"
+            keys = accepted(err["loc"]) if accepted else TrainConfig.model_fields
+            message = f"unknown key; accepted keys: {', '.join(keys)}"
         got = f" (got {err['input']!r})" if err["type"] != "missing" and "input" in err else ""
         lines.append(f"{origin}: {key}: {message}{got}")
     return "\n".join(lines)

@@ -17,11 +17,12 @@ import torch
 
 from ..errors import FewlabelError, unknown_choice
 from .builtin import BUILTIN_DATASETS, load_builtin
-from .images import ImageDecodeError, decode_image, is_image_file, resize_to_square
+from .images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, is_image_file, resize_to_square
 from .imageset import ImageSet
 
 log = logging.getLogger("fewlabel.data")
 SPLITS = ("train", "val", "test")
+UNLABELED = "(unlabeled)"  # the one class name of a pool without labels
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,37 @@ def load_data(spec: DataSpec | str, image_size: int, strict: bool = False, progr
     return dataset
 
 
+def load_pool(spec: str, image_size: int, strict: bool = False, progress: bool = True) -> ImageSet:
+    """An unlabeled pool: a folder of images without class subfolders, a CSV with a ``path``
+    column, or any labelled DATA (its ``train`` split unless one is named).
+
+    Labels of a labelled source are kept as hidden truth for audits and never trained on; a
+    pool without labels has the single class :data:`UNLABELED` (see :func:`has_labels`).
+    """
+    path = Path(spec)
+    if path.is_dir() and not any(p.is_file() and is_image_file(p) for p in path.rglob("*")):
+        raise FewlabelError(f"Unlabeled pool '{spec}' holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    if path.is_dir() and any(is_image_file(p) for p in path.iterdir() if p.is_file()):
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
+        pool = _decode_all([(f, 0) for f in files], [UNLABELED], image_size, strict, progress)
+    elif path.is_file() and path.suffix.lower() == ".csv" and not _csv_has_labels(path):
+        pool = _load_csv(path, image_size, strict, progress, labelled=False)
+    else:
+        return load_data(spec, image_size, strict, progress)
+    pool.source = spec
+    return pool
+
+
+def has_labels(images: ImageSet) -> bool:
+    return images.class_names != [UNLABELED]
+
+
+def _csv_has_labels(path: Path) -> bool:
+    with open(path, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    return "label" in [c.strip() for c in header]
+
+
 def _check_classes(dataset: ImageSet, name: str) -> None:
     present = [c for c, n in zip(dataset.class_names, dataset.class_counts(), strict=True) if n]
     if len(present) < 2:
@@ -120,13 +152,16 @@ def _load_image_folder(folder: Path, image_size: int, strict: bool, progress: bo
     return _decode_all(entries, [d.name for d in class_dirs], image_size, strict, progress)
 
 
-def _load_csv(path: Path, image_size: int, strict: bool, progress: bool) -> ImageSet:
+def _load_csv(path: Path, image_size: int, strict: bool, progress: bool, labelled: bool = True) -> ImageSet:
+    """A ``path,label`` CSV (paths relative to the CSV); ``labelled=False`` needs only ``path``."""
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in reader.fieldnames or []]
-        if "path" not in columns or "label" not in columns:
+        required = ("path", "label") if labelled else ("path",)
+        if any(c not in columns for c in required):
             raise FewlabelError(
-                f"CSV '{path}' must have columns 'path' and 'label'; found: {', '.join(columns) or 'none'}."
+                f"CSV '{path}' must have column(s) {', '.join(repr(c) for c in required)}; "
+                f"found: {', '.join(columns) or 'none'}."
             )
         rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     if not rows:
@@ -136,6 +171,8 @@ def _load_csv(path: Path, image_size: int, strict: bool, progress: bool) -> Imag
         raise FewlabelError(
             f"CSV '{path}': {len(missing)} path(s) not found relative to the CSV, first: '{missing[0]}'."
         )
+    if not labelled:
+        rows = [r | {"label": UNLABELED} for r in rows]
     class_names = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(class_names)}
     entries = [(path.parent / r["path"], index[r["label"]]) for r in rows]

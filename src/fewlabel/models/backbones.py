@@ -86,13 +86,24 @@ def _check_arch(arch: str) -> None:
         )
 
 
+HEAD_RULES = ("auto", "keep", "new")
+
+
 def create_backbone(
-    arch: str, pretrained: str = "imagenet", num_classes: int = 1000, drop_rate: float = 0.0
+    arch: str,
+    pretrained: str = "imagenet",
+    num_classes: int = 1000,
+    drop_rate: float = 0.0,
+    *,
+    class_names: list[str] | None = None,
+    head: str = "auto",
 ) -> tuple[nn.Module, BackboneInfo]:
     """Build a timm model with ``num_classes`` outputs and load the requested weights.
 
-    The classifier is re-initialised whenever the weights' class count differs from
-    ``num_classes``; every other tensor must match the architecture exactly.
+    Every tensor but the classifier must match the architecture exactly. The classifier of
+    weights from a fewlabel run (a ``.safetensors`` beside its ``model.json``) follows ``head``
+    (see :func:`keeps_head`); for other weights it is re-initialised whenever its class count
+    differs from ``num_classes``.
     """
     _check_arch(arch)
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
@@ -115,12 +126,34 @@ def create_backbone(
         )
     from safetensors.torch import load_file
 
-    load_compatible(model, load_file(str(path)), str(path))
     card = path.parent / "model.json"  # a fewlabel run: keep the preprocessing it was trained with
-    if card.is_file():
-        trained = json.loads(card.read_text(encoding="utf-8"))
-        mean, std = tuple(trained.get("mean", mean)), tuple(trained.get("std", std))
+    trained = json.loads(card.read_text(encoding="utf-8")) if card.is_file() else {}
+    keep_head = keeps_head(trained.get("class_names"), class_names, head, str(path))
+    state = load_file(str(path))
+    if not keep_head:
+        state = {k: v for k, v in state.items() if k not in classifier_keys(model)}
+    load_compatible(model, state, str(path))
+    mean, std = tuple(trained.get("mean", mean)), tuple(trained.get("std", std))
     return model, BackboneInfo(arch, mean, std, str(path))
+
+
+def keeps_head(source: list[str] | None, target: list[str] | None, head: str, origin: str) -> bool:
+    """Whether a stage keeps the classifier of the weights it starts from.
+
+    ``auto`` keeps it exactly when both class lists are known and equal (same names, same
+    order) and swaps in a new one otherwise; ``new`` always swaps; ``keep`` refuses a changed
+    class set, since the old head's outputs would then mean other classes.
+    """
+    if head not in HEAD_RULES:
+        raise FewlabelError(f"head '{head}' is not accepted; use one of: {', '.join(HEAD_RULES)}.")
+    same = source is not None and target is not None and list(source) == list(target)
+    if head == "keep" and not same:
+        theirs = ", ".join(source) if source else "unknown (no model.json beside the weights)"
+        raise FewlabelError(
+            f"head: keep, but the classes of {origin} ({theirs}) differ from this stage's "
+            f"({', '.join(target or [])}); use head: auto or new to train a new head."
+        )
+    return head != "new" and same
 
 
 def _offline_state_dict(arch: str, offline: OfflineWeights, model: nn.Module) -> dict[str, torch.Tensor]:

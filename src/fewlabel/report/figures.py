@@ -132,3 +132,16 @@ def overlay_png(image, saliency) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray((blended * 255).round().astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def image_strip_png(images: list, size: int = 56) -> str:
+    """Base64 PNG of uint8 C x H x W images side by side, each resized to ``size`` pixels."""
+    from PIL import Image
+
+    strip = Image.new("RGB", (size * len(images), size), "white")
+    for i, image in enumerate(images):
+        array = image.expand(3, -1, -1).permute(1, 2, 0).numpy()
+        strip.paste(Image.fromarray(array).resize((size, size), Image.Resampling.NEAREST), (i * size, 0))
+    buffer = io.BytesIO()
+    strip.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

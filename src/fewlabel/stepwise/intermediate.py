@@ -36,7 +36,7 @@ def handcrafted_descriptors(images: ImageSet) -> np.ndarray:
     for image in images.images:
         array = image.numpy()
         colour = [np.histogram(channel, bins=COLOUR_BINS, range=(0, 256))[0] for channel in array]
-        grey = array.mean(0)
+        grey = array.mean(0).round().astype(np.uint8)  # LBP codes want integer grey levels
         codes = local_binary_pattern(grey, LBP_POINTS, LBP_RADIUS, method="uniform")
         texture = np.histogram(codes, bins=LBP_POINTS + 2, range=(0, LBP_POINTS + 2))[0]
         parts = [h / max(1, h.sum()) for h in (*colour, texture)]

@@ -1,0 +1,363 @@
+"""Recipes: stepwise fine-tuning as a list of stages, each starting from the previous one's weights.
+
+Qu et al. (2018) fine-tune an ImageNet network on a target-correlative intermediate dataset
+before the scarce target set. A recipe YAML names the stages::
+
+    name: stepwise-fashion
+    defaults: {model: efficientnet_lite0, img_size: 64}   # training options of every stage
+    seeds: [0]
+    stages:
+      - name: clusters
+        build: {method: clusters, pool: fashion-mnist, pool_size: 5000, k: 20}
+        epochs: 3
+      - name: target
+        data: fashion-mnist
+        labels_per_class: 10
+
+Each stage is a ``fewlabel train`` run (every training option is accepted, per stage) in
+``OUT/seed-<s>/<stage>/``; built data goes to ``OUT/seed-<s>/data-<stage>/``. The head is
+kept when a stage has its predecessor's class set and swapped otherwise (``head``: auto,
+keep, new). ``OUT/summary.json`` and ``OUT/report.html`` compare the stages, and with
+``compare="direct"`` a run from the source weights straight to the target with the same
+total epochs (see :func:`direct_config`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..config import TrainConfig, format_validation_error, make_config, read_config_file
+from ..errors import FewlabelError
+from ..evaluate.metrics import mean_sd_ci
+from ..fileio import read_json, write_json, write_yaml
+from ..models.files import WEIGHTS_FILE
+from .intermediate import DESCRIPTORS
+
+log = logging.getLogger("fewlabel.recipe")
+STAGE_KEYS = ("name", "data", "build")
+RECIPE_LEVEL_KEYS = ("seed", "seeds")  # one set of seeds runs the whole chain
+COMPARED = ("accuracy", "balanced_accuracy", "macro_f1")
+DIRECT = "direct"
+RECIPE_FILE = "recipe.yaml"
+
+
+class BuildSpec(BaseModel):
+    """How a stage's intermediate data is made (see ``fewlabel intermediate build``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["clusters", "synthetic"]
+    pool: str | None = Field(None, description="clusters: unlabeled images; default the last stage's data")
+    pool_size: int | None = Field(None, ge=2, description="clusters: seeded random subset of the pool")
+    k: int = Field(20, ge=2)
+    descriptor: Literal[DESCRIPTORS] = "handcrafted"
+    keep_fraction: float = Field(0.8, gt=0, le=1)
+    generator: str | None = Field(None, description="synthetic: module:function")
+    per_class: int = Field(100, ge=1)
+    options: dict = Field(default_factory=dict, description="synthetic: keyword arguments of the generator")
+
+    @model_validator(mode="after")
+    def _generator_for_synthetic(self) -> BuildSpec:
+        if self.method == "synthetic" and not self.generator:
+            raise ValueError("method synthetic needs generator: module:function")
+        return self
+
+
+class Stage(BaseModel):
+    """One stage: its data (given, or built) plus any ``fewlabel train`` option."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    data: str | None = None
+    build: BuildSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _usable_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value) or value == DIRECT:
+            raise ValueError(f"use letters, digits, '_', '-' and '.' (not '{DIRECT}', the comparison run's name)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_data_source(self) -> Stage:
+        if (self.data is None) == (self.build is None):
+            raise ValueError("give exactly one of data (a DATA spec) or build (an intermediate builder)")
+        return self
+
+    @property
+    def options(self) -> dict:
+        return dict(self.model_extra or {})
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    defaults: dict = Field(default_factory=dict, description="training options shared by every stage")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    stages: list[Stage] = Field(min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_names(cls, stages: list[Stage]) -> list[Stage]:
+        names = [s.name for s in stages]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate stage name(s): {', '.join(duplicates)}")
+        return stages
+
+
+def read_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe YAML; every stage's training options are checked here too,
+    so a typo in the last stage fails before the first one trains."""
+    values = read_config_file(path)
+    try:
+        recipe = Recipe(**values)
+    except ValidationError as exc:
+        raise FewlabelError(format_validation_error(exc, str(path), _accepted_keys)) from None
+    check_recipe(recipe, str(path))
+    return recipe
+
+
+def _accepted_keys(loc: tuple) -> list[str]:
+    """The keys accepted where an unknown key was found: recipe top level or a stage's build."""
+    if len(loc) == 1:
+        return list(Recipe.model_fields)
+    if "build" in loc:
+        return list(BuildSpec.model_fields)
+    return [*STAGE_KEYS, *TrainConfig.model_fields]
+
+
+def check_recipe(recipe: Recipe, origin: str = "recipe") -> None:
+    trainable = set(TrainConfig.model_fields) - {"data", *RECIPE_LEVEL_KEYS}
+    for key in recipe.defaults:
+        if key not in trainable:
+            raise FewlabelError(f"{origin}: defaults.{key}: not a training option; accepted: {', '.join(trainable)}")
+    for index, stage in enumerate(recipe.stages):
+        where = f"{origin}: stages.{index} ({stage.name})"
+        for key in stage.options:
+            if key in RECIPE_LEVEL_KEYS:
+                raise FewlabelError(f"{where}: {key}: set seeds once, at the recipe's top level.")
+            if key == "pretrained" and index > 0:
+                raise FewlabelError(
+                    f"{where}: pretrained: a later stage starts from the previous stage's weights; "
+                    "only the first stage (or defaults) names the source weights."
+                )
+        stage_config(recipe, index, Path("."), recipe.seeds[0], origin)
+    if recipe.stages[-1].data is None:
+        raise FewlabelError(f"{origin}: the last stage is the target and needs data, not build.")
+
+
+def stage_config(recipe: Recipe, index: int, seed_dir: Path, seed: int, origin: str = "recipe") -> TrainConfig:
+    """The training config of stage ``index`` for one seed: defaults, then the stage's own
+    options, its data (built data lives in ``seed_dir``) and the previous stage's weights."""
+    stage = recipe.stages[index]
+    values = recipe.defaults | stage.options | {"seed": seed, "data": stage.data or str(built_data(seed_dir, stage))}
+    if index > 0:
+        values["pretrained"] = str(seed_dir / recipe.stages[index - 1].name / WEIGHTS_FILE)
+    return make_config(values, f"{origin}: stages.{index} ({stage.name})")
+
+
+def direct_config(recipe: Recipe, seed_dir: Path, seed: int) -> TrainConfig:
+    """The comparison run: the target stage's config from the first stage's source weights, with
+    ``epochs`` the sum of every stage's epochs (the same total budget of whole-network epochs;
+    head epochs on cached features stay the target's, as they barely cost anything)."""
+    configs = [stage_config(recipe, i, seed_dir, seed) for i in range(len(recipe.stages))]
+    values = configs[-1].model_dump() | {
+        "pretrained": configs[0].pretrained,
+        "epochs": sum(c.epochs for c in configs),
+        "head": "auto",
+    }
+    return make_config(values, DIRECT)
+
+
+def built_data(seed_dir: Path, stage: Stage) -> Path:
+    """Where a built stage's data lives: an ImageFolder (clusters) or its labels.csv (synthetic)."""
+    folder = seed_dir / f"data-{stage.name}"
+    return folder / "labels.csv" if stage.build and stage.build.method == "synthetic" else folder
+
+
+def run_recipe(
+    recipe: Recipe | str | Path,
+    out: str | Path,
+    *,
+    seeds: list[int] | None = None,
+    compare: str | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Run every stage for every seed (finished stages are skipped, an interrupted one resumes),
+    then write ``summary.json`` and ``report.html`` in ``out``."""
+    if not isinstance(recipe, Recipe):
+        recipe = read_recipe(recipe)
+    if seeds:
+        recipe = recipe.model_copy(update={"seeds": list(seeds)})
+    if compare not in (None, DIRECT):
+        raise FewlabelError(f"--compare '{compare}' is not accepted; use --compare {DIRECT}.")
+    out = Path(out)
+    _prepare_out(out, recipe, overwrite)
+    results: dict[int, dict[str, dict]] = {}
+    for seed in recipe.seeds:
+        seed_dir = out / f"seed-{seed}"
+        results[seed] = {}
+        for index, stage in enumerate(recipe.stages):
+            if stage.build is not None:
+                _build_stage_data(recipe, index, seed_dir, seed)
+            cfg = stage_config(recipe, index, seed_dir, seed)
+            results[seed][stage.name] = _run_stage(cfg, seed_dir / stage.name, stage.name)
+        if compare == DIRECT:
+            results[seed][DIRECT] = _run_stage(direct_config(recipe, seed_dir, seed), seed_dir / DIRECT, DIRECT)
+    summary = summarise(recipe, results, compare == DIRECT)
+    write_json(out / "summary.json", summary)
+    from ..report.recipe import write_recipe_report
+
+    write_recipe_report(out)
+    return summary
+
+
+def _prepare_out(out: Path, recipe: Recipe, overwrite: bool) -> None:
+    """Create ``out``; a folder from this recipe is continued, any other non-empty one refused."""
+    if out.exists() and any(out.iterdir()):
+        if not (out / RECIPE_FILE).is_file():
+            raise FewlabelError(f"'{out}' exists and holds no {RECIPE_FILE}; choose an empty or new --out folder.")
+        if overwrite:
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_yaml(out / RECIPE_FILE, recipe.model_dump(mode="json", exclude_none=True))
+
+
+def _build_stage_data(recipe: Recipe, index: int, seed_dir: Path, seed: int) -> None:
+    """Build (or reuse, when its marker shows the same parameters) a stage's intermediate data."""
+    from ..api import build_intermediate
+
+    stage = recipe.stages[index]
+    spec = stage.build
+    folder = built_data(seed_dir, stage)
+    folder = folder.parent if folder.suffix == ".csv" else folder
+    marker = folder / ("synthetic.json" if spec.method == "synthetic" else "clusters.json")
+    cfg = make_config(recipe.defaults | stage.options | {"data": "unused"}, f"stage {stage.name}")
+    wanted = spec.model_dump(mode="json") | {"model": cfg.model, "img_size": cfg.img_size}
+    recorded = read_json(marker).get("recipe_build") if marker.is_file() else None
+    if recorded == wanted:
+        return
+    if recorded is not None:
+        raise FewlabelError(
+            f"stage '{stage.name}': its data in '{folder}' was built with other parameters; rerun with --overwrite."
+        )
+    pretrained = cfg.pretrained if index == 0 else str(seed_dir / recipe.stages[index - 1].name / WEIGHTS_FILE)
+    pool = spec.pool or recipe.stages[-1].data
+    log.info("stage %s: building %s data in %s", stage.name, spec.method, folder)
+    summary = build_intermediate(
+        pool,
+        folder,
+        method=spec.method,
+        pool_size=spec.pool_size,
+        k=spec.k,
+        descriptor=spec.descriptor,
+        keep_fraction=spec.keep_fraction,
+        generator=spec.generator,
+        per_class=spec.per_class,
+        options=spec.options,
+        seed=seed,
+        model=cfg.model,
+        pretrained=pretrained,
+        img_size=cfg.img_size,
+        overwrite=True,
+    )
+    write_json(marker, summary | {"recipe_build": wanted})
+
+
+def _run_stage(cfg: TrainConfig, run_dir: Path, name: str) -> dict:
+    """Train one stage unless ``stage.json`` shows it finished with this config; an interrupted
+    stage resumes from its checkpoint, one that never reached a checkpoint starts afresh."""
+    from ..api import config_changes, train
+    from ..train.engine import CHECKPOINT
+
+    marker = run_dir / "stage.json"
+    if marker.is_file():
+        done = read_json(marker)
+        changes = config_changes(done["config"], cfg)
+        if changes:
+            raise FewlabelError(f"stage '{name}' finished with another config ({changes}); rerun with --overwrite.")
+        log.info("stage %s: finished earlier, skipped", name)
+        return done["metrics"]
+    resume = (run_dir / CHECKPOINT).is_file()
+    if run_dir.exists() and not resume:
+        shutil.rmtree(run_dir)
+    log.info("stage %s: %s", name, "resuming" if resume else "training")
+    try:
+        result = train(config=cfg, out=run_dir, resume=resume)
+    except FewlabelError as exc:
+        raise FewlabelError(f"stage '{name}': {exc}") from None
+    metrics = {k: result.metrics[k] for k in (*COMPARED, "eval_data", "n_samples", "class_names")}
+    write_json(marker, {"config": cfg.to_yaml_dict(), "metrics": metrics})
+    return metrics
+
+
+def summarise(recipe: Recipe, results: dict[int, dict[str, dict]], compared: bool) -> dict:
+    """Per-stage figures over seeds and, with a direct run, the paired comparison."""
+    seeds = sorted(results)
+    stages = []
+    for stage in recipe.stages:
+        per_seed = {str(s): results[s][stage.name] for s in seeds}
+        first = per_seed[str(seeds[0])]
+        stages.append(
+            {
+                "name": stage.name,
+                "data": stage.data or f"built: {stage.build.method}",
+                "eval_data": first["eval_data"],
+                "classes": len(first["class_names"]),
+                "per_seed": {s: {k: m[k] for k in COMPARED} for s, m in per_seed.items()},
+                "metrics": {k: mean_sd_ci([m[k] for m in per_seed.values()]) for k in COMPARED},
+            }
+        )
+    summary = {"recipe": recipe.name, "seeds": seeds, "target": recipe.stages[-1].name, "stages": stages}
+    if compared:
+        target = recipe.stages[-1].name
+        summary["comparison"] = paired_comparison(
+            {s: results[s][target] for s in seeds}, {s: results[s][DIRECT] for s in seeds}
+        )
+    return summary
+
+
+def paired_comparison(stepwise: dict[int, dict], direct: dict[int, dict]) -> dict:
+    """Stepwise minus direct, seed by seed (the same seed draws the same labelled images), with
+    a Student-t interval of the mean difference; *within noise* when it contains zero (or
+    with one seed, where no interval exists)."""
+    seeds = sorted(stepwise)
+    metrics = {}
+    for key in COMPARED:
+        differences = [stepwise[s][key] - direct[s][key] for s in seeds]
+        diff = mean_sd_ci(differences)
+        low, high = diff["ci95"]
+        metrics[key] = {
+            "stepwise": mean_sd_ci([stepwise[s][key] for s in seeds]),
+            "direct": mean_sd_ci([direct[s][key] for s in seeds]),
+            "difference": diff,
+            "within_noise": len(seeds) < 2 or low <= 0 <= high,
+        }
+    per_seed = {
+        str(s): {"stepwise": {k: stepwise[s][k] for k in COMPARED}, "direct": {k: direct[s][k] for k in COMPARED}}
+        for s in seeds
+    }
+    return {"per_seed": per_seed, "metrics": metrics, "statement": comparison_statement(metrics["accuracy"], seeds)}
+
+
+def comparison_statement(accuracy: dict, seeds: list[int]) -> str:
+    """One plain sentence on the accuracy difference and whether it exceeds the noise."""
+    diff = accuracy["difference"]
+    head = f"Stepwise minus direct accuracy: {100 * diff['mean']:+.1f} points over {len(seeds)} seed(s)"
+    if len(seeds) < 2:
+        return head + "; one seed gives no interval, so this cannot be told from noise (run --seeds 0,1,2)."
+    low, high = (100 * v for v in diff["ci95"])
+    span = f" (95% paired interval {low:+.1f} to {high:+.1f})"
+    if accuracy["within_noise"]:
+        return head + span + ": within noise, the runs do not show a difference."
+    better = "stepwise" if diff["mean"] > 0 else "direct"
+    return head + span + f": {better} is better beyond the seed-to-seed noise."
