@@ -27,12 +27,15 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import TrainConfig, format_validation_error, make_config, read_config_file
+from ..data.images import is_image_file
+from ..data.sources import parse_data_spec
 from ..errors import FewlabelError
 from ..evaluate.metrics import mean_sd_ci
 from ..fileio import read_json, write_json, write_yaml
@@ -151,8 +154,21 @@ def check_recipe(recipe: Recipe, origin: str = "recipe") -> None:
                     "only the first stage (or defaults) names the source weights."
                 )
         stage_config(recipe, index, Path("."), recipe.seeds[0], origin)
+        for data in (stage.data, stage.build and stage.build.pool):
+            if data:
+                _check_data_exists(data, where)
     if recipe.stages[-1].data is None:
         raise FewlabelError(f"{origin}: the last stage is the target and needs data, not build.")
+
+
+def _check_data_exists(data: str, where: str) -> None:
+    """Refuse, before any stage trains, DATA that is missing or a folder without images."""
+    try:
+        spec = parse_data_spec(data)
+    except FewlabelError as exc:
+        raise FewlabelError(f"{where}: {exc}") from None
+    if spec.kind == "folder" and not any(p.is_file() and is_image_file(p) for p in Path(spec.location).rglob("*")):
+        raise FewlabelError(f"{where}: data folder '{data}' holds no image files.")
 
 
 def stage_config(recipe: Recipe, index: int, seed_dir: Path, seed: int, origin: str = "recipe") -> TrainConfig:
@@ -207,18 +223,29 @@ def run_recipe(
         seed_dir = out / f"seed-{seed}"
         results[seed] = {}
         for index, stage in enumerate(recipe.stages):
-            if stage.build is not None:
-                _build_stage_data(recipe, index, seed_dir, seed)
-            cfg = stage_config(recipe, index, seed_dir, seed)
-            results[seed][stage.name] = _run_stage(cfg, seed_dir / stage.name, stage.name)
+            with _stage_errors(stage.name, seed):
+                if stage.build is not None:
+                    _build_stage_data(recipe, index, seed_dir, seed)
+                cfg = stage_config(recipe, index, seed_dir, seed)
+                results[seed][stage.name] = _run_stage(cfg, seed_dir / stage.name, stage.name)
         if compare == DIRECT:
-            results[seed][DIRECT] = _run_stage(direct_config(recipe, seed_dir, seed), seed_dir / DIRECT, DIRECT)
+            with _stage_errors(DIRECT, seed):
+                results[seed][DIRECT] = _run_stage(direct_config(recipe, seed_dir, seed), seed_dir / DIRECT, DIRECT)
     summary = summarise(recipe, results, compare == DIRECT)
     write_json(out / "summary.json", summary)
     from ..report.recipe import write_recipe_report
 
     write_recipe_report(out)
     return summary
+
+
+@contextmanager
+def _stage_errors(name: str, seed: int):
+    """Prefix a user error with the stage and seed it happened in."""
+    try:
+        yield
+    except FewlabelError as exc:
+        raise FewlabelError(f"stage '{name}' (seed {seed}): {exc}") from None
 
 
 def _prepare_out(out: Path, recipe: Recipe, overwrite: bool) -> None:
@@ -291,10 +318,7 @@ def _run_stage(cfg: TrainConfig, run_dir: Path, name: str) -> dict:
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     log.info("stage %s: %s", name, "resuming" if resume else "training")
-    try:
-        result = train(config=cfg, out=run_dir, resume=resume)
-    except FewlabelError as exc:
-        raise FewlabelError(f"stage '{name}': {exc}") from None
+    result = train(config=cfg, out=run_dir, resume=resume)
     metrics = {k: result.metrics[k] for k in (*COMPARED, "eval_data", "n_samples", "class_names")}
     write_json(marker, {"config": cfg.to_yaml_dict(), "metrics": metrics})
     return metrics
