@@ -79,6 +79,8 @@ def test_models_and_datasets_commands():
             "larger than class",
         ),
         (["eval", "nowhere", "fashion-mnist-small:test"], "holds no model"),
+        (["run", "no-recipe.yaml"], "Config file 'no-recipe.yaml' not found"),
+        (["intermediate", "build", "--method", "synthetic", "--out", "x"], "needs --generator module:function"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(monkeypatch, capsys, tmp_path, args, message):
@@ -95,3 +97,21 @@ def test_wrong_yaml_key_names_the_key(monkeypatch, capsys, tmp_path):
         monkeypatch, capsys, "train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")
     )
     assert code == 1 and "c.yaml: epochz: unknown key; accepted keys: data," in captured.err.replace("\n", "")
+
+
+def test_run_recipe_command(monkeypatch, capsys, tmp_path, image_folder):
+    import yaml
+
+    recipe = {
+        "name": "cli",
+        "defaults": FAST | {"epochs": 1, "head_epochs": 1},
+        "stages": [
+            {"name": "render", "build": {"method": "synthetic", "generator": "test_intermediate:two_colours"}},
+            {"name": "target", "data": str(image_folder)},
+        ],
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    code, captured = run_main(monkeypatch, capsys, "run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"))
+    assert code == 0, captured.err
+    assert "render" in captured.out and "target" in captured.out and "report:" in captured.out
+    assert (tmp_path / "out" / "seed-0" / "data-render" / "labels.csv").is_file()
