@@ -219,3 +219,9 @@ def test_paired_comparison_by_hand():
     assert "stepwise is better beyond the seed-to-seed noise" in clear["statement"]
     one = paired_comparison({0: _result(0.8)}, {0: _result(0.7)})
     assert "one seed gives no interval" in one["statement"]
+
+
+@pytest.mark.parametrize("name", ["stepwise-fashion.yaml", "render-then-real.yaml"])
+def test_shipped_example_recipes_validate(name):
+    recipe = read_recipe(Path(__file__).parents[1] / "examples" / name)
+    assert recipe.stages[-1].data == "fashion-mnist-small" and recipe.stages[0].build is not None

@@ -322,6 +322,7 @@ def build_intermediate(
     pretrained: str = "imagenet",
     img_size: int = 64,
     overwrite: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Build an intermediate dataset for stepwise fine-tuning and write it to ``out``.
 
@@ -346,12 +347,14 @@ def build_intermediate(
         return build_synthetic(generator, out, per_class, seed, options)
     if unlabeled is None and data is None:
         raise FewlabelError("--method clusters needs DATA or --unlabeled POOL: the images to group.")
-    pool = _draw_pool(load_pool(unlabeled or data, img_size), pool_size, seed)
+    pool = _draw_pool(load_pool(unlabeled or data, img_size, progress=progress), pool_size, seed)
 
     def embed(images: ImageSet) -> torch.Tensor:
         backbone, info = create_backbone(model, pretrained, num_classes=2)
         transform = build_transform("none", img_size, info.mean, info.std, train=False)
-        return batched_outputs(pre_logits(backbone.eval()), images, transform, desc="embedding the pool")
+        return batched_outputs(
+            pre_logits(backbone.eval()), images, transform, desc="embedding the pool", progress=progress
+        )
 
     groups = cluster_pseudo_classes(describe(pool, descriptor, embed), k, seed, keep_fraction)
     params = {

@@ -202,7 +202,7 @@ def _decode_all(
                 total=len(entries),
                 desc="decoding images",
                 leave=False,
-                disable=len(entries) < 200,
+                disable=not progress or len(entries) < 200,
             )
         )
     images, sizes, labels, ids, bad = [], [], [], [], []

@@ -296,6 +296,7 @@ def _build_stage_data(recipe: Recipe, index: int, seed_dir: Path, seed: int) -> 
         pretrained=pretrained,
         img_size=cfg.img_size,
         overwrite=True,
+        progress=cfg.progress,
     )
     write_json(marker, summary | {"recipe_build": wanted})
 
