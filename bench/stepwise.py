@@ -8,7 +8,8 @@ the target. Stepwise: an intermediate stage of ``--intermediate-epochs`` epochs,
 target with the remaining epochs, so both fine-tune the network for the same number of epochs
 (the comparison run of ``fewlabel run --compare direct``). Intermediate setups:
 ``clusters-<descriptor>-k<K>`` (pseudo-classes of a seeded ``--pool-size`` draw from the
-training images, labels unused) and ``synthetic`` (the shipped garment silhouettes).
+training images, labels unused) and ``synthetic`` (the shipped garment silhouettes); the
+control ``direct-target-epochs`` fine-tunes directly for only the target stage's epochs.
 Needs the full dataset (``apt-get install dataset-fashion-mnist``). Writes
 bench/results/<name>.json: per-seed accuracy of every setup and the paired difference
 (stepwise minus direct) with its 95% interval.
@@ -44,6 +45,8 @@ def run_setup(setup: str, labels: int, args, out: str) -> dict[int, dict]:
     target = {"name": "target", "data": args.data, "labels_per_class": labels}
     if setup == "direct":
         stages = [target | {"epochs": args.epochs}]
+    elif setup == "direct-target-epochs":  # control: is a gain only the target's shorter fine-tuning?
+        stages = [target | {"epochs": args.epochs - args.intermediate_epochs}]
     else:
         stages = [
             intermediate_stage(setup, args.pool_size, args.intermediate_epochs),
@@ -61,7 +64,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default="fashion-mnist")
     parser.add_argument("--labels", default="10,50", help="labels per class, comma-separated")
-    parser.add_argument("--setups", default="clusters-handcrafted-k20,clusters-embedding-k20")
+    parser.add_argument(
+        "--setups",
+        default="direct-target-epochs,clusters-handcrafted-k10,clusters-handcrafted-k20,clusters-embedding-k20,synthetic",
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--pool-size", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=6, help="whole-network epochs in total")
