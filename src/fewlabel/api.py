@@ -136,10 +136,11 @@ def _train_one_seed(
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(seed, workers=True, verbose=False)
     data = prepare_data(cfg, seed)
-    model, info = create_backbone(
-        cfg.model, cfg.pretrained, data.train.num_classes, cfg.dropout, class_names=data.class_names, head=cfg.head
-    )
-    check_image_size(model, cfg.img_size, cfg.model)
+    if cfg.method is None:
+        model, info = create_backbone(
+            cfg.model, cfg.pretrained, data.train.num_classes, cfg.dropout, class_names=data.class_names, head=cfg.head
+        )
+        check_image_size(model, cfg.img_size, cfg.model)
     writes = is_rank_zero()
     if writes:
         write_json(
@@ -152,8 +153,14 @@ def _train_one_seed(
                 "unlabeled": data.unlabeled_ids,
             },
         )
-    resume_here = resume and (run_dir / CHECKPOINT).is_file()
-    result = Engine(cfg, seed, run_dir, callbacks).fit(model, info, data, resume_here)
+    if cfg.method is None:
+        resume_here = resume and (run_dir / CHECKPOINT).is_file()
+        result = Engine(cfg, seed, run_dir, callbacks).fit(model, info, data, resume_here)
+        timing = {"train_seconds": result.train_seconds, "train_images_per_second": result.images_per_second}
+    else:
+        from .semi.run import fit_semi
+
+        model, info, timing = fit_semi(cfg, seed, run_dir, data, resume)
     card = ModelCard(
         cfg.model,
         data.class_names,
@@ -162,6 +169,9 @@ def _train_one_seed(
         list(info.std),
         drop_rate=cfg.dropout,
         pretrained=info.weights,
+        method=cfg.method or "supervised",
+        head_hidden=cfg.semi.head_hidden if cfg.method == "trinet" else 0,
+        head_dropout=cfg.semi.head_dropout if cfg.method == "trinet" else 0.0,
     )
     predictor = Predictor(model, card)
     probs = predictor.predict_proba(data.eval, progress=cfg.progress)
@@ -169,9 +179,8 @@ def _train_one_seed(
     metrics |= {
         "eval_data": data.eval_name,
         "seed": seed,
-        "train_seconds": result.train_seconds,
-        "train_images_per_second": result.images_per_second,
-    }
+        "method": cfg.method or "supervised",
+    } | timing
     if writes:
         save_model_files(run_dir, model, card)
         predictions = Predictions(data.eval.ids, probs, data.eval.labels, data.class_names)

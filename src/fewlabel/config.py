@@ -16,6 +16,31 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import FewlabelError
 
 
+class SemiOptions(BaseModel):
+    """Parameters of the semi-supervised methods (``method``); the choices are explained in
+    fewlabel.semi.trinet and fewlabel.semi.methods."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rounds: int = Field(4, ge=0, description="self-training rounds (pseudo-label, trinet)")
+    round_epochs: int = Field(2, ge=1, description="epochs over labelled + pseudo-labelled data per round")
+    sample_first: int = Field(1000, ge=1, description="pool images examined in the first round")
+    sample_growth: float = Field(2.0, ge=1.0, description="factor on the examined pool images per round")
+    threshold_start: float = Field(0.95, gt=0, lt=1, description="confidence threshold of the first round")
+    threshold_step: float = Field(0.02, ge=0, description="threshold decrease per round")
+    threshold_min: float = Field(0.8, gt=0, lt=1, description="lowest threshold")
+    smear_std: float = Field(0.1, ge=0, description="tri-net output smearing: std of the label noise")
+    edit_passes: int = Field(5, ge=0, description="tri-net editing: dropout passes (0: no editing)")
+    edit_min_agreement: float = Field(0.8, gt=0, le=1, description="tri-net editing: share of passes to agree")
+    diversity_every: int = Field(2, ge=0, description="tri-net: fine-tune on smeared labels every N rounds (0: never)")
+    diversity_epochs: int = Field(1, ge=1)
+    head_hidden: int = Field(256, ge=1, description="tri-net: hidden width of each module")
+    head_dropout: float = Field(0.3, ge=0, lt=1, description="tri-net: dropout of each module")
+    fixmatch_mu: int = Field(3, ge=1, description="FixMatch: unlabeled batches per labelled batch")
+    fixmatch_threshold: float = Field(0.95, gt=0, lt=1)
+    fixmatch_lambda: float = Field(1.0, ge=0, description="FixMatch: weight of the unlabeled loss")
+
+
 class TrainConfig(BaseModel):
     """Everything that decides a training run (not where it is written)."""
 
@@ -68,6 +93,13 @@ class TrainConfig(BaseModel):
     logger: Literal["csv", "tensorboard", "mlflow"] = "csv"
     mlflow_uri: str | None = Field(None, description="MLflow store; default sqlite:///<runs folder>/mlflow.db")
     strict: bool = False
+    method: Literal["supervised", "pseudo-label", "fixmatch", "trinet"] | None = Field(
+        None, description="semi-supervised method (fewlabel semi); none: plain fine-tuning by strategy"
+    )
+    unlabeled: str | None = Field(None, description="unlabeled pool; default the unlabeled rest of DATA's train split")
+    allow_overlap: bool = Field(False, description="accept a pool holding evaluation images")
+    audit_pseudo_labels: bool = Field(False, description="score pseudo-labels against hidden pool labels")
+    semi: SemiOptions = Field(default_factory=SemiOptions)
     feature_cache: Literal["memory", "disk", "off"] = "disk"
     progress: bool = True
 
@@ -94,6 +126,11 @@ class TrainConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
+def config_keys(loc: tuple) -> list[str]:
+    """The keys accepted at ``loc`` of a TrainConfig: its own, or the ``semi`` section's."""
+    return list(SemiOptions.model_fields if "semi" in loc else TrainConfig.model_fields)
+
+
 def format_validation_error(
     exc: ValidationError, origin: str, accepted: Callable[[tuple], Iterable[str]] | None = None
 ) -> str:
@@ -104,7 +141,7 @@ def format_validation_error(
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            keys = accepted(err["loc"]) if accepted else TrainConfig.model_fields
+            keys = (accepted or config_keys)(err["loc"])
             message = f"unknown key; accepted keys: {', '.join(keys)}"
         got = f" (got {err['input']!r})" if err["type"] != "missing" and "input" in err else ""
         lines.append(f"{origin}: {key}: {message}{got}")

@@ -131,7 +131,7 @@ def create_backbone(
     keep_head = keeps_head(trained.get("class_names"), class_names, head, str(path))
     state = load_file(str(path))
     if not keep_head:
-        state = {k: v for k, v in state.items() if k not in classifier_keys(model)}
+        state = {k: v for k, v in state.items() if not is_classifier_key(model, k)}
     load_compatible(model, state, str(path))
     mean, std = tuple(trained.get("mean", mean)), tuple(trained.get("std", std))
     return model, BackboneInfo(arch, mean, std, str(path))
@@ -187,20 +187,24 @@ def _from_hub(arch: str, num_classes: int, drop_rate: float) -> tuple[nn.Module,
 
 def classifier_keys(model: nn.Module) -> set[str]:
     """State-dict keys of the final classifier, from timm's ``pretrained_cfg['classifier']``."""
+    return {k for k in model.state_dict() if is_classifier_key(model, k)}
+
+
+def is_classifier_key(model: nn.Module, key: str) -> bool:
+    """Whether ``key`` names a classifier tensor (also of a model built without one, num_classes=0)."""
     names = model.pretrained_cfg.get("classifier", "classifier")
     names = names if isinstance(names, (list, tuple)) else [names]
-    return {k for k in model.state_dict() if any(k.startswith(n + ".") for n in names)}
+    return any(key.startswith(n + ".") for n in names)
 
 
 def load_compatible(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
     """Load ``state`` into ``model``; a classifier of another class count is skipped (re-initialised),
     any other difference is an error naming the first mismatching tensors."""
     own = model.state_dict()
-    head = classifier_keys(model)
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [k for k in own if k in state and state[k].shape != own[k].shape]
-    body_problems = [k for k in missing + unexpected + mismatched if k not in head]
+    body_problems = [k for k in missing + unexpected + mismatched if not is_classifier_key(model, k)]
     if body_problems:
         raise FewlabelError(
             f"Weights from {origin} do not fit architecture '{model.pretrained_cfg.get('architecture')}': "

@@ -32,6 +32,9 @@ class ModelCard:
     channels: int = 3
     drop_rate: float = 0.0
     pretrained: str = "none"
+    method: str = "supervised"  # "trinet": a TriNet (shared backbone, three MLP modules)
+    head_hidden: int = 0
+    head_dropout: float = 0.0
     fewlabel_version: str = field(default_factory=lambda: __version__)
 
     @classmethod
@@ -51,6 +54,16 @@ def save_model_files(folder: Path, model: nn.Module, card: ModelCard) -> None:
     write_json(folder / CARD_FILE, asdict(card))
 
 
+def build_model(card: ModelCard) -> nn.Module:
+    """The untrained network a model card describes."""
+    if card.method == "trinet":
+        from ..semi.trinet import TriNet
+
+        shared = timm.create_model(card.arch, pretrained=False, num_classes=0)
+        return TriNet(shared, len(card.class_names), card.head_hidden, card.head_dropout)
+    return timm.create_model(card.arch, pretrained=False, num_classes=len(card.class_names), drop_rate=card.drop_rate)
+
+
 def load_model_files(folder: str | Path) -> tuple[nn.Module, ModelCard]:
     """Rebuild the model described by ``folder/model.json`` and load its safetensors weights."""
     folder = Path(folder)
@@ -59,7 +72,7 @@ def load_model_files(folder: str | Path) -> tuple[nn.Module, ModelCard]:
         if not required.is_file():
             raise FewlabelError(f"'{folder}' is not a model folder: {required.name} is missing.")
     card = ModelCard.from_file(card_path)
-    model = timm.create_model(card.arch, pretrained=False, num_classes=len(card.class_names), drop_rate=card.drop_rate)
+    model = build_model(card)
     state = load_file(str(weights))
     own = model.state_dict()
     bad = [k for k in own if k not in state or state[k].shape != own[k].shape]

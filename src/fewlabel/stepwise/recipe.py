@@ -33,7 +33,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import TrainConfig, format_validation_error, make_config, read_config_file
+from ..config import TrainConfig, config_keys, format_validation_error, make_config, read_config_file
 from ..data.images import is_image_file
 from ..data.sources import parse_data_spec
 from ..errors import FewlabelError
@@ -135,7 +135,7 @@ def _accepted_keys(loc: tuple) -> list[str]:
         return list(Recipe.model_fields)
     if "build" in loc:
         return list(BuildSpec.model_fields)
-    return [*STAGE_KEYS, *TrainConfig.model_fields]
+    return [*STAGE_KEYS, *config_keys(loc)]
 
 
 def check_recipe(recipe: Recipe, origin: str = "recipe") -> None:

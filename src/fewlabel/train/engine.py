@@ -64,6 +64,7 @@ class DataBundle:
     eval: ImageSet
     eval_name: str
     unlabeled_ids: list[str] = field(default_factory=list)
+    unlabeled: ImageSet | None = None  # the images of unlabeled_ids, kept for semi-supervised methods
 
     @property
     def class_names(self) -> list[str]:
@@ -89,11 +90,13 @@ def prepare_data(cfg: TrainConfig, seed: int) -> DataBundle:
     """Load DATA's splits, draw the labelled subset and the validation split (both seeded)."""
     spec = parse_data_spec(cfg.data)
     full_train = load_data(spec if spec.split else spec.with_split("train"), cfg.img_size, cfg.strict, cfg.progress)
-    labeled, unlabeled_ids = full_train, []
+    labeled, unlabeled_ids, unlabeled = full_train, [], None
     if cfg.labels_per_class:
         chosen, rest = per_class_subset(full_train.labels, cfg.labels_per_class, seed, full_train.class_names)
         labeled = full_train.subset(chosen)
         unlabeled_ids = [full_train.ids[i] for i in rest.tolist()]
+        if cfg.method and not cfg.unlabeled:
+            unlabeled = full_train.subset(rest)
     splits = spec.available_splits() if spec.split is None else ()
     labeled, val = _validation(cfg, spec, splits, labeled, seed)
     if cfg.eval_data:
@@ -103,7 +106,7 @@ def prepare_data(cfg: TrainConfig, seed: int) -> DataBundle:
     else:
         evaluation, name = val, "validation"
     evaluation = align_classes(evaluation, labeled.class_names, "Evaluation")
-    return DataBundle(labeled, val, evaluation, name, unlabeled_ids)
+    return DataBundle(labeled, val, evaluation, name, unlabeled_ids, unlabeled)
 
 
 def _validation(cfg: TrainConfig, spec, splits: tuple[str, ...], labeled: ImageSet, seed: int):

@@ -1,0 +1,340 @@
+"""Semi-supervised methods on one backbone and one budget: ``supervised`` (labelled data only),
+``pseudo-label`` (self-training with a confidence threshold), ``fixmatch`` (Sohn et al. 2020)
+and ``trinet`` (Chen et al. 2018, see :mod:`fewlabel.semi.trinet`).
+
+Budget, the same for all: ``epochs`` over the labelled set first (tri-net on its three smeared
+copies), then ``rounds`` x ``round_epochs`` epochs: self-training epochs over labelled plus
+pseudo-labelled images, FixMatch epochs of labelled batches each with ``fixmatch_mu``
+unlabeled batches, plain epochs for ``supervised``. The whole network trains (AdamW, ``lr``
+for the backbone, 10 x ``lr`` for the new head or modules, cosine decay per stage); BatchNorm
+statistics of a pretrained backbone stay frozen as in ``fewlabel train``. Pseudo-labelling
+uses the weak (``augment``) view; FixMatch's strong view is ``randaugment``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import TrainConfig
+from ..data.datamodule import EpochSampler
+from ..data.imageset import ImageSet
+from ..data.transforms import build_transform
+from ..errors import FewlabelError
+from ..train.functional import warmup_cosine
+from ..train.inference import batched_outputs
+from .trinet import (
+    MODULES,
+    TriNet,
+    agreeing_pseudo_labels,
+    sample_size_at,
+    smear_labels,
+    stable_pseudo_labels,
+    threshold_at,
+)
+
+log = logging.getLogger("fewlabel.semi")
+METHODS = ("supervised", "pseudo-label", "fixmatch", "trinet")
+
+
+class TargetImages(Dataset):
+    """Images with soft targets for M modules (N x M x C) and a mask (N x M) of the modules each
+    image trains; keyed by (epoch, index) so augmentation is seeded per image as in training."""
+
+    def __init__(self, images: ImageSet, targets: torch.Tensor, mask: torch.Tensor, transform, seed: int) -> None:
+        self.images, self.targets, self.mask, self.transform, self.seed = images, targets, mask, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            return self.transform(self.images.images[index]), self.targets[index], self.mask[index]
+
+
+def module_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Soft cross-entropy of M modules (logits M x B x C, targets B x M x C, mask B x M), each
+    module's mean over the images it trains on, summed over modules."""
+    per_image = -(targets.transpose(0, 1) * logits.log_softmax(-1)).sum(-1)  # M x B
+    weights = mask.transpose(0, 1).float()
+    return ((per_image * weights).sum(1) / weights.sum(1).clamp_min(1)).sum()
+
+
+@dataclass
+class SemiRun:
+    """What a semi-supervised fit needs and records: config, device, transforms, round log."""
+
+    cfg: TrainConfig
+    seed: int
+    device: torch.device
+    mean: tuple
+    std: tuple
+    rounds: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    fixmatch_confident: int = 0  # unlabeled images above the threshold, summed over steps
+    fixmatch_seen: int = 0
+    images_seen: int = 0  # labelled and pseudo-labelled images trained on (FixMatch: also unlabeled)
+    seconds: float = 0.0
+
+    def transform(self, augment: str, train: bool = True):
+        return build_transform(augment, self.cfg.img_size, self.mean, self.std, train=train)
+
+    def train_epochs(self, net: nn.Module, dataset: Dataset, labels: torch.Tensor, epochs: int, phase: str, step):
+        """``epochs`` of AdamW with warm-up and cosine decay; ``step(net, batch) -> loss``."""
+        backbone, heads = _split_params(net)
+        optimizer = torch.optim.AdamW(
+            [{"params": backbone, "lr": self.cfg.lr}, {"params": heads, "lr": 10 * self.cfg.lr}],
+            weight_decay=self.cfg.weight_decay,
+        )
+        sampler = EpochSampler(labels, self.seed * 7919 + len(self.history), keyed=True)
+        loader = DataLoader(dataset, self.cfg.batch_size, sampler=sampler, num_workers=self.cfg.workers)
+        total = epochs * len(loader)
+        warmup = round(self.cfg.warmup_epochs * len(loader))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine(s, total, warmup, self.cfg.schedule)
+        )
+        net.to(self.device)
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            self._train_mode(net)
+            started, losses = time.perf_counter(), []
+            for batch in loader:
+                loss = step(net, [b.to(self.device) for b in batch])
+                if not torch.isfinite(loss):
+                    raise FewlabelError(
+                        f"{phase}: the loss became {loss.item()} at epoch {epoch}; lower --lr or check the data."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                self.images_seen += len(batch[0])
+            seconds = time.perf_counter() - started
+            self.seconds += seconds
+            mean_loss = sum(losses) / max(1, len(losses))
+            self.history.append({"phase": phase, "epoch": epoch, "train_loss": mean_loss, "seconds": seconds})
+        net.to("cpu")
+
+    def _train_mode(self, net: nn.Module) -> None:
+        net.train()
+        if self.cfg.freeze_bn == "yes" or (self.cfg.freeze_bn == "auto" and self.cfg.pretrained != "none"):
+            backbone = net.shared if isinstance(net, TriNet) else net
+            for module in backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not _in_head(net, module):
+                    module.eval()
+
+
+def _in_head(net: nn.Module, module: nn.Module) -> bool:
+    head = net.heads if isinstance(net, TriNet) else net.get_classifier()
+    return any(module is m for m in head.modules())
+
+
+def _split_params(net: nn.Module) -> tuple[list, list]:
+    """(backbone parameters, head/module parameters): the new parts learn 10x faster."""
+    head = net.heads if isinstance(net, TriNet) else net.get_classifier()
+    head_ids = {id(p) for p in head.parameters()}
+    params = list(net.parameters())
+    return [p for p in params if id(p) not in head_ids], [p for p in params if id(p) in head_ids]
+
+
+def soft_step(net: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+    images, targets, mask = batch
+    logits = net.module_logits(images) if isinstance(net, TriNet) else net(images).unsqueeze(0)
+    return module_loss(logits, targets, mask)
+
+
+def train_on_targets(run: SemiRun, net, images: ImageSet, targets, mask, labels, epochs: int, phase: str) -> None:
+    dataset = TargetImages(images, targets, mask, run.transform(run.cfg.augment), run.seed)
+    run.train_epochs(net, dataset, labels, epochs, phase, soft_step)
+
+
+def hard_targets(labels: torch.Tensor, num_classes: int, modules: int) -> torch.Tensor:
+    return nn.functional.one_hot(labels, num_classes).float().unsqueeze(1).expand(-1, modules, -1).clone()
+
+
+def module_probabilities(run: SemiRun, net: nn.Module, images: ImageSet) -> torch.Tensor:
+    """M x N x C probabilities of each module (eval mode, un-augmented)."""
+    fn = (lambda x: net.module_logits(x).transpose(0, 1)) if isinstance(net, TriNet) else (lambda x: net(x)[:, None])
+    net.eval().to(run.device)
+    outputs = batched_outputs(fn, images, run.transform("none", train=False), 128, run.device, progress=False)
+    net.to("cpu")
+    return outputs.softmax(-1).transpose(0, 1)
+
+
+def dropout_passes(run: SemiRun, net: TriNet, images: ImageSet, passes: int) -> torch.Tensor:
+    """P x 3 x N predicted classes with the modules' dropout on (features computed once)."""
+    net.eval().to(run.device)
+    features = batched_outputs(net.shared, images, run.transform("none", train=False), 128, run.device, progress=False)
+    generator = torch.Generator().manual_seed(run.seed * 31 + len(run.rounds))
+    predictions = []
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+        for head in net.heads:
+            for module in head.modules():
+                if isinstance(module, nn.Dropout):
+                    module.train()
+        for _ in range(passes):
+            predictions.append(net.heads_on_features(features.to(run.device)).argmax(-1).cpu())
+    net.eval().to("cpu")
+    return torch.stack(predictions)
+
+
+def self_training(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageSet, start_round: int, save_round):
+    """Pseudo-label (one module) or tri-net (three) rounds, from ``start_round``."""
+    cfg, opts = run.cfg, run.cfg.semi
+    trinet = isinstance(net, TriNet)
+    modules, classes = (MODULES if trinet else 1), labelled.num_classes
+    for round_index in range(start_round, opts.rounds):
+        started = time.perf_counter()
+        threshold = threshold_at(round_index, opts.threshold_start, opts.threshold_step, opts.threshold_min)
+        size = sample_size_at(round_index, opts.sample_first, opts.sample_growth, len(pool))
+        order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(run.seed * 997 + round_index))
+        examined = pool.subset(order[:size])
+        probs = module_probabilities(run, net, examined)
+        if trinet:
+            labels, mask = agreeing_pseudo_labels(probs, threshold)
+        else:
+            confidence, predicted = probs.max(-1)
+            labels, mask = predicted, confidence > threshold
+        record = {"round": round_index + 1, "threshold": threshold, "examined": size, "modules": []}
+        kept = mask
+        if trinet and opts.edit_passes:
+            kept = mask & stable_pseudo_labels(
+                dropout_passes(run, net, examined, opts.edit_passes), labels, opts.edit_min_agreement
+            )
+        for v in range(modules):
+            record["modules"].append(_module_record(labels[v], mask[v], kept[v], examined, cfg.audit_pseudo_labels))
+        chosen = kept.any(0)
+        images = _concat(labelled, examined.subset(torch.nonzero(chosen).flatten()))
+        pseudo_targets = nn.functional.one_hot(labels[:, chosen].T, classes).float()  # K x M x C
+        targets = torch.cat([hard_targets(labelled.labels, classes, modules), pseudo_targets])
+        train_mask = torch.cat([torch.ones(len(labelled), modules, dtype=torch.bool), kept[:, chosen].T])
+        train_labels = torch.cat([labelled.labels, labels[:, chosen].max(0).values])
+        train_on_targets(
+            run, net, images, targets, train_mask, train_labels, opts.round_epochs, f"round-{round_index + 1}"
+        )
+        if trinet and opts.diversity_every and (round_index + 1) % opts.diversity_every == 0:
+            smeared = smeared_targets(run, labelled, round_index + 1)
+            ones = torch.ones(len(labelled), MODULES, dtype=torch.bool)
+            train_on_targets(
+                run,
+                net,
+                labelled,
+                smeared,
+                ones,
+                labelled.labels,
+                opts.diversity_epochs,
+                f"diversity-{round_index + 1}",
+            )
+        record["seconds"] = time.perf_counter() - started
+        run.rounds.append(record)
+        log.info("round %d: %s pseudo-labels", round_index + 1, [m["kept"] for m in record["modules"]])
+        save_round(round_index + 1)
+
+
+def smeared_targets(run: SemiRun, labelled: ImageSet, salt: int) -> torch.Tensor:
+    """N x 3 x C: each module its own smeared copy of the labels (seeded by seed, module, salt)."""
+    copies = [
+        smear_labels(
+            labelled.labels,
+            labelled.num_classes,
+            run.cfg.semi.smear_std,
+            torch.Generator().manual_seed(run.seed * 1009 + 101 * salt + v),
+        )
+        for v in range(MODULES)
+    ]
+    return torch.stack(copies, 1)
+
+
+def _module_record(labels, mask, kept, examined: ImageSet, audit: bool) -> dict:
+    """Counts for one module's pseudo-labels, and their accuracy against hidden truth if asked."""
+    record = {"candidates": int(mask.sum()), "removed_by_editing": int((mask & ~kept).sum()), "kept": int(kept.sum())}
+    if audit:
+        truth = examined.labels
+        record["accuracy_before_editing"] = float((labels[mask] == truth[mask]).float().mean()) if mask.any() else None
+        record["accuracy_kept"] = float((labels[kept] == truth[kept]).float().mean()) if kept.any() else None
+    return record
+
+
+def _concat(first: ImageSet, second: ImageSet) -> ImageSet:
+    channels = max(first.images.shape[1], second.images.shape[1])
+    images = torch.cat([first.images.expand(-1, channels, -1, -1), second.images.expand(-1, channels, -1, -1)])
+    labels = torch.cat([first.labels, torch.zeros(len(second), dtype=torch.long)])
+    return ImageSet(images.contiguous(), labels, first.class_names, first.ids + second.ids, first.source)
+
+
+class TwoViews(Dataset):
+    """Unlabeled images as (weak view, strong view), seeded per (epoch, index)."""
+
+    def __init__(self, images: ImageSet, weak, strong, seed: int) -> None:
+        self.images, self.weak, self.strong, self.seed = images, weak, strong, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index + 7)
+            image = self.images.images[index]
+            return self.weak(image), self.strong(image)
+
+
+def fixmatch(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageSet, epochs: int) -> None:
+    """FixMatch: cross-entropy on weakly augmented labelled images plus, on unlabeled images whose
+    weak-view confidence exceeds ``fixmatch_threshold``, cross-entropy of the strong view against
+    the weak view's predicted class, weighted by ``fixmatch_lambda``."""
+    opts = run.cfg.semi
+    classes = labelled.num_classes
+    unlabeled = TwoViews(pool, run.transform(run.cfg.augment), run.transform("randaugment"), run.seed)
+    sampler = EpochSampler(torch.zeros(len(pool), dtype=torch.long), run.seed + 17, keyed=True)
+    loader = DataLoader(unlabeled, run.cfg.batch_size * opts.fixmatch_mu, sampler=sampler, num_workers=run.cfg.workers)
+    state = {"iterator": iter(loader), "epoch": 0}
+
+    def next_unlabeled() -> list[torch.Tensor]:
+        try:
+            return next(state["iterator"])
+        except StopIteration:
+            state["epoch"] += 1
+            sampler.set_epoch(state["epoch"])
+            state["iterator"] = iter(loader)
+            return next(state["iterator"])
+
+    def step(net: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+        images, targets, mask = batch
+        weak, strong = (v.to(images.device) for v in next_unlabeled())
+        logits = net(torch.cat([images, weak, strong]))
+        labelled_logits, weak_logits, strong_logits = logits.split([len(images), len(weak), len(strong)])
+        supervised = module_loss(labelled_logits.unsqueeze(0), targets, mask)
+        confidence, pseudo = weak_logits.detach().softmax(-1).max(-1)
+        confident = (confidence > opts.fixmatch_threshold).float()
+        unsup = (nn.functional.cross_entropy(strong_logits, pseudo, reduction="none") * confident).mean()
+        run.fixmatch_confident += int(confident.sum())
+        run.fixmatch_seen += len(confident)
+        run.images_seen += len(weak) + len(strong)
+        return supervised + opts.fixmatch_lambda * unsup
+
+    targets = hard_targets(labelled.labels, classes, 1)
+    dataset = TargetImages(
+        labelled, targets, torch.ones(len(labelled), 1, dtype=torch.bool), run.transform(run.cfg.augment), run.seed
+    )
+    run.train_epochs(net, dataset, labelled.labels, epochs, "fixmatch", step)
+
+
+def initial_fit(run: SemiRun, net: nn.Module, labelled: ImageSet) -> None:
+    """The start every method shares: ``epochs`` over the labelled set (tri-net: smeared copies)."""
+    if isinstance(net, TriNet):
+        targets = smeared_targets(run, labelled, 0)
+        modules = MODULES
+    else:
+        targets, modules = hard_targets(labelled.labels, labelled.num_classes, 1), 1
+    mask = torch.ones(len(labelled), modules, dtype=torch.bool)
+    train_on_targets(run, net, labelled, targets, mask, labelled.labels, run.cfg.epochs, "initial")
