@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import TrainConfig, load_config, make_config, read_config_file
+from .config import TrainConfig, load_config, make_config, merge_options, read_config_file
 from .data.builtin import BUILTIN_DATASETS
 from .data.images import ImageDecodeError, decode_image, pil_to_array, resize_to_square
 from .data.imageset import ImageSet
@@ -56,7 +56,7 @@ def build_config(
     if data is not None:
         options["data"] = data
     if isinstance(config, TrainConfig):
-        return make_config(config.model_dump() | options)
+        return make_config(merge_options(config.model_dump(), options))
     if config is not None:
         return load_config(config, options)
     if "data" not in options:

@@ -135,6 +135,63 @@ def train(
     console.print(f"report: {result.run_dir / 'report.html'}")
 
 
+Method = Enum("Method", {m: m for m in get_args(get_args(TrainConfig.model_fields["method"].annotation)[0])}, type=str)
+
+
+@app.command()
+def semi(
+    data: Annotated[str | None, typer.Argument(help="labelled DATA (folder, CSV or built-in)")] = None,
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/semi"),
+    method: Annotated[Method, typer.Option(help="semi-supervised method or baseline")] = Method.trinet,
+    unlabeled: Annotated[
+        str | None, typer.Option(help="pool: folder of images, CSV of paths, or DATA; default the unlabeled rest")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML config (also the semi: section); flags override it")] = None,
+    model: Annotated[str | None, typer.Option(help="timm architecture")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="none | imagenet | hub | path.safetensors")] = None,
+    labels_per_class: Annotated[
+        int | None, typer.Option(help="labelled images per class; the rest is the pool")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="epochs on the labelled set before the rounds")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="self-training rounds (FixMatch: rounds x round-epochs epochs)")
+    ] = None,
+    round_epochs: Annotated[int | None, typer.Option()] = None,
+    img_size: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    eval_data: Annotated[str | None, typer.Option(help="data for the final metrics")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    seeds: Annotated[str | None, typer.Option(help="repeat over seeds, e.g. 0,1,2")] = None,
+    audit_pseudo_labels: Annotated[
+        bool | None, typer.Option("--audit-pseudo-labels", help="score pseudo-labels against the pool's hidden labels")
+    ] = None,
+    allow_overlap: Annotated[
+        bool | None, typer.Option("--allow-overlap", help="accept a pool holding evaluation images")
+    ] = None,
+    workers: Annotated[int | None, typer.Option()] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="progress bars")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    resume: Annotated[bool, typer.Option(help="continue after the last finished round")] = False,
+) -> None:
+    """Semi-supervised training: tri-net, or the supervised, pseudo-label and FixMatch baselines."""
+    options = {
+        k: v
+        for k, v in locals().items()
+        if k not in ("data", "out", "config", "overwrite", "resume", "seeds", "method", "rounds", "round_epochs")
+    }
+    options["method"] = method.value
+    options["seeds"] = _seeds(seeds)
+    semi_options = {k: v for k, v in (("rounds", rounds), ("round_epochs", round_epochs)) if v is not None}
+    if semi_options:
+        options["semi"] = semi_options
+    result = api.train(data, out, config=config, overwrite=overwrite, resume=resume, **options)
+    console.print(
+        _metrics_table(result.metrics, f"{result.run_dir} ({method.value}) on {result.metrics.get('eval_data')}")
+    )
+    console.print(f"report: {result.run_dir / 'report.html'}")
+
+
 @app.command("run")
 def run(
     recipe: Annotated[Path, typer.Argument(help="recipe YAML: stages of stepwise fine-tuning")],
@@ -244,14 +301,14 @@ def datasets() -> None:
 intermediate_app = typer.Typer(no_args_is_help=True, help="Intermediate datasets for stepwise fine-tuning.")
 app.add_typer(intermediate_app, name="intermediate")
 Descriptor = Enum("Descriptor", {d: d for d in DESCRIPTORS}, type=str)
-Method = Enum("Method", {m: m for m in api.INTERMEDIATE_METHODS}, type=str)
+BuildMethod = Enum("BuildMethod", {m: m for m in api.INTERMEDIATE_METHODS}, type=str)
 
 
 @intermediate_app.command("build")
 def intermediate_build(
     data: Annotated[str | None, typer.Argument(help="target DATA (clusters: its training split is the pool)")] = None,
     out: Annotated[Path, typer.Option(help="folder to write")] = Path("data/intermediate"),
-    method: Annotated[Method, typer.Option()] = Method.clusters,
+    method: Annotated[BuildMethod, typer.Option()] = BuildMethod.clusters,
     unlabeled: Annotated[str | None, typer.Option(help="clusters: pool of target-domain images")] = None,
     pool_size: Annotated[int | None, typer.Option(help="clusters: random subset of the pool")] = None,
     k: Annotated[int, typer.Option(help="clusters: number of pseudo-classes")] = 20,

@@ -171,6 +171,18 @@ def read_config_file(path: str | Path) -> dict:
 
 def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     """Config file values, overridden by the explicitly given ``overrides``."""
-    values = read_config_file(path)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values = merge_options(read_config_file(path), overrides or {})
     return make_config(values, str(path))
+
+
+def merge_options(base: dict, overrides: dict) -> dict:
+    """``overrides`` (None values skipped) over ``base``; a section such as ``semi`` is merged
+    key by key, so ``--rounds 8`` keeps the config file's other ``semi`` settings."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = merged[key] | value
+        merged[key] = value
+    return merged

@@ -58,6 +58,7 @@ def write_report(run_dir: str | Path) -> Path:
         "curves": learning_curves_figure(read_history(run_dir / "history.csv")),
         "config": yaml.safe_dump(config, sort_keys=False),
         "data_summary": read_json(splits_path)["summary"] if splits_path.is_file() else None,
+        "rounds": read_json(run_dir / "rounds.json") if (run_dir / "rounds.json").is_file() else None,
     }
     if (run_dir / PREDICTIONS_FILE).is_file():
         context |= _prediction_sections(run_dir, read_predictions(run_dir / PREDICTIONS_FILE))

@@ -33,7 +33,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import TrainConfig, config_keys, format_validation_error, make_config, read_config_file
+from ..config import TrainConfig, config_keys, format_validation_error, make_config, merge_options, read_config_file
 from ..data.images import is_image_file
 from ..data.sources import parse_data_spec
 from ..errors import FewlabelError
@@ -175,7 +175,8 @@ def stage_config(recipe: Recipe, index: int, seed_dir: Path, seed: int, origin: 
     """The training config of stage ``index`` for one seed: defaults, then the stage's own
     options, its data (built data lives in ``seed_dir``) and the previous stage's weights."""
     stage = recipe.stages[index]
-    values = recipe.defaults | stage.options | {"seed": seed, "data": stage.data or str(built_data(seed_dir, stage))}
+    data = stage.data or str(built_data(seed_dir, stage))
+    values = merge_options(merge_options(recipe.defaults, stage.options), {"seed": seed, "data": data})
     if index > 0:
         values["pretrained"] = str(seed_dir / recipe.stages[index - 1].name / WEIGHTS_FILE)
     return make_config(values, f"{origin}: stages.{index} ({stage.name})")
@@ -268,7 +269,7 @@ def _build_stage_data(recipe: Recipe, index: int, seed_dir: Path, seed: int) -> 
     folder = built_data(seed_dir, stage)
     folder = folder.parent if folder.suffix == ".csv" else folder
     marker = folder / ("synthetic.json" if spec.method == "synthetic" else "clusters.json")
-    cfg = make_config(recipe.defaults | stage.options | {"data": "unused"}, f"stage {stage.name}")
+    cfg = make_config(merge_options(recipe.defaults, stage.options) | {"data": "unused"}, f"stage {stage.name}")
     wanted = spec.model_dump(mode="json") | {"model": cfg.model, "img_size": cfg.img_size}
     recorded = read_json(marker).get("recipe_build") if marker.is_file() else None
     if recorded == wanted:
