@@ -225,3 +225,18 @@ def test_paired_comparison_by_hand():
 def test_shipped_example_recipes_validate(name):
     recipe = read_recipe(Path(__file__).parents[1] / "examples" / name)
     assert recipe.stages[-1].data == "fashion-mnist-small" and recipe.stages[0].build is not None
+
+
+def test_a_trinet_target_stage_starts_from_the_intermediate_weights(tmp_path, image_folder):
+    target = make_image_folder(tmp_path / "target", per_class=10, seed=4)
+    semi = {"rounds": 1, "round_epochs": 1, "sample_first": 10, "threshold_start": 0.4, "threshold_min": 0.3}
+    stages = [
+        {"name": "intermediate", "data": str(image_folder)},
+        {"name": "target", "data": str(target), "method": "trinet", "labels_per_class": 4, "semi": semi},
+    ]
+    summary = run_recipe(write_recipe(tmp_path / "r.yaml", stages), tmp_path / "out")
+    run = tmp_path / "out" / "seed-0" / "target"
+    assert json.loads((run / "model.json").read_text())["method"] == "trinet"
+    assert json.loads((run / "rounds.json").read_text())["rounds"][0]["round"] == 1
+    assert yaml.safe_load((run / "config.yaml").read_text())["pretrained"].endswith("intermediate/model.safetensors")
+    assert summary["stages"][1]["classes"] == 3

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +27,7 @@ from ..data.datamodule import EpochSampler
 from ..data.imageset import ImageSet
 from ..data.transforms import build_transform
 from ..errors import FewlabelError
+from ..train.callbacks import seed_batch
 from ..train.functional import warmup_cosine
 from ..train.inference import batched_outputs
 from .trinet import (
@@ -94,7 +96,11 @@ class SemiRun:
             weight_decay=self.cfg.weight_decay,
         )
         sampler = EpochSampler(labels, self.seed * 7919 + len(self.history), keyed=True)
-        loader = DataLoader(dataset, self.cfg.batch_size, sampler=sampler, num_workers=self.cfg.workers)
+        batch = self.cfg.batch_size
+        # a last batch of one image breaks BatchNorm in training mode: drop just that one
+        loader = DataLoader(
+            dataset, batch, sampler=sampler, num_workers=self.cfg.workers, drop_last=len(dataset) % batch == 1
+        )
         total = epochs * len(loader)
         warmup = round(self.cfg.warmup_epochs * len(loader))
         schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -105,7 +111,8 @@ class SemiRun:
             sampler.set_epoch(epoch)
             self._train_mode(net)
             started, losses = time.perf_counter(), []
-            for batch in loader:
+            for index, batch in enumerate(loader):
+                seed_batch(self.seed, zlib.crc32(phase.encode()), epoch, index, self.device)
                 loss = step(net, [b.to(self.device) for b in batch])
                 if not torch.isfinite(loss):
                     raise FewlabelError(

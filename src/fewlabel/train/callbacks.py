@@ -26,12 +26,16 @@ class BatchSeed(L.Callback):
         self.phase_index = phase_index
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        epoch_key = (self.seed * 1_000_003 + self.phase_index) * 10_007 + trainer.current_epoch
-        seed = epoch_key * 100_003 + batch_idx
-        if pl_module.device.type == "cpu":  # torch.manual_seed would also queue CUDA seeding (slow)
-            torch.default_generator.manual_seed(seed)
-        else:
-            torch.manual_seed(seed)
+        seed_batch(self.seed, self.phase_index, trainer.current_epoch, batch_idx, pl_module.device)
+
+
+def seed_batch(seed: int, phase_index: int, epoch: int, batch_index: int, device: torch.device) -> None:
+    """Seed torch's generators from (seed, phase, epoch, batch)."""
+    value = ((seed * 1_000_003 + phase_index) * 10_007 + epoch) * 100_003 + batch_index
+    if device.type == "cpu":  # torch.manual_seed would also queue CUDA seeding (slow)
+        torch.default_generator.manual_seed(value)
+    else:
+        torch.manual_seed(value)
 
 
 class EvalModeModules(L.Callback):
