@@ -24,7 +24,7 @@ from .data.builtin import BUILTIN_DATASETS
 from .data.images import ImageDecodeError, decode_image, pil_to_array, resize_to_square
 from .data.imageset import ImageSet
 from .data.sources import load_data, load_pool
-from .data.splits import align_classes
+from .data.splits import align_classes, random_subset
 from .data.transforms import build_transform
 from .distributed import is_rank_zero
 from .errors import FewlabelError, unknown_choice
@@ -356,7 +356,7 @@ def build_intermediate(
         return build_synthetic(generator, out, per_class, seed, options)
     if unlabeled is None and data is None:
         raise FewlabelError("--method clusters needs DATA or --unlabeled POOL: the images to group.")
-    pool = _draw_pool(load_pool(unlabeled or data, img_size, progress=progress), pool_size, seed)
+    pool = random_subset(load_pool(unlabeled or data, img_size, progress=progress), pool_size, seed)
 
     def embed(images: ImageSet) -> torch.Tensor:
         backbone, info = create_backbone(model, pretrained, num_classes=2)
@@ -380,11 +380,3 @@ def build_intermediate(
 
 
 INTERMEDIATE_METHODS = ("clusters", "synthetic")
-
-
-def _draw_pool(pool: ImageSet, size: int | None, seed: int) -> ImageSet:
-    """A seeded random subset of ``size`` images (the whole pool when it is smaller)."""
-    if size is None or size >= len(pool):
-        return pool
-    order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed))
-    return pool.subset(order[:size].sort().values)

@@ -22,6 +22,7 @@ class SemiOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    pool_size: int | None = Field(None, ge=1, description="seeded random subset of the unlabeled pool")
     rounds: int = Field(4, ge=0, description="self-training rounds (pseudo-label, trinet)")
     round_epochs: int = Field(2, ge=1, description="epochs over labelled + pseudo-labelled data per round")
     sample_first: int = Field(1000, ge=1, description="pool images examined in the first round")

@@ -58,3 +58,11 @@ def align_classes(dataset: ImageSet, class_names: list[str], stage: str) -> Imag
         )
     remap = torch.tensor([class_names.index(c) if c in class_names else -1 for c in dataset.class_names])
     return ImageSet(dataset.images, remap[dataset.labels], list(class_names), dataset.ids, dataset.source)
+
+
+def random_subset(images: ImageSet, size: int | None, seed: int) -> ImageSet:
+    """A seeded random subset of ``size`` images in their original order (all when fewer)."""
+    if size is None or size >= len(images):
+        return images
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    return images.subset(order[:size].sort().values)

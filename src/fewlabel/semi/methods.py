@@ -5,9 +5,10 @@ and ``trinet`` (Chen et al. 2018, see :mod:`fewlabel.semi.trinet`).
 Budget, the same for all: ``epochs`` over the labelled set first (tri-net on its three smeared
 copies), then ``rounds`` x ``round_epochs`` epochs: self-training epochs over labelled plus
 pseudo-labelled images, FixMatch epochs of labelled batches each with ``fixmatch_mu``
-unlabeled batches, plain epochs for ``supervised``. The whole network trains (AdamW, ``lr``
-for the backbone, 10 x ``lr`` for the new head or modules, cosine decay per stage); BatchNorm
-statistics of a pretrained backbone stay frozen as in ``fewlabel train``. Pseudo-labelling
+unlabeled batches, plain epochs for ``supervised``. Before all that, the head (tri-net: the
+three modules) trains ``head_epochs`` on cached features, as in ``freeze-unfreeze``. The whole
+network then trains with AdamW at ``lr``, cosine decay per stage; BatchNorm statistics of a
+pretrained backbone stay frozen as in ``fewlabel train``. Pseudo-labelling
 uses the weak (``augment``) view; FixMatch's strong view is ``randaugment``.
 """
 
@@ -29,7 +30,7 @@ from ..data.transforms import build_transform
 from ..errors import FewlabelError
 from ..train.callbacks import seed_batch
 from ..train.functional import warmup_cosine
-from ..train.inference import batched_outputs
+from ..train.inference import batched_outputs, pre_logits
 from .trinet import (
     MODULES,
     TriNet,
@@ -88,13 +89,12 @@ class SemiRun:
     def transform(self, augment: str, train: bool = True):
         return build_transform(augment, self.cfg.img_size, self.mean, self.std, train=train)
 
-    def train_epochs(self, net: nn.Module, dataset: Dataset, labels: torch.Tensor, epochs: int, phase: str, step):
-        """``epochs`` of AdamW with warm-up and cosine decay; ``step(net, batch) -> loss``."""
-        backbone, heads = _split_params(net)
-        optimizer = torch.optim.AdamW(
-            [{"params": backbone, "lr": self.cfg.lr}, {"params": heads, "lr": 10 * self.cfg.lr}],
-            weight_decay=self.cfg.weight_decay,
-        )
+    def train_epochs(
+        self, net: nn.Module, dataset: Dataset, labels: torch.Tensor, epochs: int, phase: str, step, lr: float
+    ) -> None:
+        """``epochs`` of AdamW at ``lr`` with warm-up and cosine decay; ``step(net, batch) -> loss``."""
+        params = [p for p in net.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=self.cfg.weight_decay)
         sampler = EpochSampler(labels, self.seed * 7919 + len(self.history), keyed=True)
         batch = self.cfg.batch_size
         # a last batch of one image breaks BatchNorm in training mode: drop just that one
@@ -131,25 +131,47 @@ class SemiRun:
         net.to("cpu")
 
     def _train_mode(self, net: nn.Module) -> None:
+        """Training mode, but a pretrained backbone's BatchNorm statistics stay fixed (as in
+        ``fewlabel train``); the modules' own BatchNorm trains."""
         net.train()
-        if self.cfg.freeze_bn == "yes" or (self.cfg.freeze_bn == "auto" and self.cfg.pretrained != "none"):
-            backbone = net.shared if isinstance(net, TriNet) else net
-            for module in backbone.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and not _in_head(net, module):
-                    module.eval()
+        if not (self.cfg.freeze_bn == "yes" or (self.cfg.freeze_bn == "auto" and self.cfg.pretrained != "none")):
+            return
+        if isinstance(net, (TriNet, HeadOnFeatures)):
+            backbone = net.shared if isinstance(net, TriNet) else nn.Module()
+        else:
+            backbone = net
+        head = set(map(id, net.get_classifier().modules())) if hasattr(net, "get_classifier") else set()
+        for module in backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in head:
+                module.eval()
 
 
-def _in_head(net: nn.Module, module: nn.Module) -> bool:
-    head = net.heads if isinstance(net, TriNet) else net.get_classifier()
-    return any(module is m for m in head.modules())
+class HeadOnFeatures(nn.Module):
+    """The head of a network (TriNet: its three modules; a timm model: dropout and classifier)
+    applied to pooled features, for the head warm-up on cached features."""
+
+    def __init__(self, net: nn.Module, dropout: float) -> None:
+        super().__init__()
+        self.trinet = isinstance(net, TriNet)
+        self.head = net.heads if self.trinet else nn.Sequential(nn.Dropout(dropout), net.get_classifier())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """M x B x C logits."""
+        if self.trinet:
+            return torch.stack([module(features) for module in self.head])
+        return self.head(features).unsqueeze(0)
 
 
-def _split_params(net: nn.Module) -> tuple[list, list]:
-    """(backbone parameters, head/module parameters): the new parts learn 10x faster."""
-    head = net.heads if isinstance(net, TriNet) else net.get_classifier()
-    head_ids = {id(p) for p in head.parameters()}
-    params = list(net.parameters())
-    return [p for p in params if id(p) not in head_ids], [p for p in params if id(p) in head_ids]
+class FeatureTargets(Dataset):
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> None:
+        self.features, self.targets, self.mask = features, targets, mask
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index = key[1]
+        return self.features[index], self.targets[index], self.mask[index]
 
 
 def soft_step(net: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
@@ -159,8 +181,30 @@ def soft_step(net: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
 
 
 def train_on_targets(run: SemiRun, net, images: ImageSet, targets, mask, labels, epochs: int, phase: str) -> None:
+    """Fine-tune the whole network on augmented images with soft targets per module."""
     dataset = TargetImages(images, targets, mask, run.transform(run.cfg.augment), run.seed)
-    run.train_epochs(net, dataset, labels, epochs, phase, soft_step)
+    run.train_epochs(net, dataset, labels, epochs, phase, soft_step, run.cfg.lr)
+
+
+def warm_up_head(run: SemiRun, net: nn.Module, images: ImageSet, targets, mask) -> None:
+    """Train only the head (or tri-net's modules) on the backbone's cached pooled features of the
+    un-augmented images, ``head_epochs`` at ``head_lr``: a random head trained jointly with the
+    backbone at few labels wrecks the pretrained features (as ``freeze-unfreeze`` avoids)."""
+    if not run.cfg.head_epochs:
+        return
+    backbone = net.shared if isinstance(net, TriNet) else net
+    backbone.eval().to(run.device)
+    features = batched_outputs(
+        pre_logits(backbone), images, run.transform("none", train=False), 128, run.device, progress=False
+    )
+    backbone.to("cpu")
+    head = HeadOnFeatures(net, run.cfg.dropout)
+
+    def step(head: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+        return module_loss(head(batch[0]), batch[1], batch[2])
+
+    dataset = FeatureTargets(features, targets, mask)
+    run.train_epochs(head, dataset, images.labels, run.cfg.head_epochs, "head", step, run.cfg.head_lr)
 
 
 def hard_targets(labels: torch.Tensor, num_classes: int, modules: int) -> torch.Tensor:
@@ -333,7 +377,7 @@ def fixmatch(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageSet, e
     dataset = TargetImages(
         labelled, targets, torch.ones(len(labelled), 1, dtype=torch.bool), run.transform(run.cfg.augment), run.seed
     )
-    run.train_epochs(net, dataset, labelled.labels, epochs, "fixmatch", step)
+    run.train_epochs(net, dataset, labelled.labels, epochs, "fixmatch", step, run.cfg.lr)
 
 
 def initial_fit(run: SemiRun, net: nn.Module, labelled: ImageSet) -> None:
@@ -344,4 +388,5 @@ def initial_fit(run: SemiRun, net: nn.Module, labelled: ImageSet) -> None:
     else:
         targets, modules = hard_targets(labelled.labels, labelled.num_classes, 1), 1
     mask = torch.ones(len(labelled), modules, dtype=torch.bool)
+    warm_up_head(run, net, labelled, targets, mask)
     train_on_targets(run, net, labelled, targets, mask, labelled.labels, run.cfg.epochs, "initial")

@@ -18,6 +18,7 @@ from ..config import TrainConfig
 from ..data.duplicates import cross_duplicates
 from ..data.imageset import ImageSet
 from ..data.sources import has_labels, load_pool
+from ..data.splits import random_subset
 from ..errors import FewlabelError
 from ..fileio import atomic_write, write_json
 from ..models.backbones import BackboneInfo, create_backbone
@@ -30,9 +31,10 @@ log = logging.getLogger("fewlabel.semi")
 SEMI_CHECKPOINT = Path("checkpoints") / "semi.pt"
 
 
-def unlabeled_pool(cfg: TrainConfig, data: DataBundle) -> ImageSet:
-    """``cfg.unlabeled`` or the unlabeled rest of DATA's training split, checked: not empty, and
-    holding no evaluation image (exact pixel duplicates) unless ``allow_overlap``."""
+def unlabeled_pool(cfg: TrainConfig, data: DataBundle, seed: int) -> ImageSet:
+    """``cfg.unlabeled`` or the unlabeled rest of DATA's training split (a seeded ``pool_size``
+    draw of it when set), checked: not empty, and holding no evaluation image (exact pixel
+    duplicates) unless ``allow_overlap``."""
     if cfg.unlabeled:
         pool = load_pool(cfg.unlabeled, cfg.img_size, cfg.strict, cfg.progress)
     elif data.unlabeled is not None and len(data.unlabeled):
@@ -42,6 +44,7 @@ def unlabeled_pool(cfg: TrainConfig, data: DataBundle) -> ImageSet:
             "The unlabeled pool is empty: pass --unlabeled POOL, or --labels-per-class so that the rest of "
             "DATA's training split is the pool."
         )
+    pool = random_subset(pool, cfg.semi.pool_size, seed)
     overlap = cross_duplicates(data.eval, pool)
     if overlap["count"] and not cfg.allow_overlap:
         first = overlap["examples"][0]
@@ -78,7 +81,7 @@ def fit_semi(
 ) -> tuple[nn.Module, BackboneInfo, dict]:
     """Train ``cfg.method`` on the labelled set and the pool; resumes after the last saved round."""
     check_labelled(data.train)
-    pool = unlabeled_pool(cfg, data)
+    pool = unlabeled_pool(cfg, data, seed)
     net, info = build_network(cfg, data.class_names)
     run = SemiRun(cfg, seed, resolve_accelerator(cfg)[1], info.mean, info.std)
     completed = _load_checkpoint(run_dir, net, run) if resume else -1
