@@ -6,9 +6,9 @@ Budget, the same for all: ``epochs`` over the labelled set first (tri-net on its
 copies), then ``rounds`` x ``round_epochs`` epochs: self-training epochs over labelled plus
 pseudo-labelled images, FixMatch epochs of labelled batches each with ``fixmatch_mu``
 unlabeled batches, plain epochs for ``supervised``. Before all that, the head (tri-net: the
-three modules) trains ``head_epochs`` on cached features, as in ``freeze-unfreeze``. The whole
-network then trains with AdamW at ``lr``, cosine decay per stage; BatchNorm statistics of a
-pretrained backbone stay frozen as in ``fewlabel train``. Pseudo-labelling
+three modules) trains ``head_epochs`` on cached features, and the whole network then trains
+with ``freeze-unfreeze``'s learning rates (``lr`` at the top, ``layer_decay`` per stage below;
+AdamW, cosine decay per stage); BatchNorm statistics of a pretrained backbone stay frozen. Pseudo-labelling
 uses the weak (``augment``) view; FixMatch's strong view is ``randaugment``.
 """
 
@@ -29,7 +29,7 @@ from ..data.imageset import ImageSet
 from ..data.transforms import build_transform
 from ..errors import FewlabelError
 from ..train.callbacks import seed_batch
-from ..train.functional import warmup_cosine
+from ..train.functional import decayed_param_groups, warmup_cosine
 from ..train.inference import batched_outputs, pre_logits
 from .trinet import (
     MODULES,
@@ -90,16 +90,22 @@ class SemiRun:
         return build_transform(augment, self.cfg.img_size, self.mean, self.std, train=train)
 
     def train_epochs(
-        self, net: nn.Module, dataset: Dataset, labels: torch.Tensor, epochs: int, phase: str, step, lr: float
+        self, net: nn.Module, dataset: Dataset, labels: torch.Tensor, epochs: int, phase: str, step, groups=None
     ) -> None:
-        """``epochs`` of AdamW at ``lr`` with warm-up and cosine decay; ``step(net, batch) -> loss``."""
-        params = [p for p in net.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=self.cfg.weight_decay)
+        """``epochs`` of AdamW (``groups``: parameter groups, default :func:`network_groups`) with
+        warm-up and cosine decay; ``step(net, batch) -> loss``."""
+        optimizer = torch.optim.AdamW(groups or network_groups(net, self.cfg), weight_decay=self.cfg.weight_decay)
         sampler = EpochSampler(labels, self.seed * 7919 + len(self.history), keyed=True)
         batch = self.cfg.batch_size
         # a last batch of one image breaks BatchNorm in training mode: drop just that one
+        workers = 0 if isinstance(dataset, FeatureTargets) else self.cfg.workers  # features are in memory
         loader = DataLoader(
-            dataset, batch, sampler=sampler, num_workers=self.cfg.workers, drop_last=len(dataset) % batch == 1
+            dataset,
+            batch,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            drop_last=len(dataset) % batch == 1,
         )
         total = epochs * len(loader)
         warmup = round(self.cfg.warmup_epochs * len(loader))
@@ -146,6 +152,15 @@ class SemiRun:
                 module.eval()
 
 
+def network_groups(net: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The optimiser groups of ``freeze-unfreeze``'s fine-tuning phase: ``lr`` at the top (head or
+    tri-net modules), ``layer_decay`` times less per stage below (timm's coarse groups)."""
+    if isinstance(net, TriNet):
+        shared = decayed_param_groups(net.shared, cfg.lr * cfg.layer_decay, cfg.layer_decay, True, cfg.weight_decay)
+        return [*shared, {"params": list(net.heads.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    return decayed_param_groups(net, cfg.lr, cfg.layer_decay, True, cfg.weight_decay)
+
+
 class HeadOnFeatures(nn.Module):
     """The head of a network (TriNet: its three modules; a timm model: dropout and classifier)
     applied to pooled features, for the head warm-up on cached features."""
@@ -183,7 +198,7 @@ def soft_step(net: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
 def train_on_targets(run: SemiRun, net, images: ImageSet, targets, mask, labels, epochs: int, phase: str) -> None:
     """Fine-tune the whole network on augmented images with soft targets per module."""
     dataset = TargetImages(images, targets, mask, run.transform(run.cfg.augment), run.seed)
-    run.train_epochs(net, dataset, labels, epochs, phase, soft_step, run.cfg.lr)
+    run.train_epochs(net, dataset, labels, epochs, phase, soft_step)
 
 
 def warm_up_head(run: SemiRun, net: nn.Module, images: ImageSet, targets, mask) -> None:
@@ -204,7 +219,8 @@ def warm_up_head(run: SemiRun, net: nn.Module, images: ImageSet, targets, mask) 
         return module_loss(head(batch[0]), batch[1], batch[2])
 
     dataset = FeatureTargets(features, targets, mask)
-    run.train_epochs(head, dataset, images.labels, run.cfg.head_epochs, "head", step, run.cfg.head_lr)
+    groups = [{"params": list(head.parameters()), "lr": run.cfg.head_lr}]
+    run.train_epochs(head, dataset, images.labels, run.cfg.head_epochs, "head", step, groups)
 
 
 def hard_targets(labels: torch.Tensor, num_classes: int, modules: int) -> torch.Tensor:
@@ -347,7 +363,14 @@ def fixmatch(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageSet, e
     classes = labelled.num_classes
     unlabeled = TwoViews(pool, run.transform(run.cfg.augment), run.transform("randaugment"), run.seed)
     sampler = EpochSampler(torch.zeros(len(pool), dtype=torch.long), run.seed + 17, keyed=True)
-    loader = DataLoader(unlabeled, run.cfg.batch_size * opts.fixmatch_mu, sampler=sampler, num_workers=run.cfg.workers)
+    workers = run.cfg.workers
+    loader = DataLoader(
+        unlabeled,
+        run.cfg.batch_size * opts.fixmatch_mu,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
     state = {"iterator": iter(loader), "epoch": 0}
 
     def next_unlabeled() -> list[torch.Tensor]:
@@ -377,7 +400,7 @@ def fixmatch(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageSet, e
     dataset = TargetImages(
         labelled, targets, torch.ones(len(labelled), 1, dtype=torch.bool), run.transform(run.cfg.augment), run.seed
     )
-    run.train_epochs(net, dataset, labelled.labels, epochs, "fixmatch", step, run.cfg.lr)
+    run.train_epochs(net, dataset, labelled.labels, epochs, "fixmatch", step)
 
 
 def initial_fit(run: SemiRun, net: nn.Module, labelled: ImageSet) -> None:
