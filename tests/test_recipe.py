@@ -11,11 +11,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import FAST, make_image_folder
 from fewlabel import FewlabelError, train
 from fewlabel.models.backbones import classifier_keys, create_backbone, keeps_head
 from fewlabel.stepwise.recipe import paired_comparison, read_recipe, run_recipe
-
-from conftest import FAST, make_image_folder
 
 DEFAULTS = {k: v for k, v in FAST.items()} | {"epochs": 1, "head_epochs": 1}
 

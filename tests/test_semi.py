@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import FAST, make_image_folder
 
 import fewlabel
+from conftest import FAST, make_image_folder
 from fewlabel import FewlabelError
 from fewlabel.semi.methods import module_loss
 from fewlabel.semi.trinet import (
@@ -21,7 +21,14 @@ from fewlabel.semi.trinet import (
     threshold_at,
 )
 
-SEMI = {"rounds": 2, "round_epochs": 1, "sample_first": 12, "threshold_start": 0.4, "threshold_min": 0.3}
+SEMI = {
+    "rounds": 2,
+    "round_epochs": 1,
+    "sample_first": 12,
+    "threshold_start": 0.4,
+    "threshold_min": 0.3,
+    "pl_threshold": 0.4,
+}
 OPTIONS = FAST | {"epochs": 1, "lr": 1e-3, "labels_per_class": 4, "semi": SEMI}
 
 

@@ -269,6 +269,7 @@ def self_training(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageS
         if trinet:
             labels, mask = agreeing_pseudo_labels(probs, threshold)
         else:
+            threshold = opts.pl_threshold
             confidence, predicted = probs.max(-1)
             labels, mask = predicted, confidence > threshold
         record = {"round": round_index + 1, "threshold": threshold, "examined": size, "modules": []}
