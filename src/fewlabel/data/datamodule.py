@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .imageset import ImageSet
+
+
+@contextmanager
+def image_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
+    """Seed torch's CPU generator for one image's random transform from (seed, epoch, index),
+    restoring it afterwards. The CPU generator only: torch.manual_seed would also queue a
+    (slow) CUDA seeding."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + index)
+        yield
 
 
 class TransformedImages(Dataset):
@@ -30,9 +41,7 @@ class TransformedImages(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(key, tuple):
             epoch, index = key
-            with torch.random.fork_rng(devices=[]):
-                # the CPU generator only: torch.manual_seed would also queue a (slow) CUDA seeding
-                torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            with image_rng(self.seed, epoch, index):
                 return self.transform(self.images.images[index]), self.images.labels[index]
         return self.transform(self.images.images[key]), self.images.labels[key]
 

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import TrainConfig
-from ..data.datamodule import EpochSampler
+from ..data.datamodule import EpochSampler, image_rng
 from ..data.imageset import ImageSet
 from ..data.transforms import build_transform
 from ..errors import FewlabelError
@@ -57,8 +57,7 @@ class TargetImages(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+        with image_rng(self.seed, epoch, index):
             return self.transform(self.images.images[index]), self.targets[index], self.mask[index]
 
 
@@ -350,8 +349,7 @@ class TwoViews(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index + 7)
+        with image_rng(self.seed, epoch, index):
             image = self.images.images[index]
             return self.weak(image), self.strong(image)
 
