@@ -159,10 +159,8 @@ def _load_csv(path: Path, image_size: int, strict: bool, progress: bool, labelle
         columns = [c.strip() for c in reader.fieldnames or []]
         required = ("path", "label") if labelled else ("path",)
         if any(c not in columns for c in required):
-            raise FewlabelError(
-                f"CSV '{path}' must have column(s) {', '.join(repr(c) for c in required)}; "
-                f"found: {', '.join(columns) or 'none'}."
-            )
+            wanted = "columns 'path' and 'label'" if labelled else "a column 'path'"
+            raise FewlabelError(f"CSV '{path}' must have {wanted}; found: {', '.join(columns) or 'none'}.")
         rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     if not rows:
         raise FewlabelError(f"CSV '{path}' has no rows.")
