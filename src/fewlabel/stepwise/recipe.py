@@ -211,7 +211,9 @@ def run_recipe(
 ) -> dict:
     """Run every stage for every seed (finished stages are skipped, an interrupted one resumes),
     then write ``summary.json`` and ``report.html`` in ``out``."""
-    if not isinstance(recipe, Recipe):
+    if isinstance(recipe, Recipe):
+        check_recipe(recipe)
+    else:
         recipe = read_recipe(recipe)
     if seeds:
         recipe = recipe.model_copy(update={"seeds": list(seeds)})
