@@ -29,6 +29,7 @@ from ..data.imageset import ImageSet
 from ..data.transforms import build_transform
 from ..errors import FewlabelError
 from ..train.callbacks import seed_batch
+from ..train.engine import freezes_batchnorm
 from ..train.functional import decayed_param_groups, warmup_cosine
 from ..train.inference import batched_outputs, pre_logits
 from .trinet import (
@@ -42,7 +43,6 @@ from .trinet import (
 )
 
 log = logging.getLogger("fewlabel.semi")
-METHODS = ("supervised", "pseudo-label", "fixmatch", "trinet")
 
 
 class TargetImages(Dataset):
@@ -139,13 +139,10 @@ class SemiRun:
         """Training mode, but a pretrained backbone's BatchNorm statistics stay fixed (as in
         ``fewlabel train``); the modules' own BatchNorm trains."""
         net.train()
-        if not (self.cfg.freeze_bn == "yes" or (self.cfg.freeze_bn == "auto" and self.cfg.pretrained != "none")):
+        if isinstance(net, HeadOnFeatures) or not freezes_batchnorm(self.cfg):
             return
-        if isinstance(net, (TriNet, HeadOnFeatures)):
-            backbone = net.shared if isinstance(net, TriNet) else nn.Module()
-        else:
-            backbone = net
-        head = set(map(id, net.get_classifier().modules())) if hasattr(net, "get_classifier") else set()
+        backbone = net.shared if isinstance(net, TriNet) else net
+        head = set() if isinstance(net, TriNet) else set(map(id, net.get_classifier().modules()))
         for module in backbone.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in head:
                 module.eval()
