@@ -26,12 +26,12 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import TrainConfig
 from ..data.datamodule import EpochSampler, image_rng
 from ..data.imageset import ImageSet
-from ..data.transforms import build_transform
+from ..data.transforms import build_transform, describe_eval_transform
 from ..errors import FewlabelError
 from ..train.callbacks import seed_batch
 from ..train.engine import freezes_batchnorm
 from ..train.functional import decayed_param_groups, warmup_cosine
-from ..train.inference import batched_outputs, pre_logits
+from ..train.inference import FeatureCache, batched_outputs, pre_logits
 from .trinet import (
     MODULES,
     TriNet,
@@ -78,6 +78,7 @@ class SemiRun:
     device: torch.device
     mean: tuple
     std: tuple
+    cache: FeatureCache = field(default_factory=lambda: FeatureCache("memory"))
     rounds: list[dict] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
     fixmatch_confident: int = 0  # unlabeled images above the threshold, summed over steps
@@ -204,9 +205,9 @@ def warm_up_head(run: SemiRun, net: nn.Module, images: ImageSet, targets, mask) 
     if not run.cfg.head_epochs:
         return
     backbone = net.shared if isinstance(net, TriNet) else net
-    backbone.eval().to(run.device)
-    features = batched_outputs(
-        pre_logits(backbone), images, run.transform("none", train=False), 128, run.device, progress=False
+    transform_id = describe_eval_transform(run.cfg.img_size, run.mean, run.std)
+    features = run.cache.features(
+        backbone.to(run.device), images, run.transform("none", train=False), transform_id, 128, run.device, False
     )
     backbone.to("cpu")
     head = HeadOnFeatures(net, run.cfg.dropout)
@@ -223,30 +224,27 @@ def hard_targets(labels: torch.Tensor, num_classes: int, modules: int) -> torch.
     return nn.functional.one_hot(labels, num_classes).float().unsqueeze(1).expand(-1, modules, -1).clone()
 
 
-def module_probabilities(run: SemiRun, net: nn.Module, images: ImageSet) -> torch.Tensor:
-    """M x N x C probabilities of each module (eval mode, un-augmented)."""
-    fn = (lambda x: net.module_logits(x).transpose(0, 1)) if isinstance(net, TriNet) else (lambda x: net(x)[:, None])
-    net.eval().to(run.device)
-    outputs = batched_outputs(fn, images, run.transform("none", train=False), 128, run.device, progress=False)
-    net.to("cpu")
-    return outputs.softmax(-1).transpose(0, 1)
+def pooled_features(run: SemiRun, net: nn.Module, images: ImageSet) -> torch.Tensor:
+    """N x D pooled backbone features of un-augmented images (eval mode), on the CPU."""
+    backbone = net.shared if isinstance(net, TriNet) else net
+    backbone.eval().to(run.device)
+    features = batched_outputs(
+        pre_logits(backbone), images, run.transform("none", train=False), 128, run.device, progress=False
+    )
+    backbone.to("cpu")
+    return features
 
 
-def dropout_passes(run: SemiRun, net: TriNet, images: ImageSet, passes: int) -> torch.Tensor:
-    """P x 3 x N predicted classes with the modules' dropout on (features computed once)."""
-    net.eval().to(run.device)
-    features = batched_outputs(net.shared, images, run.transform("none", train=False), 128, run.device, progress=False)
+def dropout_passes(run: SemiRun, head: HeadOnFeatures, features: torch.Tensor, passes: int) -> torch.Tensor:
+    """P x M x N predicted classes with the modules' dropout on, on the CPU (seeded there)."""
     generator = torch.Generator().manual_seed(run.seed * 31 + len(run.rounds))
-    predictions = []
+    for module in head.modules():
+        if isinstance(module, nn.Dropout):
+            module.train()
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
-        for head in net.heads:
-            for module in head.modules():
-                if isinstance(module, nn.Dropout):
-                    module.train()
-        for _ in range(passes):
-            predictions.append(net.heads_on_features(features.to(run.device)).argmax(-1).cpu())
-    net.eval().to("cpu")
+        predictions = [head(features).argmax(-1) for _ in range(passes)]
+    head.eval()
     return torch.stack(predictions)
 
 
@@ -261,7 +259,10 @@ def self_training(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageS
         size = sample_size_at(round_index, opts.sample_first, opts.sample_growth, len(pool))
         order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(run.seed * 997 + round_index))
         examined = pool.subset(order[:size])
-        probs = module_probabilities(run, net, examined)
+        features = pooled_features(run, net, examined)  # the backbone runs once; editing reuses them
+        head = HeadOnFeatures(net, cfg.dropout).eval()
+        with torch.no_grad():
+            probs = head(features).softmax(-1)
         if trinet:
             labels, mask = agreeing_pseudo_labels(probs, threshold)
         else:
@@ -272,7 +273,7 @@ def self_training(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageS
         kept = mask
         if trinet and opts.edit_passes:
             kept = mask & stable_pseudo_labels(
-                dropout_passes(run, net, examined, opts.edit_passes), labels, opts.edit_min_agreement
+                dropout_passes(run, head, features, opts.edit_passes), labels, opts.edit_min_agreement
             )
         for v in range(modules):
             record["modules"].append(_module_record(labels[v], mask[v], kept[v], examined, cfg.audit_pseudo_labels))

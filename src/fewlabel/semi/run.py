@@ -24,6 +24,7 @@ from ..fileio import atomic_write, write_json
 from ..models.backbones import BackboneInfo, create_backbone
 from ..train.callbacks import write_history
 from ..train.engine import DataBundle, resolve_accelerator
+from ..train.inference import FeatureCache
 from .methods import SemiRun, fixmatch, hard_targets, initial_fit, self_training, train_on_targets
 from .trinet import TriNet
 
@@ -83,7 +84,7 @@ def fit_semi(
     check_labelled(data.train)
     pool = unlabeled_pool(cfg, data, seed)
     net, info = build_network(cfg, data.class_names)
-    run = SemiRun(cfg, seed, resolve_accelerator(cfg)[1], info.mean, info.std)
+    run = SemiRun(cfg, seed, resolve_accelerator(cfg)[1], info.mean, info.std, FeatureCache(cfg.feature_cache))
     completed = _load_checkpoint(run_dir, net, run) if resume else -1
     log.info("%s: %d labelled images, pool of %d", cfg.method, len(data.train), len(pool))
 
