@@ -10,6 +10,8 @@ import yaml
 
 from ..data.images import ImageDecodeError, decode_image, is_image_file
 from ..fileio import read_json, write_text
+from ..stepwise.recipe import built_folder
+from ..stepwise.synthetic import LABELS_FILE
 from .figures import image_strip_png
 from .html import _environment
 
@@ -26,7 +28,7 @@ def write_recipe_report(out: str | Path) -> Path:
         report = first_seed / stage["name"] / "report.html"
         stage["report"] = report.relative_to(out).as_posix() if report.is_file() else None
     built = [
-        {"name": s["name"], "build": s["build"], "examples": stage_examples(first_seed / f"data-{s['name']}")}
+        {"name": s["name"], "build": s["build"], "examples": stage_examples(built_folder(first_seed, s["name"]))}
         for s in recipe["stages"]
         if s.get("build")
     ]
@@ -46,8 +48,8 @@ def write_recipe_report(out: str | Path) -> Path:
 def stage_examples(folder: Path, per_class: int = EXAMPLES_PER_CLASS) -> list[dict]:
     """The first ``per_class`` images of each class of built data (ImageFolder or labels.csv),
     as ``{"class", "count", "png"}``; unreadable files are left out."""
-    if (folder / "labels.csv").is_file():
-        with open(folder / "labels.csv", newline="", encoding="utf-8") as fh:
+    if (folder / LABELS_FILE).is_file():
+        with open(folder / LABELS_FILE, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
         files: dict[str, list[Path]] = {}
         for row in rows:

@@ -80,6 +80,7 @@ def cluster_pseudo_classes(features: np.ndarray, k: int, seed: int = 0, keep_fra
 
 
 DESCRIPTORS = ("handcrafted", "embedding", "both")
+MARKER = "clusters.json"  # written last: its presence marks a finished build
 
 
 def describe(images: ImageSet, descriptor: str, embed=None) -> np.ndarray:
@@ -117,5 +118,5 @@ def write_cluster_folder(pool: ImageSet, groups: PseudoClasses, out: Path, param
         "sizes": {name: len(ids) for name, ids in sorted(members.items())},
         "members": members,
     }
-    write_json(out / "clusters.json", summary)
+    write_json(out / MARKER, summary)
     return summary

@@ -40,6 +40,7 @@ from ..errors import FewlabelError
 from ..evaluate.metrics import mean_sd_ci
 from ..fileio import read_json, write_json, write_yaml
 from ..models.files import WEIGHTS_FILE
+from . import intermediate, synthetic
 from .intermediate import DESCRIPTORS
 
 log = logging.getLogger("fewlabel.recipe")
@@ -195,10 +196,14 @@ def direct_config(recipe: Recipe, seed_dir: Path, seed: int) -> TrainConfig:
     return make_config(values, DIRECT)
 
 
+def built_folder(seed_dir: Path, stage_name: str) -> Path:
+    return seed_dir / f"data-{stage_name}"
+
+
 def built_data(seed_dir: Path, stage: Stage) -> Path:
-    """Where a built stage's data lives: an ImageFolder (clusters) or its labels.csv (synthetic)."""
-    folder = seed_dir / f"data-{stage.name}"
-    return folder / "labels.csv" if stage.build and stage.build.method == "synthetic" else folder
+    """The DATA spec of a built stage: its ImageFolder (clusters) or its labels.csv (synthetic)."""
+    folder = built_folder(seed_dir, stage.name)
+    return folder / synthetic.LABELS_FILE if stage.build and stage.build.method == "synthetic" else folder
 
 
 def run_recipe(
@@ -268,9 +273,8 @@ def _build_stage_data(recipe: Recipe, index: int, seed_dir: Path, seed: int) -> 
 
     stage = recipe.stages[index]
     spec = stage.build
-    folder = built_data(seed_dir, stage)
-    folder = folder.parent if folder.suffix == ".csv" else folder
-    marker = folder / ("synthetic.json" if spec.method == "synthetic" else "clusters.json")
+    folder = built_folder(seed_dir, stage.name)
+    marker = folder / (synthetic.MARKER if spec.method == "synthetic" else intermediate.MARKER)
     cfg = make_config(merge_options(recipe.defaults, stage.options) | {"data": "unused"}, f"stage {stage.name}")
     wanted = spec.model_dump(mode="json") | {"model": cfg.model, "img_size": cfg.img_size}
     recorded = read_json(marker).get("recipe_build") if marker.is_file() else None
