@@ -149,6 +149,8 @@ def test_bad_semi_inputs(semi_folder, tmp_path, image_folder):
             **(OPTIONS | {"method": "trinet", "labels_per_class": None, "unlabeled": str(semi_folder)}),
             eval_data=str(semi_folder),
         )
+    with pytest.raises(FewlabelError, match="--img-size 8 is too small for 'test_efficientnet'"):
+        fewlabel.train(str(semi_folder), tmp_path / "d", **(OPTIONS | {"method": "trinet", "img_size": 8}))
     with pytest.raises(FewlabelError, match="semi.rounds: Input should be greater than or equal to 0"):
         fewlabel.train(str(semi_folder), tmp_path / "c", **(OPTIONS | {"semi": {"rounds": -1}}))
 

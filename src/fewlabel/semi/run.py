@@ -23,7 +23,7 @@ from ..errors import FewlabelError
 from ..fileio import atomic_write, write_json
 from ..models.backbones import BackboneInfo, create_backbone
 from ..train.callbacks import write_history
-from ..train.engine import DataBundle, resolve_accelerator
+from ..train.engine import DataBundle, check_image_size, resolve_accelerator
 from ..train.inference import FeatureCache
 from .methods import SemiRun, fixmatch, hard_targets, initial_fit, self_training, train_on_targets
 from .trinet import TriNet
@@ -68,12 +68,16 @@ def check_labelled(labelled: ImageSet) -> None:
 
 
 def build_network(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, BackboneInfo]:
-    """A timm classifier, or for tri-net a TriNet over the backbone's pooled features."""
+    """A timm classifier, or for tri-net a TriNet over the backbone's pooled features; an image
+    size the backbone cannot take is refused here, as in ``fewlabel train``."""
     if cfg.method != "trinet":
-        return create_backbone(
+        model, info = create_backbone(
             cfg.model, cfg.pretrained, len(class_names), cfg.dropout, class_names=class_names, head=cfg.head
         )
+        check_image_size(model, cfg.img_size, cfg.model)
+        return model, info
     shared, info = create_backbone(cfg.model, cfg.pretrained, 0, 0.0, head="new")
+    check_image_size(shared, cfg.img_size, cfg.model)
     return TriNet(shared, len(class_names), cfg.semi.head_hidden, cfg.semi.head_dropout), info
 
 
