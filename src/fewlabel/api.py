@@ -170,6 +170,7 @@ def _train_one_seed(
         drop_rate=cfg.dropout,
         pretrained=info.weights,
         method=cfg.method or "supervised",
+        module_stages=cfg.semi.module_stages if cfg.method == "trinet" else 0,
         head_hidden=cfg.semi.head_hidden if cfg.method == "trinet" else 0,
         head_dropout=cfg.semi.head_dropout if cfg.method == "trinet" else 0.0,
     )

@@ -36,8 +36,14 @@ class SemiOptions(BaseModel):
     edit_min_agreement: float = Field(0.8, gt=0, le=1, description="tri-net editing: share of passes to agree")
     diversity_every: int = Field(2, ge=0, description="tri-net: fine-tune on smeared labels every N rounds (0: never)")
     diversity_epochs: int = Field(1, ge=1)
+    module_stages: int = Field(
+        1, ge=0, description="tri-net: last backbone stages each module owns a copy of (0: MLP modules only)"
+    )
     head_hidden: int = Field(256, ge=1, description="tri-net: hidden width of each module")
     head_dropout: float = Field(0.3, ge=0, lt=1, description="tri-net: dropout of each module")
+    probe_size: int = Field(
+        2000, ge=0, description="without a validation set: evaluation images scored per round in audit mode"
+    )
     fixmatch_mu: int = Field(3, ge=1, description="FixMatch: unlabeled batches per labelled batch")
     fixmatch_threshold: float = Field(0.95, gt=0, lt=1)
     fixmatch_lambda: float = Field(1.0, ge=0, description="FixMatch: weight of the unlabeled loss")

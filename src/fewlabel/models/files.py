@@ -32,7 +32,8 @@ class ModelCard:
     channels: int = 3
     drop_rate: float = 0.0
     pretrained: str = "none"
-    method: str = "supervised"  # "trinet": a TriNet (shared backbone, three MLP modules)
+    method: str = "supervised"  # "trinet": a TriNet (shared trunk, three modules)
+    module_stages: int = 0
     head_hidden: int = 0
     head_dropout: float = 0.0
     fewlabel_version: str = field(default_factory=lambda: __version__)
@@ -59,8 +60,10 @@ def build_model(card: ModelCard) -> nn.Module:
     if card.method == "trinet":
         from ..semi.trinet import TriNet
 
-        shared = timm.create_model(card.arch, pretrained=False, num_classes=0)
-        return TriNet(shared, len(card.class_names), card.head_hidden, card.head_dropout)
+        backbone = timm.create_model(card.arch, pretrained=False, num_classes=0)
+        return TriNet(
+            backbone, len(card.class_names), card.head_hidden, card.head_dropout, card.module_stages, card.arch
+        )
     return timm.create_model(card.arch, pretrained=False, num_classes=len(card.class_names), drop_rate=card.drop_rate)
 
 

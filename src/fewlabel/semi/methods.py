@@ -81,10 +81,35 @@ class SemiRun:
     cache: FeatureCache = field(default_factory=lambda: FeatureCache("memory"))
     rounds: list[dict] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
+    probe_images: ImageSet | None = None  # scored after the initial fit and every round
+    probe_role: str = ""
+    evaluations: list[dict] = field(default_factory=list)
     fixmatch_confident: int = 0  # unlabeled images above the threshold, summed over steps
     fixmatch_seen: int = 0
     images_seen: int = 0  # labelled and pseudo-labelled images trained on (FixMatch: also unlabeled)
     seconds: float = 0.0
+
+    def evaluate(self, net: nn.Module, after: str) -> None:
+        """Score ``probe_images`` (if any): ensemble accuracy, and for tri-net each module's
+        accuracy and the share of images on which the modules do not all agree (diversity)."""
+        if self.probe_images is None:
+            return
+        features = module_features(self, net, self.probe_images)
+        with torch.no_grad():
+            probs = HeadOnFeatures(net, self.cfg.dropout).eval()(features).softmax(-1)
+        truth = self.probe_images.labels
+        record = {
+            "after": after,
+            "set": self.probe_role,
+            "images": len(truth),
+            "accuracy": float((probs.mean(0).argmax(-1) == truth).float().mean()),
+        }
+        if len(probs) > 1:
+            predicted = probs.argmax(-1)
+            record["module_accuracy"] = [float((p == truth).float().mean()) for p in predicted]
+            record["modules_disagree"] = float((predicted != predicted[0]).any(0).float().mean())
+        self.evaluations.append(record)
+        log.info("after %s: %s accuracy %.4f", after, self.probe_role, record["accuracy"])
 
     def transform(self, augment: str, train: bool = True):
         return build_transform(augment, self.cfg.img_size, self.mean, self.std, train=train)
@@ -138,40 +163,53 @@ class SemiRun:
 
     def _train_mode(self, net: nn.Module) -> None:
         """Training mode, but a pretrained backbone's BatchNorm statistics stay fixed (as in
-        ``fewlabel train``); the modules' own BatchNorm trains."""
+        ``fewlabel train``); the heads' own BatchNorm (tri-net's MLPs) trains."""
         net.train()
         if isinstance(net, HeadOnFeatures) or not freezes_batchnorm(self.cfg):
             return
-        backbone = net.shared if isinstance(net, TriNet) else net
-        head = set() if isinstance(net, TriNet) else set(map(id, net.get_classifier().modules()))
-        for module in backbone.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in head:
-                module.eval()
+        if isinstance(net, TriNet):
+            parts, head = net.pretrained_parts(), set()
+        else:
+            parts, head = [net], set(map(id, net.get_classifier().modules()))
+        for part in parts:
+            for module in part.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in head:
+                    module.eval()
 
 
 def network_groups(net: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """The optimiser groups of ``freeze-unfreeze``'s fine-tuning phase: ``lr`` at the top (head or
-    tri-net modules), ``layer_decay`` times less per stage below (timm's coarse groups)."""
-    if isinstance(net, TriNet):
-        shared = decayed_param_groups(net.shared, cfg.lr * cfg.layer_decay, cfg.layer_decay, True, cfg.weight_decay)
-        return [*shared, {"params": list(net.heads.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
-    return decayed_param_groups(net, cfg.lr, cfg.layer_decay, True, cfg.weight_decay)
+    """The optimiser groups of ``freeze-unfreeze``'s fine-tuning phase: ``lr`` at the top (head,
+    tri-net's MLPs), ``layer_decay`` times less per stage below (timm's coarse groups); tri-net's
+    module stages sit one step below the MLPs, the shared trunk below them."""
+    if not isinstance(net, TriNet):
+        return decayed_param_groups(net, cfg.lr, cfg.layer_decay, True, cfg.weight_decay)
+    steps = 2 if net.module_stages else 1
+    shared = decayed_param_groups(net.shared, cfg.lr * cfg.layer_decay**steps, cfg.layer_decay, True, cfg.weight_decay)
+    tails = [p for module in net.heads for p in module.tail.parameters()]
+    mlps = [p for module in net.heads for p in module.mlp.parameters()]
+    groups = [*shared, {"params": mlps, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    if tails:
+        groups.append({"params": tails, "lr": cfg.lr * cfg.layer_decay, "weight_decay": cfg.weight_decay})
+    return groups
 
 
 class HeadOnFeatures(nn.Module):
-    """The head of a network (TriNet: its three modules; a timm model: dropout and classifier)
-    applied to pooled features, for the head warm-up on cached features."""
+    """The head of a network applied to pooled features (TriNet: its three MLPs; a timm model:
+    dropout and classifier): M x B x C logits from B x D features shared by all modules or
+    M x B x D features of each module."""
 
     def __init__(self, net: nn.Module, dropout: float) -> None:
         super().__init__()
         self.trinet = isinstance(net, TriNet)
-        self.head = net.heads if self.trinet else nn.Sequential(nn.Dropout(dropout), net.get_classifier())
+        if self.trinet:
+            self.head = nn.ModuleList(module.mlp for module in net.heads)
+        else:
+            self.head = nn.ModuleList([nn.Sequential(nn.Dropout(dropout), net.get_classifier())])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """M x B x C logits."""
-        if self.trinet:
-            return torch.stack([module(features) for module in self.head])
-        return self.head(features).unsqueeze(0)
+        if features.dim() == 2:
+            features = features.unsqueeze(0).expand(len(self.head), -1, -1)
+        return torch.stack([head(f) for head, f in zip(self.head, features, strict=True)])
 
 
 class FeatureTargets(Dataset):
@@ -198,18 +236,30 @@ def train_on_targets(run: SemiRun, net, images: ImageSet, targets, mask, labels,
     run.train_epochs(net, dataset, labels, epochs, phase, soft_step)
 
 
+def pooled_fn(net: nn.Module):
+    """images -> pooled features: a timm model's embedding; for a TriNet, module 0's (all
+    modules' while their stages are the untouched pretrained copies)."""
+    return net.pooled_features if isinstance(net, TriNet) else pre_logits(net)
+
+
 def warm_up_head(run: SemiRun, net: nn.Module, images: ImageSet, targets, mask) -> None:
-    """Train only the head (or tri-net's modules) on the backbone's cached pooled features of the
-    un-augmented images, ``head_epochs`` at ``head_lr``: a random head trained jointly with the
-    backbone at few labels wrecks the pretrained features (as ``freeze-unfreeze`` avoids)."""
+    """Train only the head (or tri-net's MLPs) on cached pooled features of the un-augmented
+    images, ``head_epochs`` at ``head_lr``: a random head trained jointly with the backbone at
+    few labels wrecks the pretrained features (as ``freeze-unfreeze`` avoids)."""
     if not run.cfg.head_epochs:
         return
-    backbone = net.shared if isinstance(net, TriNet) else net
     transform_id = describe_eval_transform(run.cfg.img_size, run.mean, run.std)
     features = run.cache.features(
-        backbone.to(run.device), images, run.transform("none", train=False), transform_id, 128, run.device, False
+        net.to(run.device),
+        images,
+        run.transform("none", train=False),
+        transform_id,
+        128,
+        run.device,
+        False,
+        fn=pooled_fn(net),
     )
-    backbone.to("cpu")
+    net.to("cpu")
     head = HeadOnFeatures(net, run.cfg.dropout)
 
     def step(head: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
@@ -224,15 +274,17 @@ def hard_targets(labels: torch.Tensor, num_classes: int, modules: int) -> torch.
     return nn.functional.one_hot(labels, num_classes).float().unsqueeze(1).expand(-1, modules, -1).clone()
 
 
-def pooled_features(run: SemiRun, net: nn.Module, images: ImageSet) -> torch.Tensor:
-    """N x D pooled backbone features of un-augmented images (eval mode), on the CPU."""
-    backbone = net.shared if isinstance(net, TriNet) else net
-    backbone.eval().to(run.device)
-    features = batched_outputs(
-        pre_logits(backbone), images, run.transform("none", train=False), 128, run.device, progress=False
-    )
-    backbone.to("cpu")
-    return features
+def module_features(run: SemiRun, net: nn.Module, images: ImageSet) -> torch.Tensor:
+    """M x N x D pooled features of un-augmented images as each module sees them (TriNet: the
+    trunk once, then every module's own stages; eval mode), on the CPU."""
+    net.eval().to(run.device)
+    if isinstance(net, TriNet):
+        fn = lambda x: net.modules_pooled(net.shared_features(x)).transpose(0, 1)  # noqa: E731
+    else:
+        fn = lambda x: pre_logits(net)(x).unsqueeze(1)  # noqa: E731
+    features = batched_outputs(fn, images, run.transform("none", train=False), 128, run.device, progress=False)
+    net.to("cpu")
+    return features.transpose(0, 1)
 
 
 def dropout_passes(run: SemiRun, head: HeadOnFeatures, features: torch.Tensor, passes: int) -> torch.Tensor:
@@ -259,7 +311,7 @@ def self_training(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageS
         size = sample_size_at(round_index, opts.sample_first, opts.sample_growth, len(pool))
         order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(run.seed * 997 + round_index))
         examined = pool.subset(order[:size])
-        features = pooled_features(run, net, examined)  # the backbone runs once; editing reuses them
+        features = module_features(run, net, examined)  # the backbone runs once; editing reuses them
         head = HeadOnFeatures(net, cfg.dropout).eval()
         with torch.no_grad():
             probs = head(features).softmax(-1)
@@ -301,6 +353,7 @@ def self_training(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageS
             )
         record["seconds"] = time.perf_counter() - started
         run.rounds.append(record)
+        run.evaluate(net, f"round {round_index + 1}")
         log.info("round %d: %s pseudo-labels", round_index + 1, [m["kept"] for m in record["modules"]])
         save_round(round_index + 1)
 

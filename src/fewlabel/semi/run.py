@@ -58,6 +58,17 @@ def unlabeled_pool(cfg: TrainConfig, data: DataBundle, seed: int) -> ImageSet:
     return pool
 
 
+def probe_set(cfg: TrainConfig, data: DataBundle, seed: int) -> tuple[ImageSet | None, str]:
+    """What to score after every round: the validation set when there is one; else, with
+    ``audit_pseudo_labels``, a seeded ``probe_size`` draw of the evaluation set (a benchmark's
+    view of whether rounds help; nothing is selected on it); else nothing."""
+    if data.val is not None and len(data.val):
+        return data.val, "validation"
+    if cfg.audit_pseudo_labels and cfg.semi.probe_size:
+        return random_subset(data.eval, cfg.semi.probe_size, seed), f"{data.eval_name} (audit)"
+    return None, ""
+
+
 def check_labelled(labelled: ImageSet) -> None:
     small = [name for name, n in zip(labelled.class_names, labelled.class_counts(), strict=True) if n < 2]
     if small:
@@ -76,9 +87,10 @@ def build_network(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, 
         )
         check_image_size(model, cfg.img_size, cfg.model)
         return model, info
-    shared, info = create_backbone(cfg.model, cfg.pretrained, 0, 0.0, head="new")
-    check_image_size(shared, cfg.img_size, cfg.model)
-    return TriNet(shared, len(class_names), cfg.semi.head_hidden, cfg.semi.head_dropout), info
+    backbone, info = create_backbone(cfg.model, cfg.pretrained, 0, 0.0, head="new")
+    check_image_size(backbone, cfg.img_size, cfg.model)
+    opts = cfg.semi
+    return TriNet(backbone, len(class_names), opts.head_hidden, opts.head_dropout, opts.module_stages, cfg.model), info
 
 
 def fit_semi(
@@ -95,8 +107,10 @@ def fit_semi(
     def save(stage: int) -> None:
         _save_checkpoint(run_dir, net, run, stage)
 
+    run.probe_images, run.probe_role = probe_set(cfg, data, seed)
     if completed < 0:
         initial_fit(run, net, data.train)
+        run.evaluate(net, "initial fit")
         save(0)
     budget = cfg.semi.rounds * cfg.semi.round_epochs
     if cfg.method in ("pseudo-label", "trinet"):
@@ -109,8 +123,12 @@ def fit_semi(
             ones = torch.ones(len(data.train), 1, dtype=torch.bool)
             targets = hard_targets(data.train.labels, data.train.num_classes, 1)
             train_on_targets(run, net, data.train, targets, ones, data.train.labels, budget, "supervised")
+        run.evaluate(net, f"{budget} more epochs")
         save(1)
-    write_json(run_dir / "rounds.json", {"method": cfg.method, "pool_size": len(pool), "rounds": run.rounds})
+    write_json(
+        run_dir / "rounds.json",
+        {"method": cfg.method, "pool_size": len(pool), "rounds": run.rounds, "evaluations": run.evaluations},
+    )
     write_history(run_dir / "history.csv", run.history)
     timing = {"train_seconds": run.seconds, "train_images_per_second": run.images_seen / max(run.seconds, 1e-9)}
     return net.eval(), info, timing
@@ -120,7 +138,7 @@ def _save_checkpoint(run_dir: Path, net: nn.Module, run: SemiRun, stage: int) ->
     state = {
         "state": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "completed": stage,
-        "log": json.dumps({"rounds": run.rounds, "history": run.history}),
+        "log": json.dumps({"rounds": run.rounds, "history": run.history, "evaluations": run.evaluations}),
     }
     atomic_write(run_dir / SEMI_CHECKPOINT, lambda tmp: torch.save(state, tmp))
 
@@ -138,6 +156,6 @@ def _load_checkpoint(run_dir: Path, net: nn.Module, run: SemiRun) -> int:
             f"Checkpoint '{path}' cannot be used ({type(exc).__name__}); rerun with --overwrite."
         ) from None
     logged = json.loads(saved["log"])
-    run.rounds, run.history = logged["rounds"], logged["history"]
+    run.rounds, run.history, run.evaluations = logged["rounds"], logged["history"], logged["evaluations"]
     log.info("resuming %s after stage %d", run.cfg.method, saved["completed"])
     return int(saved["completed"])

@@ -6,9 +6,13 @@ agree with high confidence becomes a pseudo-label for the third, pseudo-labels w
 is unstable under dropout are removed (editing), and every few rounds the modules are
 fine-tuned on the labelled data alone to restore diversity. Prediction averages the three.
 
-The paper trains a CNN from scratch on CIFAR-10/SVHN; here the shared module is a pretrained
-timm backbone and each module a small MLP head. Choices the paper leaves open or that differ
-for fine-tuning, each a parameter of :class:`TriNetOptions` (fewlabel.config):
+The paper trains a CNN from scratch on CIFAR-10/SVHN, its three modules being the top
+convolutional layers. Here the shared module is the lower part of a pretrained timm backbone
+and each module its own copy of the backbone's last ``module_stages`` stages (default 1) under
+a small MLP head; ``module_stages=0`` gives MLP heads on one shared backbone, which in a first
+Fashion-MNIST run proposed nearly the same pseudo-labels in all three modules (no diversity).
+Choices the paper leaves open or that differ for fine-tuning, each a parameter of
+``SemiOptions`` (fewlabel.config):
 
 * smearing: ``onehot + relu(z)``, ``z ~ N(0, smear_std²)`` per class, renormalised to sum 1;
   ``smear_std`` 0.05 leaves about 0.85 of the mass on the true class with 10 classes. The
@@ -18,7 +22,7 @@ for fine-tuning, each a parameter of :class:`TriNetOptions` (fewlabel.config):
 * the confidence threshold falls linearly per round from ``threshold_start`` (0.8) by
   ``threshold_step`` (0.025) to at least ``threshold_min`` (0.7), so later rounds accept more;
 * the number of pool images examined per round grows geometrically, ``sample_first`` times
-  ``sample_growth`` to the power of the round (capped by the pool);
+  ``sample_growth`` to the power of the round (capped by the pool), the paper's 1000 x 2^t;
 * editing: ``edit_passes`` forward passes of the two labelling modules with dropout on; a
   pseudo-label is kept when at least ``edit_min_agreement`` of each module's passes predict it;
 * diversity fine-tuning on freshly smeared labelled data every ``diversity_every`` rounds.
@@ -26,10 +30,16 @@ for fine-tuning, each a parameter of :class:`TriNetOptions` (fewlabel.config):
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
+from ..errors import FewlabelError
+
 MODULES = 3
+# children of a timm model that only forward_head uses: the trunk keeps them (they are idle there)
+_HEAD_CHILDREN = ("global_pool", "classifier", "fc", "head", "flatten", "head_drop", "fc_norm")
 
 
 def smear_labels(labels: torch.Tensor, num_classes: int, std: float, generator: torch.Generator) -> torch.Tensor:
@@ -80,42 +90,168 @@ def stable_pseudo_labels(passes: torch.Tensor, labels: torch.Tensor, min_agreeme
     return stable
 
 
+def _stage_slots(backbone: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of each stage, bottom first: a ``blocks`` or ``stages`` Sequential
+    (EfficientNet, MobileNet, ConvNeXt), else ResNet's ``layer1`` to ``layer4``."""
+    for name in ("blocks", "stages"):
+        container = getattr(backbone, name, None)
+        if isinstance(container, nn.Sequential):
+            return [(container, str(i)) for i in range(len(container))]
+    return [(backbone, f"layer{i}") for i in range(1, 5) if isinstance(getattr(backbone, f"layer{i}", None), nn.Module)]
+
+
+def _top_child(backbone: nn.Module, slot: tuple[nn.Module, str]) -> str:
+    """The name of the backbone's child holding a stage (the container, or the stage itself)."""
+    parent, name = slot
+    return name if parent is backbone else next(n for n, m in backbone.named_children() if m is parent)
+
+
+def split_backbone(backbone: nn.Module, module_stages: int, model_name: str = "") -> tuple[nn.Module, nn.Module]:
+    """Cut a timm backbone (``num_classes=0``) into a shared trunk and one module tail.
+
+    The trunk is the backbone itself with its last ``module_stages`` stages and everything
+    after them in ``forward_features`` (EfficientNet's head convolution, ConvNeXt's final norm)
+    replaced by identities: its ``forward_features`` gives the feature map the modules take.
+    The tail is a copy with the stem and the lower stages replaced: its ``forward_features``
+    then ``forward_head(pre_logits=True)`` turn that map into pooled features. The cut is
+    checked on a random input (trunk then tail must reproduce the backbone), so a backbone
+    whose forward does more than its children (a ViT's position embedding) is refused.
+    """
+    slots = _stage_slots(backbone)
+    if not 1 <= module_stages <= len(slots):
+        raise FewlabelError(
+            f"semi.module_stages {module_stages}: {model_name or 'this backbone'} has {len(slots)} stages that "
+            f"tri-net modules can own (accepted: 0 to {len(slots)}; 0 = MLP modules on shared features)."
+        )
+    backbone.eval()
+    children = [name for name, _ in backbone.named_children()]
+    last_top = children.index(_top_child(backbone, slots[-1]))
+    tail = copy.deepcopy(backbone)
+    for name in children[: children.index(_top_child(backbone, slots[0]))]:
+        setattr(tail, name, nn.Identity())
+    for (parent, name), (tail_parent, _) in zip(slots, _stage_slots(tail), strict=True):
+        if (parent, name) in slots[: len(slots) - module_stages]:
+            setattr(tail_parent, name, nn.Identity())
+    probe = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            expected = backbone.forward_head(backbone.forward_features(probe), pre_logits=True)
+        for parent, name in slots[len(slots) - module_stages :]:
+            setattr(parent, name, nn.Identity())
+        for name in children[last_top + 1 :]:
+            if name not in _HEAD_CHILDREN:
+                setattr(backbone, name, nn.Identity())
+        with torch.no_grad():
+            got = tail.forward_head(tail.forward_features(backbone.forward_features(probe)), pre_logits=True)
+        same = got.shape == expected.shape and torch.allclose(got, expected, atol=1e-4, rtol=1e-3)
+    except (RuntimeError, AssertionError, ValueError):  # shapes the cut cannot carry
+        same = False
+    if not same:
+        raise FewlabelError(
+            f"semi.module_stages {module_stages}: {model_name or 'this backbone'} cannot be cut into a shared "
+            "trunk and per-module stages; set semi.module_stages 0 (MLP modules on shared features)."
+        )
+    return backbone, tail
+
+
+class Module(nn.Sequential):
+    """One tri-net module: a tail of backbone stages (or nothing) and an MLP."""
+
+    def __init__(self, tail: nn.Module, width: int, num_classes: int, hidden: int, dropout: float) -> None:
+        mlp = nn.Sequential(
+            nn.Linear(width, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+        super().__init__(tail, mlp)
+
+    @property
+    def tail(self) -> nn.Module:
+        return self[0]
+
+    @property
+    def mlp(self) -> nn.Module:
+        return self[1]
+
+
+class _PooledTail(nn.Module):
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+class _StageTail(nn.Module):
+    """Backbone stages of one module: feature map in, pooled features out."""
+
+    def __init__(self, stages: nn.Module) -> None:
+        super().__init__()
+        self.stages = stages
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.stages.forward_head(self.stages.forward_features(features), pre_logits=True)
+
+
 class TriNet(nn.Module):
-    """A shared backbone (timm, ``num_classes=0``: pooled features) and three MLP modules.
+    """A shared trunk and three modules (:class:`Module`: own copy of the backbone's last
+    ``module_stages`` stages, then an MLP).
 
     ``forward`` returns the log of the modules' mean probability, so softmax of the output is
     the averaged prediction (and the Predictor, metrics and reports work unchanged).
     """
 
-    def __init__(self, shared: nn.Module, num_classes: int, hidden: int = 256, dropout: float = 0.3) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        hidden: int = 256,
+        dropout: float = 0.3,
+        module_stages: int = 1,
+        model_name: str = "",
+    ) -> None:
         super().__init__()
-        self.shared = shared
-        width = shared.num_features
-        self.heads = nn.ModuleList(
-            nn.Sequential(
-                nn.Linear(width, hidden),
-                nn.BatchNorm1d(hidden),
-                nn.ReLU(),
-                nn.Dropout(dropout),
-                nn.Linear(hidden, num_classes),
-            )
-            for _ in range(MODULES)
-        )
+        self.module_stages = module_stages
+        width = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # pooled width
+        if module_stages:
+            self.shared, tail = split_backbone(backbone, module_stages, model_name)
+            tails = [_StageTail(copy.deepcopy(tail)) for _ in range(MODULES)]
+        else:
+            self.shared, tails = backbone, [_PooledTail() for _ in range(MODULES)]
+        self.heads = nn.ModuleList(Module(t, width, num_classes, hidden, dropout) for t in tails)
+
+    def shared_features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the modules take: the trunk's feature map, or pooled features without tails."""
+        features = self.shared.forward_features(x)
+        return features if self.module_stages else self.shared.forward_head(features, pre_logits=True)
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features through module 0's tail: every module's, while the tails are still the
+        untouched pretrained copies (the head warm-up trains the MLPs on these)."""
+        return self.heads[0].tail(self.shared_features(x))
+
+    def modules_pooled(self, features: torch.Tensor) -> torch.Tensor:
+        """3 x B x D: each module's stages applied to the shared features."""
+        return torch.stack([module.tail(features) for module in self.heads])
 
     def module_logits(self, x: torch.Tensor) -> torch.Tensor:
         """3 x B x C logits of the three modules."""
-        return self.heads_on_features(self.shared(x))
+        return self.modules_on_features(self.shared_features(x))
 
-    def heads_on_features(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.stack([head(features) for head in self.heads])
+    def modules_on_features(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.stack([module(features) for module in self.heads])
+
+    def pretrained_parts(self) -> list[nn.Module]:
+        """The parts that come from the backbone (their BatchNorm statistics stay frozen)."""
+        return [self.shared, *(module.tail for module in self.heads)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's last feature map (Grad-CAM reads it, as for a timm classifier)."""
+        """The trunk's last feature map (Grad-CAM reads it, as for a timm classifier)."""
         return self.shared.forward_features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        pooled = self.shared.forward_head(features, pre_logits=True)
-        return self.heads_on_features(pooled).softmax(-1).mean(0).clamp_min(1e-12).log()
+        if not self.module_stages:
+            features = self.shared.forward_head(features, pre_logits=True)
+        return self.modules_on_features(features).softmax(-1).mean(0).clamp_min(1e-12).log()

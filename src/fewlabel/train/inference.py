@@ -67,10 +67,21 @@ class FeatureCache:
         self.misses = 0
 
     def features(
-        self, model: nn.Module, images: ImageSet, transform, transform_id: str, batch_size: int, device, progress: bool
+        self,
+        model: nn.Module,
+        images: ImageSet,
+        transform,
+        transform_id: str,
+        batch_size: int,
+        device,
+        progress: bool,
+        fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """``fn`` (default the model's pooled embedding) of the images, keyed by the images, the
+        transform and the model's weights."""
+        fn_name = f"|{getattr(fn, '__name__', repr(fn))}" if fn else ""
         key = hashlib.sha256(
-            f"{images.fingerprint()}|{transform_id}|{weights_fingerprint(model)}".encode()
+            f"{images.fingerprint()}|{transform_id}|{weights_fingerprint(model)}{fn_name}".encode()
         ).hexdigest()[:32]
         if key in self._memory:
             self.hits += 1
@@ -84,7 +95,7 @@ class FeatureCache:
             was_training = model.training
             model.eval()
             feats = batched_outputs(
-                pre_logits(model),
+                fn or pre_logits(model),
                 images,
                 transform,
                 batch_size,
