@@ -11,12 +11,14 @@ import yaml
 import fewlabel
 from conftest import FAST, make_image_folder
 from fewlabel import FewlabelError
-from fewlabel.semi.methods import module_loss
+from fewlabel.config import TrainConfig
+from fewlabel.semi.methods import SemiRun, module_loss, network_groups
 from fewlabel.semi.trinet import (
     TriNet,
     agreeing_pseudo_labels,
     sample_size_at,
     smear_labels,
+    split_backbone,
     stable_pseudo_labels,
     threshold_at,
 )
@@ -100,6 +102,66 @@ def test_trinet_prediction_is_the_mean_of_its_modules():
     assert torch.allclose(net(x).softmax(-1), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize(("name", "stages"), [("test_efficientnet", 1), ("test_efficientnet", 2), ("test_resnet", 1)])
+def test_trunk_then_module_stages_reproduce_the_backbone(name, stages):
+    import copy
+
+    import timm
+
+    backbone = timm.create_model(name, num_classes=0).eval()
+    original = copy.deepcopy(backbone)
+    trunk, tail = split_backbone(backbone, stages, name)
+    x = torch.randn(3, 3, 40, 40)
+    with torch.no_grad():
+        expected = original.forward_head(original.forward_features(x), pre_logits=True)
+        feature_map = trunk.forward_features(x)
+        got = tail.forward_head(tail.forward_features(feature_map), pre_logits=True)
+    assert feature_map.dim() == 4 and feature_map.shape[1] != expected.shape[1]  # a map from below the cut
+    assert torch.allclose(got, expected, atol=1e-5)
+    trunk_count = sum(p.numel() for p in trunk.parameters())
+    tail_count = sum(p.numel() for p in tail.parameters())
+    assert trunk_count + tail_count == sum(p.numel() for p in original.parameters())  # cut, nothing lost
+
+
+def test_module_stages_the_backbone_cannot_give_are_refused():
+    import timm
+
+    with pytest.raises(FewlabelError, match=r"semi.module_stages 99: test_efficientnet has \d+ stages.*0 to"):
+        TriNet(
+            timm.create_model("test_efficientnet", num_classes=0),
+            3,
+            8,
+            module_stages=99,
+            model_name="test_efficientnet",
+        )
+    with pytest.raises(FewlabelError, match="test_vit cannot be cut.*module_stages 0"):
+        TriNet(timm.create_model("test_vit", num_classes=0), 3, 8, module_stages=1, model_name="test_vit")
+    vit = TriNet(timm.create_model("test_vit", num_classes=0), 3, 8, module_stages=0).eval()
+    assert vit(torch.randn(1, 3, 160, 160)).shape == (1, 3)
+
+
+def test_each_trinet_module_owns_its_stages_and_their_batchnorm_stays_frozen():
+    import timm
+
+    net = TriNet(timm.create_model("test_efficientnet", num_classes=0), 3, hidden=8, module_stages=1)
+    tails = [m.tail for m in net.heads]
+    with torch.no_grad():
+        next(tails[0].parameters()).add_(1.0)
+    assert not torch.equal(next(tails[0].parameters()), next(tails[1].parameters()))
+    ids = [set(map(id, t.parameters())) for t in tails]
+    assert not (ids[0] & ids[1]) and not (ids[0] & set(map(id, net.shared.parameters())))
+    cfg = TrainConfig(data="x", pretrained="imagenet", lr=1e-3, layer_decay=0.5, method="trinet")
+    SemiRun(cfg, 0, torch.device("cpu"), (0.5,), (0.5,))._train_mode(net)
+    norms = lambda part: [m for m in part.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]  # noqa: E731
+    assert all(not m.training for part in net.pretrained_parts() for m in norms(part))
+    assert all(m.training for module in net.heads for m in norms(module.mlp))
+    lrs = {id(p): g["lr"] for g in network_groups(net, cfg) for p in g["params"]}
+    assert {lrs[id(p)] for m in net.heads for p in m.mlp.parameters()} == {1e-3}
+    assert {lrs[id(p)] for m in net.heads for p in m.tail.parameters()} == {5e-4}
+    assert max(lrs[id(p)] for p in net.shared.parameters()) == pytest.approx(2.5e-4)
+    assert len(lrs) == sum(1 for _ in net.parameters())  # every parameter trains
+
+
 @pytest.fixture
 def semi_folder(tmp_path):
     return make_image_folder(tmp_path / "semi", per_class=10)
@@ -123,6 +185,12 @@ def test_each_method_trains_saves_and_reloads(semi_folder, tmp_path, method):
             assert m["kept"] == m["candidates"] - m["removed_by_editing"]
             assert m["accuracy_kept"] is None or 0.0 <= m["accuracy_kept"] <= 1.0
         assert "Pseudo-labels per round" in (run / "report.html").read_text()
+    evaluations = rounds["evaluations"]
+    expected_after = ["initial fit", "round 1", "round 2"] if method in ("trinet", "pseudo-label") else None
+    assert [e["after"] for e in evaluations] == (expected_after or ["initial fit", "2 more epochs"])
+    assert all(0.0 <= e["accuracy"] <= 1.0 for e in evaluations)
+    assert ("module_accuracy" in evaluations[0]) == (method == "trinet")
+    assert "Accuracy after each round" in (run / "report.html").read_text()
 
 
 def test_a_flat_folder_pool_and_the_overlap_check(semi_folder, split_folder, tmp_path):
