@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 import fewlabel
 from _common import save
@@ -40,9 +43,13 @@ def main() -> None:
     parser.add_argument("--sample-growth", type=float, default=2.0)
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument(
+        "--semi", action="append", default=[], metavar="KEY=VALUE", help="any other semi option, e.g. smear_std=0.1"
+    )
     parser.add_argument("--name", default="semi")
     parser.add_argument("--out", default=None, help="folder of the JSON (default bench/results)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]
     semi = {
         "pool_size": args.pool_size,
@@ -50,7 +57,7 @@ def main() -> None:
         "round_epochs": args.round_epochs,
         "sample_first": args.sample_first,
         "sample_growth": args.sample_growth,
-    }
+    } | dict(_option(text) for text in args.semi)
     protocol = {k: v for k, v in vars(args).items() if k not in ("name", "out")}
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,20 +80,26 @@ def main() -> None:
                         progress=False,
                         semi=semi,
                     )
-                    rounds = json.loads((run.run_dir / "rounds.json").read_text())["rounds"]
+                    logged = json.loads((run.run_dir / "rounds.json").read_text())
                     rows.append(
                         {
                             "seed": seed,
                             "accuracy": run.metrics["accuracy"],
                             "macro_f1": run.metrics["macro_f1"],
                             "wall_seconds": time.perf_counter() - started,
-                            "rounds": rounds,
+                            "rounds": logged["rounds"],
+                            "evaluations": logged["evaluations"],
                         }
                     )
                     print(f"{method} {labels}/class seed {seed}: {rows[-1]['accuracy']:.4f}", flush=True)
                     summary = mean_sd_ci([r["accuracy"] for r in rows])
                     results.setdefault(f"{labels}_per_class", {})[method] = {"accuracy": summary, "runs": rows}
                     _save(args, protocol, results)
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    return key, yaml.safe_load(value)
 
 
 def _save(args, protocol: dict, results: dict) -> None:

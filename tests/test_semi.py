@@ -16,6 +16,7 @@ from fewlabel.semi.methods import SemiRun, module_loss, network_groups
 from fewlabel.semi.trinet import (
     TriNet,
     agreeing_pseudo_labels,
+    diversity_due,
     sample_size_at,
     smear_labels,
     split_backbone,
@@ -48,6 +49,8 @@ def test_smearing_keeps_the_true_class_on_top_and_rows_normalised():
 def test_schedules():
     assert [threshold_at(r, 0.95, 0.05, 0.8) for r in range(5)] == pytest.approx([0.95, 0.9, 0.85, 0.8, 0.8])
     assert [sample_size_at(r, 100, 2.0, 500) for r in range(4)] == [100, 200, 400, 500]
+    assert [diversity_due(r, 2) for r in range(6)] == [False, False, True, False, True, False]
+    assert not any(diversity_due(r, 0) for r in range(6))
 
 
 def test_two_confident_agreeing_modules_label_the_third():
@@ -169,7 +172,8 @@ def semi_folder(tmp_path):
 
 @pytest.mark.parametrize("method", ["trinet", "pseudo-label", "fixmatch", "supervised"])
 def test_each_method_trains_saves_and_reloads(semi_folder, tmp_path, method):
-    result = fewlabel.train(str(semi_folder), tmp_path / method, method=method, audit_pseudo_labels=True, **OPTIONS)
+    options = OPTIONS | {"semi": SEMI | {"diversity_every": 1}}  # tri-net: round 2 starts with it
+    result = fewlabel.train(str(semi_folder), tmp_path / method, method=method, audit_pseudo_labels=True, **options)
     run = result.run_dir
     assert result.metrics["method"] == method and 0.0 <= result.metrics["accuracy"] <= 1.0
     rounds = json.loads((run / "rounds.json").read_text())
@@ -181,6 +185,10 @@ def test_each_method_trains_saves_and_reloads(semi_folder, tmp_path, method):
         assert [r["round"] for r in rounds["rounds"]] == [1, 2]
         modules = rounds["rounds"][0]["modules"]
         assert len(modules) == (3 if method == "trinet" else 1)
+        if method == "trinet":
+            assert [r["diversity_fine_tune"] for r in rounds["rounds"]] == [False, True]
+            phases = (run / "history.csv").read_text()
+            assert "diversity-2" in phases and "diversity-1" not in phases
         for m in modules:
             assert m["kept"] == m["candidates"] - m["removed_by_editing"]
             assert m["accuracy_kept"] is None or 0.0 <= m["accuracy_kept"] <= 1.0

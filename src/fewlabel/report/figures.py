@@ -57,7 +57,8 @@ def learning_curves_figure(rows: list[dict]) -> str | None:
                 ax.plot(step, values, marker="o", markersize=3, label=split)
         ax.set_xlabel("epoch (all phases)")
         ax.set_ylabel(key)
-        ax.legend()
+        if ax.lines:  # semi-supervised runs log no per-epoch accuracy
+            ax.legend()
     boundaries = [i + 0.5 for i in range(1, len(rows)) if rows[i]["phase"] != rows[i - 1]["phase"]]
     for ax in (ax_loss, ax_acc):
         for b in boundaries:

@@ -36,6 +36,7 @@ from .trinet import (
     MODULES,
     TriNet,
     agreeing_pseudo_labels,
+    diversity_due,
     sample_size_at,
     smear_labels,
     stable_pseudo_labels,
@@ -307,6 +308,12 @@ def self_training(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageS
     modules, classes = (MODULES if trinet else 1), labelled.num_classes
     for round_index in range(start_round, opts.rounds):
         started = time.perf_counter()
+        refresh = trinet and diversity_due(round_index, opts.diversity_every)
+        if refresh:
+            smeared = smeared_targets(run, labelled, round_index)
+            ones = torch.ones(len(labelled), MODULES, dtype=torch.bool)
+            phase = f"diversity-{round_index + 1}"
+            train_on_targets(run, net, labelled, smeared, ones, labelled.labels, opts.diversity_epochs, phase)
         threshold = threshold_at(round_index, opts.threshold_start, opts.threshold_step, opts.threshold_min)
         size = sample_size_at(round_index, opts.sample_first, opts.sample_growth, len(pool))
         order = torch.randperm(len(pool), generator=torch.Generator().manual_seed(run.seed * 997 + round_index))
@@ -322,6 +329,8 @@ def self_training(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageS
             confidence, predicted = probs.max(-1)
             labels, mask = predicted, confidence > threshold
         record = {"round": round_index + 1, "threshold": threshold, "examined": size, "modules": []}
+        if trinet:
+            record["diversity_fine_tune"] = refresh
         kept = mask
         if trinet and opts.edit_passes:
             kept = mask & stable_pseudo_labels(
@@ -338,19 +347,6 @@ def self_training(run: SemiRun, net: nn.Module, labelled: ImageSet, pool: ImageS
         train_on_targets(
             run, net, images, targets, train_mask, train_labels, opts.round_epochs, f"round-{round_index + 1}"
         )
-        if trinet and opts.diversity_every and (round_index + 1) % opts.diversity_every == 0:
-            smeared = smeared_targets(run, labelled, round_index + 1)
-            ones = torch.ones(len(labelled), MODULES, dtype=torch.bool)
-            train_on_targets(
-                run,
-                net,
-                labelled,
-                smeared,
-                ones,
-                labelled.labels,
-                opts.diversity_epochs,
-                f"diversity-{round_index + 1}",
-            )
         record["seconds"] = time.perf_counter() - started
         run.rounds.append(record)
         run.evaluate(net, f"round {round_index + 1}")

@@ -25,7 +25,11 @@ Choices the paper leaves open or that differ for fine-tuning, each a parameter o
   ``sample_growth`` to the power of the round (capped by the pool), the paper's 1000 x 2^t;
 * editing: ``edit_passes`` forward passes of the two labelling modules with dropout on; a
   pseudo-label is kept when at least ``edit_min_agreement`` of each module's passes predict it;
-* diversity fine-tuning on freshly smeared labelled data every ``diversity_every`` rounds.
+* diversity fine-tuning on freshly smeared labelled data at the start of every
+  ``diversity_every``-th round after the first, before its modules label (:func:`diversity_due`).
+  Done at the end of a round instead, it was the last training before evaluation: on
+  Fashion-MNIST (100 labels per class, seed 0) one such epoch took the ensemble from 83.4% to
+  74.9% and the modules' disagreement from 7% to 21%; the round after repaired it.
 """
 
 from __future__ import annotations
@@ -58,6 +62,12 @@ def threshold_at(round_index: int, start: float, step: float, minimum: float) ->
 def sample_size_at(round_index: int, first: int, growth: float, pool_size: int) -> int:
     """How many pool images round ``round_index`` examines: geometric growth, capped by the pool."""
     return min(pool_size, round(first * growth**round_index))
+
+
+def diversity_due(round_index: int, every: int) -> bool:
+    """Whether round ``round_index`` (0-based) starts with diversity fine-tuning: every
+    ``every``-th round after the first (0: never)."""
+    return bool(every) and round_index > 0 and round_index % every == 0
 
 
 def agreeing_pseudo_labels(probs: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
