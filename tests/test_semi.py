@@ -261,10 +261,25 @@ def test_semi_command_line(monkeypatch, capsys, semi_folder, tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(OPTIONS | {"semi": SEMI | {"edit_passes": 0}}))
     code, captured = run_main(
         monkeypatch, capsys, "semi", str(semi_folder), "--method", "trinet", "--config", str(tmp_path / "c.yaml"),
-        "--rounds", "1", "--out", str(tmp_path / "run"),
+        "--rounds", "1", "--module-stages", "2", "--out", str(tmp_path / "run"),
     )  # fmt: skip
     assert code == 0, captured.err
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["method"] == "trinet" and saved["semi"]["rounds"] == 1 and saved["semi"]["edit_passes"] == 0
+    assert saved["semi"]["module_stages"] == 2
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["module_stages"] == 2
     rounds = json.loads((tmp_path / "run" / "rounds.json").read_text())["rounds"]
     assert len(rounds) == 1 and all(m["removed_by_editing"] == 0 for m in rounds[0]["modules"])
+
+
+def test_semi_command_line_refuses_module_stages_the_backbone_lacks(monkeypatch, capsys, semi_folder, tmp_path):
+    from test_cli import run_main
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(OPTIONS))
+    code, captured = run_main(
+        monkeypatch, capsys, "semi", str(semi_folder), "--config", str(tmp_path / "c.yaml"),
+        "--module-stages", "99", "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert code != 0
+    message = [line for line in captured.err.splitlines() if "module_stages" in line]
+    assert len(message) == 1 and "test_efficientnet has" in message[0] and "accepted: 0 to" in message[0]

@@ -157,6 +157,10 @@ def semi(
         int | None, typer.Option(help="self-training rounds (FixMatch: rounds x round-epochs epochs)")
     ] = None,
     round_epochs: Annotated[int | None, typer.Option()] = None,
+    pool_size: Annotated[int | None, typer.Option(help="seeded random subset of the pool")] = None,
+    module_stages: Annotated[
+        int | None, typer.Option(help="tri-net: last backbone stages each module owns (0: MLP modules)")
+    ] = None,
     img_size: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
@@ -175,14 +179,16 @@ def semi(
     resume: Annotated[bool, typer.Option(help="continue after the last finished round")] = False,
 ) -> None:
     """Semi-supervised training: tri-net, or the supervised, pseudo-label and FixMatch baselines."""
+    given = locals()
+    section = ("rounds", "round_epochs", "pool_size", "module_stages")  # options of the semi: section
     options = {
         k: v
-        for k, v in locals().items()
-        if k not in ("data", "out", "config", "overwrite", "resume", "seeds", "method", "rounds", "round_epochs")
+        for k, v in given.items()
+        if k not in ("data", "out", "config", "overwrite", "resume", "seeds", "method", *section)
     }
     options["method"] = method.value
     options["seeds"] = _seeds(seeds)
-    semi_options = {k: v for k, v in (("rounds", rounds), ("round_epochs", round_epochs)) if v is not None}
+    semi_options = {k: given[k] for k in section if given[k] is not None}
     if semi_options:
         options["semi"] = semi_options
     result = api.train(data, out, config=config, overwrite=overwrite, resume=resume, **options)
