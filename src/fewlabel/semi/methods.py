@@ -5,11 +5,12 @@ and ``trinet`` (Chen et al. 2018, see :mod:`fewlabel.semi.trinet`).
 Budget, the same for all: ``epochs`` over the labelled set first (tri-net on its three smeared
 copies), then ``rounds`` x ``round_epochs`` epochs: self-training epochs over labelled plus
 pseudo-labelled images, FixMatch epochs of labelled batches each with ``fixmatch_mu``
-unlabeled batches, plain epochs for ``supervised``. Before all that, the head (tri-net: the
-three modules) trains ``head_epochs`` on cached features, and the whole network then trains
-with ``freeze-unfreeze``'s learning rates (``lr`` at the top, ``layer_decay`` per stage below;
-AdamW, cosine decay per stage); BatchNorm statistics of a pretrained backbone stay frozen. Pseudo-labelling
-uses the weak (``augment``) view; FixMatch's strong view is ``randaugment``.
+unlabeled batches, plain epochs for ``supervised`` (tri-net's diversity fine-tuning comes on
+top, ``diversity_epochs`` per refresh). Before all that, the head (tri-net: the three MLPs)
+trains ``head_epochs`` on cached features, and the whole network then trains with
+``freeze-unfreeze``'s learning rates (``lr`` at the top, ``layer_decay`` per stage below;
+AdamW, cosine decay per phase); BatchNorm statistics of pretrained weights stay frozen.
+Pseudo-labelling uses the weak (``augment``) view; FixMatch's strong view is ``randaugment``.
 """
 
 from __future__ import annotations
