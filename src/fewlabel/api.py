@@ -265,7 +265,7 @@ def _as_tensor(image: Any) -> torch.Tensor:
         except (ImageDecodeError, FileNotFoundError) as exc:
             raise FewlabelError(f"Cannot read image '{image}': {exc}.") from None
     if isinstance(image, Image.Image):
-        return torch.from_numpy(pil_to_array(image)).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.array(pil_to_array(image))).permute(2, 0, 1).contiguous()  # writable copy
     array = np.asarray(image)
     if array.ndim == 2:
         array = array[..., None]
