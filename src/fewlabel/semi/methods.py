@@ -202,8 +202,7 @@ class HeadOnFeatures(nn.Module):
 
     def __init__(self, net: nn.Module, dropout: float) -> None:
         super().__init__()
-        self.trinet = isinstance(net, TriNet)
-        if self.trinet:
+        if isinstance(net, TriNet):
             self.head = nn.ModuleList(module.mlp for module in net.heads)
         else:
             self.head = nn.ModuleList([nn.Sequential(nn.Dropout(dropout), net.get_classifier())])

@@ -139,9 +139,8 @@ def split_backbone(backbone: nn.Module, module_stages: int, model_name: str = ""
     tail = copy.deepcopy(backbone)
     for name in children[: children.index(_top_child(backbone, slots[0]))]:
         setattr(tail, name, nn.Identity())
-    for (parent, name), (tail_parent, _) in zip(slots, _stage_slots(tail), strict=True):
-        if (parent, name) in slots[: len(slots) - module_stages]:
-            setattr(tail_parent, name, nn.Identity())
+    for parent, name in _stage_slots(tail)[: len(slots) - module_stages]:  # the stages the trunk keeps
+        setattr(parent, name, nn.Identity())
     probe = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
@@ -186,11 +185,6 @@ class Module(nn.Sequential):
         return self[1]
 
 
-class _PooledTail(nn.Module):
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
-
-
 class _StageTail(nn.Module):
     """Backbone stages of one module: feature map in, pooled features out."""
 
@@ -226,13 +220,16 @@ class TriNet(nn.Module):
             self.shared, tail = split_backbone(backbone, module_stages, model_name)
             tails = [_StageTail(copy.deepcopy(tail)) for _ in range(MODULES)]
         else:
-            self.shared, tails = backbone, [_PooledTail() for _ in range(MODULES)]
+            self.shared, tails = backbone, [nn.Identity() for _ in range(MODULES)]
         self.heads = nn.ModuleList(Module(t, width, num_classes, hidden, dropout) for t in tails)
 
     def shared_features(self, x: torch.Tensor) -> torch.Tensor:
-        """What the modules take: the trunk's feature map, or pooled features without tails."""
-        features = self.shared.forward_features(x)
-        return features if self.module_stages else self.shared.forward_head(features, pre_logits=True)
+        """What the modules take from images."""
+        return self._module_input(self.shared.forward_features(x))
+
+    def _module_input(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The trunk's feature map itself when the modules own stages, else its pooled features."""
+        return feature_map if self.module_stages else self.shared.forward_head(feature_map, pre_logits=True)
 
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features through module 0's tail: every module's, while the tails are still the
@@ -262,6 +259,4 @@ class TriNet(nn.Module):
         return self.shared.forward_features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        if not self.module_stages:
-            features = self.shared.forward_head(features, pre_logits=True)
-        return self.modules_on_features(features).softmax(-1).mean(0).clamp_min(1e-12).log()
+        return self.modules_on_features(self._module_input(features)).softmax(-1).mean(0).clamp_min(1e-12).log()
