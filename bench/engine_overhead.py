@@ -15,11 +15,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from fewlabel.data.datamodule import TransformedImages
 from torch.utils.data import DataLoader
 
 import fewlabel
 from _common import save
-from fewlabel.data.datamodule import TransformedImages
 from fewlabel.data.sources import load_data
 from fewlabel.data.transforms import build_transform
 from fewlabel.models import create_backbone

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from fewlabel.evaluate import aggregate_seeds, classification_metrics
-from fewlabel.evaluate.metrics import mean_sd_ci
+from fewlabel.evaluate.metrics import aggregate_seeds, classification_metrics, mean_sd_ci
 
 
 def test_metrics_of_a_small_case_computed_by_hand():

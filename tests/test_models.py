@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from fewlabel.data.images import resize_to_square
 from fewlabel.data.transforms import build_transform
 from fewlabel.errors import FewlabelError
-from fewlabel.models import ModelCard, create_backbone, load_model_files, save_model_files
+from fewlabel.methods import load_network
+from fewlabel.models import ModelCard, create_backbone, save_model_files
 
 IMAGENET_CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -66,14 +67,14 @@ def test_model_files_round_trip_and_refuse_a_mismatched_card(tmp_path):
     model = timm.create_model("test_efficientnet", num_classes=3).eval()
     card = ModelCard("test_efficientnet", ["a", "b", "c"], 32, [0.5] * 3, [0.5] * 3)
     save_model_files(tmp_path, model, card)
-    loaded, loaded_card = load_model_files(tmp_path)
+    loaded, loaded_card = load_network(tmp_path)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(x), model(x)) and loaded_card == card
     (tmp_path / "model.json").write_text((tmp_path / "model.json").read_text().replace('"c"', '"c", "d"'))
     with pytest.raises(FewlabelError, match="does not match.*4 classes"):
-        load_model_files(tmp_path)
+        load_network(tmp_path)
     with pytest.raises(FewlabelError, match="not a model folder: model.json is missing"):
-        load_model_files(tmp_path / "nothing")
+        load_network(tmp_path / "nothing")
 
 
 def test_weights_of_a_fewlabel_run_keep_its_preprocessing(tmp_path):

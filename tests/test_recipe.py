@@ -231,7 +231,7 @@ def test_a_trinet_target_stage_starts_from_the_intermediate_weights(tmp_path, im
     semi = {"rounds": 1, "round_epochs": 1, "sample_first": 10, "threshold_start": 0.4, "threshold_min": 0.3}
     stages = [
         {"name": "intermediate", "data": str(image_folder)},
-        {"name": "target", "data": str(target), "method": "trinet", "labels_per_class": 4, "semi": semi},
+        {"name": "target", "data": str(target), "method": {"name": "trinet", **semi}, "labels_per_class": 4},
     ]
     summary = run_recipe(write_recipe(tmp_path / "r.yaml", stages), tmp_path / "out")
     run = tmp_path / "out" / "seed-0" / "target"

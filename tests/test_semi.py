@@ -1,28 +1,38 @@
-"""Semi-supervised methods: tri-net's steps by hand, the pool checks, runs, resume by round."""
+"""Semi-supervised methods: their math by hand, tri-net's network, the pool checks, runs on the
+engine (history, loggers, callbacks), resume after an interruption, the command line."""
 
 from __future__ import annotations
 
 import json
+import math
 
+import lightning as L
 import pytest
+import timm
 import torch
 import yaml
 
 import fewlabel
 from conftest import FAST, make_image_folder
 from fewlabel import FewlabelError
-from fewlabel.config import TrainConfig
-from fewlabel.semi.methods import SemiRun, module_loss, network_groups
-from fewlabel.semi.trinet import (
-    TriNet,
+from fewlabel.config import make_config
+from fewlabel.semi.functional import (
     agreeing_pseudo_labels,
+    confident_pseudo_labels,
     diversity_due,
+    ensemble_log_probs,
+    fixmatch_loss,
+    hard_targets,
     sample_size_at,
     smear_labels,
-    split_backbone,
+    smooth_targets,
+    soft_cross_entropy,
     stable_pseudo_labels,
     threshold_at,
 )
+from fewlabel.semi.loop import network_groups, trained_heads
+from fewlabel.semi.trinet import TriNet, split_backbone
+from fewlabel.train.engine import eval_mode_modules
 
 SEMI = {
     "rounds": 2,
@@ -30,20 +40,33 @@ SEMI = {
     "sample_first": 12,
     "threshold_start": 0.4,
     "threshold_min": 0.3,
-    "pl_threshold": 0.4,
 }
-OPTIONS = FAST | {"epochs": 1, "lr": 1e-3, "labels_per_class": 4, "semi": SEMI}
+OPTIONS = FAST | {"epochs": 1, "lr": 1e-3, "labels_per_class": 4}
 
 
-def test_smearing_keeps_the_true_class_on_top_and_rows_normalised():
-    labels = torch.tensor([0, 2, 1, 2])
-    smeared = smear_labels(labels, 3, 0.1, torch.Generator().manual_seed(0))
-    assert torch.allclose(smeared.sum(1), torch.ones(4))
-    assert torch.equal(smeared.argmax(1), labels) and (smeared > 0).all() is not None
-    assert (smeared.gather(1, labels[:, None]) > 0.6).all()
-    other = smear_labels(labels, 3, 0.1, torch.Generator().manual_seed(1))
-    assert not torch.equal(smeared, other)  # another seed, another smeared copy: diversity
-    assert torch.equal(smear_labels(labels, 3, 0.0, torch.Generator()), torch.eye(3)[labels])
+def method_options(method: str, **extra) -> dict:
+    """SEMI's values that ``method`` takes (pseudo-label's and FixMatch's threshold is 0.4)."""
+    owned = make_config({"data": "x", "method": method}).method.model_fields
+    values = {k: v for k, v in (SEMI | {"threshold": 0.4} | extra).items() if k in owned}
+    return {"method": {"name": method, **values}}
+
+
+def test_smeared_targets_are_distributions_that_keep_the_true_class_on_top():
+    labels = torch.randint(0, 10, (2000,), generator=torch.Generator().manual_seed(0))
+    true_mass = {}
+    for std in (0.05, 0.1, 0.3):
+        smeared = smear_labels(labels, 10, std, torch.Generator().manual_seed(1))
+        assert (smeared >= 0).all()
+        assert torch.allclose(smeared.sum(1), torch.ones(len(labels)))
+        if std <= 0.1:  # the default std (0.05) and twice it: noise never outgrows the true class
+            assert torch.equal(smeared.argmax(1), labels)
+        true_mass[std] = float(smeared.gather(1, labels[:, None]).mean())
+    assert true_mass[0.05] > true_mass[0.1] > true_mass[0.3] > 0.4  # more noise, less mass on the truth
+    # relu(N(0, std²)) has mean std/sqrt(2 pi): nine other classes take about 9 * 0.05 * 0.4 = 0.18
+    assert true_mass[0.05] == pytest.approx(1 / (1 + 9 * 0.05 / math.sqrt(2 * math.pi)), abs=0.02)
+    other = smear_labels(labels, 10, 0.1, torch.Generator().manual_seed(2))
+    assert not torch.equal(other, smear_labels(labels, 10, 0.1, torch.Generator().manual_seed(1)))
+    assert torch.equal(smear_labels(labels[:4], 10, 0.0, torch.Generator()), torch.eye(10)[labels[:4]])
 
 
 def test_schedules():
@@ -71,6 +94,12 @@ def test_two_confident_agreeing_modules_label_the_third():
     assert labels[1, 1] == 0 and labels[2, 3] == 1
 
 
+def test_confident_pseudo_labels_by_hand():
+    probs = torch.tensor([[[0.96, 0.04], [0.3, 0.7], [0.02, 0.98]]])
+    labels, mask = confident_pseudo_labels(probs, 0.95)
+    assert labels.tolist() == [[0, 1, 1]] and mask.tolist() == [[True, False, True]]
+
+
 def test_editing_removes_labels_unstable_under_dropout():
     labels = torch.tensor([[1, 1], [1, 1], [1, 1]])  # pseudo-label 1 for each module, two images
     passes = torch.tensor(
@@ -88,17 +117,52 @@ def test_editing_removes_labels_unstable_under_dropout():
     assert stable_pseudo_labels(passes, labels, min_agreement=0.75).all()
 
 
-def test_module_loss_by_hand():
+def test_soft_cross_entropy_by_hand():
     logits = torch.zeros(2, 2, 3)  # uniform predictions: CE = log 3 for any one-hot target
     targets = torch.eye(3)[[0, 1]].unsqueeze(1).expand(-1, 2, -1)
     mask = torch.tensor([[True, False], [True, True]])
     # module 0 trains on both images, module 1 on image 1 only: mean log 3 each, summed
-    assert module_loss(logits, targets, mask).item() == pytest.approx(2 * torch.log(torch.tensor(3.0)).item())
+    assert soft_cross_entropy(logits, targets, mask).item() == pytest.approx(2 * math.log(3))
+    # one module, confident logits [2, 0, 0]: CE on class 0 is log(1 + 2 e^-2), on class 1 2 + log(1 + e^2 + 1)
+    one = torch.tensor([[[2.0, 0.0, 0.0], [2.0, 0.0, 0.0]]])
+    onehot = torch.eye(3)[[0, 1]].unsqueeze(1)
+    both = torch.ones(2, 1, dtype=torch.bool)
+    ce0, ce1 = math.log(1 + 2 * math.exp(-2)), math.log(math.exp(2) + 2)
+    assert soft_cross_entropy(one, onehot, both).item() == pytest.approx((ce0 + ce1) / 2, rel=1e-5)
+    # class weights 1 and 3: a weighted mean, as torch's weighted cross-entropy
+    weights = torch.tensor([1.0, 3.0, 1.0])
+    assert soft_cross_entropy(one, onehot, both, weights).item() == pytest.approx((ce0 + 3 * ce1) / 4, rel=1e-5)
+    expected = torch.nn.functional.cross_entropy(one[0], torch.tensor([0, 1]), weight=weights)
+    assert soft_cross_entropy(one, onehot, both, weights).item() == pytest.approx(expected.item(), rel=1e-5)
+    # label smoothing of soft targets is torch's label smoothing of hard ones
+    smoothed = soft_cross_entropy(one, smooth_targets(onehot, 0.1), both)
+    assert smoothed.item() == pytest.approx(
+        torch.nn.functional.cross_entropy(one[0], torch.tensor([0, 1]), label_smoothing=0.1).item(), rel=1e-5
+    )
+
+
+def test_fixmatch_loss_by_hand_weak_view_labels_the_strong_view():
+    weak = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [1.0, 1, 0], [0, 0, 0.5]], requires_grad=True)
+    strong = torch.tensor([[0.0, 2, 0], [1.0, 1, 1], [3.0, 0, 0], [0.0, 0, 0]], requires_grad=True)
+    loss, mask = fixmatch_loss(weak, strong, threshold=0.9)
+    # weak views 0 and 1 are confident (softmax 0.987) in classes 0 and 1; 2 and 3 are not.
+    # strong view 0 against class 0: log(2 + e^2); strong view 1 against class 1: log 3; the rest count 0
+    assert mask.tolist() == [True, True, False, False]
+    assert loss.item() == pytest.approx((math.log(2 + math.exp(2)) + math.log(3)) / 4, rel=1e-6)
+    swapped, _ = fixmatch_loss(strong, weak, threshold=0.9)
+    assert swapped.item() != pytest.approx(loss.item(), rel=1e-3)  # the views are not interchangeable
+    loss.backward()
+    assert weak.grad is None or not weak.grad.any()  # no gradient through the weak view's labels
+    assert strong.grad[:2].abs().sum() > 0 and not strong.grad[2:].any()  # only confident images train
+
+
+def test_ensemble_is_the_log_of_the_mean_probability():
+    logits = torch.randn(3, 5, 4)
+    assert torch.allclose(ensemble_log_probs(logits).exp(), logits.softmax(-1).mean(0), atol=1e-6)
+    assert hard_targets(torch.tensor([2, 0]), 3, 2).shape == (2, 2, 3)
 
 
 def test_trinet_prediction_is_the_mean_of_its_modules():
-    import timm
-
     net = TriNet(timm.create_model("test_efficientnet", num_classes=0), 3, hidden=8).eval()
     x = torch.randn(2, 3, 32, 32)
     expected = net.module_logits(x).softmax(-1).mean(0)
@@ -108,8 +172,6 @@ def test_trinet_prediction_is_the_mean_of_its_modules():
 @pytest.mark.parametrize(("name", "stages"), [("test_efficientnet", 1), ("test_efficientnet", 2), ("test_resnet", 1)])
 def test_trunk_then_module_stages_reproduce_the_backbone(name, stages):
     import copy
-
-    import timm
 
     backbone = timm.create_model(name, num_classes=0).eval()
     original = copy.deepcopy(backbone)
@@ -127,25 +189,15 @@ def test_trunk_then_module_stages_reproduce_the_backbone(name, stages):
 
 
 def test_module_stages_the_backbone_cannot_give_are_refused():
-    import timm
-
-    with pytest.raises(FewlabelError, match=r"semi.module_stages 99: test_efficientnet has \d+ stages.*0 to"):
-        TriNet(
-            timm.create_model("test_efficientnet", num_classes=0),
-            3,
-            8,
-            module_stages=99,
-            model_name="test_efficientnet",
-        )
+    with pytest.raises(FewlabelError, match=r"module_stages 99: test_efficientnet has \d+ stages.*0 to"):
+        TriNet(timm.create_model("test_efficientnet", num_classes=0), 3, 8, 0.3, 99, "test_efficientnet")
     with pytest.raises(FewlabelError, match="test_vit cannot be cut.*module_stages 0"):
-        TriNet(timm.create_model("test_vit", num_classes=0), 3, 8, module_stages=1, model_name="test_vit")
+        TriNet(timm.create_model("test_vit", num_classes=0), 3, 8, 0.3, 1, "test_vit")
     vit = TriNet(timm.create_model("test_vit", num_classes=0), 3, 8, module_stages=0).eval()
     assert vit(torch.randn(1, 3, 160, 160)).shape == (1, 3)
 
 
 def test_each_trinet_module_owns_its_stages_and_their_batchnorm_stays_frozen():
-    import timm
-
     net = TriNet(timm.create_model("test_efficientnet", num_classes=0), 3, hidden=8, module_stages=1)
     tails = [m.tail for m in net.heads]
     with torch.no_grad():
@@ -153,11 +205,11 @@ def test_each_trinet_module_owns_its_stages_and_their_batchnorm_stays_frozen():
     assert not torch.equal(next(tails[0].parameters()), next(tails[1].parameters()))
     ids = [set(map(id, t.parameters())) for t in tails]
     assert not (ids[0] & ids[1]) and not (ids[0] & set(map(id, net.shared.parameters())))
-    cfg = TrainConfig(data="x", pretrained="imagenet", lr=1e-3, layer_decay=0.5, method="trinet")
-    SemiRun(cfg, 0, torch.device("cpu"), (0.5,), (0.5,))._train_mode(net)
+    frozen = {id(m) for m in eval_mode_modules(net, True, trained_heads(net))}
     norms = lambda part: [m for m in part.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]  # noqa: E731
-    assert all(not m.training for part in net.pretrained_parts() for m in norms(part))
-    assert all(m.training for module in net.heads for m in norms(module.mlp))
+    assert all(id(m) in frozen for part in net.pretrained_parts() for m in norms(part))
+    assert not any(id(m) in frozen for module in net.heads for m in norms(module.mlp))
+    cfg = make_config({"data": "x", "lr": 1e-3, "layer_decay": 0.5, "method": "trinet"})
     lrs = {id(p): g["lr"] for g in network_groups(net, cfg) for p in g["params"]}
     assert {lrs[id(p)] for m in net.heads for p in m.mlp.parameters()} == {1e-3}
     assert {lrs[id(p)] for m in net.heads for p in m.tail.parameters()} == {5e-4}
@@ -171,46 +223,69 @@ def semi_folder(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["trinet", "pseudo-label", "fixmatch", "supervised"])
-def test_each_method_trains_saves_and_reloads(semi_folder, tmp_path, method):
-    options = OPTIONS | {"semi": SEMI | {"diversity_every": 1}}  # tri-net: round 2 starts with it
-    result = fewlabel.train(str(semi_folder), tmp_path / method, method=method, audit_pseudo_labels=True, **options)
+def test_each_method_records_its_rounds_and_trains_on_the_engine(semi_folder, tmp_path, method):
+    options = OPTIONS | method_options(method, audit=True, diversity_every=1)  # tri-net: round 2 starts with it
+    result = fewlabel.train(str(semi_folder), tmp_path / method, **options)
     run = result.run_dir
-    assert result.metrics["method"] == method and 0.0 <= result.metrics["accuracy"] <= 1.0
     rounds = json.loads((run / "rounds.json").read_text())
-    assert rounds["pool_size"] == 18  # 30 images, 12 labelled (4 per class): the other 18 are the pool
-    predictor = fewlabel.load(run)
-    probs = predictor.predict_proba([str(next(semi_folder.rglob("*.png")))])
-    assert probs.shape == (1, 3) and torch.allclose(probs.sum(1), torch.ones(1))
+    assert result.metrics["method"] == method
+    assert rounds["pool_size"] == (0 if method == "supervised" else 18)  # 30 images, 12 labelled
+    history = (run / "history.csv").read_text().splitlines()
+    rows = [dict(zip(history[0].split(","), line.split(","), strict=True)) for line in history[1:]]
+    assert all(r["val_loss"] and r["lr"] for r in rows)  # every fit validates (20% held out) and logs its lr
+    phases = [r["phase"] for r in rows]
+    expected = {
+        "trinet": ["head", "head", "initial", "round-1", "diversity-2", "round-2"],
+        "pseudo-label": ["head", "head", "initial", "round-1", "round-2"],
+        "fixmatch": ["head", "head", "initial", "fixmatch", "fixmatch"],
+        "supervised": ["head", "head", "initial", "supervised", "supervised"],
+    }[method]
+    assert phases == expected
     if method in ("trinet", "pseudo-label"):
         assert [r["round"] for r in rounds["rounds"]] == [1, 2]
         modules = rounds["rounds"][0]["modules"]
         assert len(modules) == (3 if method == "trinet" else 1)
         if method == "trinet":
             assert [r["diversity_fine_tune"] for r in rounds["rounds"]] == [False, True]
-            phases = (run / "history.csv").read_text()
-            assert "diversity-2" in phases and "diversity-1" not in phases
         for m in modules:
             assert m["kept"] == m["candidates"] - m["removed_by_editing"]
-            assert m["accuracy_kept"] is None or 0.0 <= m["accuracy_kept"] <= 1.0
+            if m["kept"]:
+                assert m["accuracy_kept"] is not None
         assert "Pseudo-labels per round" in (run / "report.html").read_text()
     evaluations = rounds["evaluations"]
     expected_after = ["initial fit", "round 1", "round 2"] if method in ("trinet", "pseudo-label") else None
     assert [e["after"] for e in evaluations] == (expected_after or ["initial fit", "2 more epochs"])
-    assert all(0.0 <= e["accuracy"] <= 1.0 for e in evaluations)
+    assert evaluations[0]["set"] == "validation" and evaluations[0]["images"] == 3
     assert ("module_accuracy" in evaluations[0]) == (method == "trinet")
     assert "Accuracy after each round" in (run / "report.html").read_text()
+    if method == "fixmatch":
+        assert 0.0 <= rounds["rounds"][0]["fixmatch_confident_share"] <= 1.0
 
 
-def test_a_flat_folder_pool_and_the_overlap_check(semi_folder, split_folder, tmp_path):
+def test_semi_fits_take_callbacks_the_tensorboard_logger_and_onecycle(semi_folder, tmp_path):
+    fits = []
+
+    class Count(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            fits.append(pl_module.phase)
+
+    options = OPTIONS | method_options("pseudo-label") | {"logger": "tensorboard", "schedule": "onecycle"}
+    fewlabel.train(str(semi_folder), tmp_path / "run", callbacks=[Count()], **options)
+    assert fits == ["head", "initial", "round-1", "round-2"]
+    assert list((tmp_path / "run" / "logs" / "round-2").rglob("events.out.tfevents.*"))
+
+
+def test_a_flat_folder_pool_and_the_overlap_check(split_folder, tmp_path):
     flat = tmp_path / "pool"
     flat.mkdir()
     for i, path in enumerate(sorted((split_folder / "test").rglob("*.png"))):
         (flat / f"{i}.png").write_bytes(path.read_bytes())
-    options = OPTIONS | {"method": "pseudo-label", "unlabeled": str(flat), "labels_per_class": None}
+    options = OPTIONS | method_options("pseudo-label", unlabeled=str(flat)) | {"labels_per_class": None}
     with pytest.raises(FewlabelError, match=r"pool holds 12 image\(s\) identical to evaluation images"):
         fewlabel.train(str(split_folder), tmp_path / "leak", **options)
     assert not (tmp_path / "leak" / "model.safetensors").exists()
-    result = fewlabel.train(str(split_folder), tmp_path / "ok", **options, allow_overlap=True)
+    options["method"]["allow_overlap"] = True
+    result = fewlabel.train(str(split_folder), tmp_path / "ok", **options)
     assert json.loads((result.run_dir / "rounds.json").read_text())["pool_size"] == 12
 
 
@@ -222,52 +297,34 @@ def test_bad_semi_inputs(semi_folder, tmp_path, image_folder):
         fewlabel.train(
             str(lonely),
             tmp_path / "b",
-            **(OPTIONS | {"method": "trinet", "labels_per_class": None, "unlabeled": str(semi_folder)}),
+            **(OPTIONS | method_options("trinet", unlabeled=str(semi_folder)) | {"labels_per_class": None}),
             eval_data=str(semi_folder),
         )
     with pytest.raises(FewlabelError, match="--img-size 8 is too small for 'test_efficientnet'"):
         fewlabel.train(str(semi_folder), tmp_path / "d", **(OPTIONS | {"method": "trinet", "img_size": 8}))
-    with pytest.raises(FewlabelError, match="semi.rounds: Input should be greater than or equal to 0"):
-        fewlabel.train(str(semi_folder), tmp_path / "c", **(OPTIONS | {"semi": {"rounds": -1}}))
-
-
-def test_an_interrupted_trinet_resumes_after_its_last_round(semi_folder, tmp_path, monkeypatch):
-    import fewlabel.semi.methods as methods
-
-    whole = fewlabel.train(str(semi_folder), tmp_path / "whole", method="trinet", **OPTIONS)
-    real_round = methods.train_on_targets
-    calls = {"n": 0}
-
-    def fail_in_round_two(run, net, images, targets, mask, labels, epochs, phase):
-        if phase == "round-2":
-            raise KeyboardInterrupt
-        calls["n"] += 1
-        real_round(run, net, images, targets, mask, labels, epochs, phase)
-
-    monkeypatch.setattr(methods, "train_on_targets", fail_in_round_two)
-    with pytest.raises(KeyboardInterrupt):
-        fewlabel.train(str(semi_folder), tmp_path / "cut", method="trinet", **OPTIONS)
-    monkeypatch.setattr(methods, "train_on_targets", real_round)
-    resumed = fewlabel.train(str(semi_folder), tmp_path / "cut", method="trinet", resume=True, **OPTIONS)
-    assert resumed.metrics["accuracy"] == whole.metrics["accuracy"]
-    assert resumed.metrics["nll"] == pytest.approx(whole.metrics["nll"], rel=1e-5)
-    rounds = json.loads((tmp_path / "cut" / "rounds.json").read_text())["rounds"]
-    assert [r["round"] for r in rounds] == [1, 2]
+    with pytest.raises(FewlabelError, match="method.rounds: Input should be greater than or equal to 0"):
+        fewlabel.train(str(semi_folder), tmp_path / "c", **(OPTIONS | {"method": "trinet", "rounds": -1}))
+    flat_pool = str(make_image_folder(tmp_path / "other", seed=5) / "red")
+    with pytest.raises(FewlabelError, match="--audit needs a pool with the labelled data's classes"):
+        fewlabel.train(
+            str(semi_folder), tmp_path / "e", **(OPTIONS | method_options("trinet", audit=True, unlabeled=flat_pool))
+        )
 
 
 def test_semi_command_line(monkeypatch, capsys, semi_folder, tmp_path):
     from test_cli import run_main
 
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(OPTIONS | {"semi": SEMI | {"edit_passes": 0}}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(OPTIONS | method_options("trinet", edit_passes=0)))
     code, captured = run_main(
-        monkeypatch, capsys, "semi", str(semi_folder), "--method", "trinet", "--config", str(tmp_path / "c.yaml"),
+        monkeypatch, capsys, "semi", str(semi_folder), "--config", str(tmp_path / "c.yaml"),
         "--rounds", "1", "--module-stages", "2", "--out", str(tmp_path / "run"),
     )  # fmt: skip
     assert code == 0, captured.err
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["method"] == "trinet" and saved["semi"]["rounds"] == 1 and saved["semi"]["edit_passes"] == 0
-    assert saved["semi"]["module_stages"] == 2
-    assert json.loads((tmp_path / "run" / "model.json").read_text())["module_stages"] == 2
+    assert saved["method"]["name"] == "trinet" and saved["method"]["rounds"] == 1
+    assert saved["method"]["edit_passes"] == 0 and saved["method"]["module_stages"] == 2  # file kept, flags on top
+    assert "dropout" not in saved  # an option tri-net does not use is not recorded
+    assert json.loads((tmp_path / "run" / "model.json").read_text())["extras"]["module_stages"] == 2
     rounds = json.loads((tmp_path / "run" / "rounds.json").read_text())["rounds"]
     assert len(rounds) == 1 and all(m["removed_by_editing"] == 0 for m in rounds[0]["modules"])
 

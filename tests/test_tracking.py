@@ -31,7 +31,7 @@ def test_mlflow_records_params_metrics_history_and_report(split_folder, tmp_path
     )
     client = mlflow.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("fewlabel").experiment_id])
-    assert run.data.params["model"] == "test_efficientnet" and run.data.params["strategy"] == "freeze-unfreeze"
+    assert run.data.params["model"] == "test_efficientnet" and run.data.params["method.strategy"] == "freeze-unfreeze"
     assert run.data.metrics["accuracy"] == pytest.approx(result.metrics["accuracy"])
     history = client.get_metric_history(run.info.run_id, "epoch/train_loss")
     assert len(history) == 4  # 2 head + 2 fine-tuning epochs

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 import fewlabel
 from conftest import FAST
-from fewlabel.data.datamodule import EpochSampler
+from fewlabel.data.datasets import EpochSampler
 from fewlabel.errors import FewlabelError
-from fewlabel.train.engine import CHECKPOINT
+from fewlabel.rundir import LAST_CHECKPOINT as CHECKPOINT
 from fewlabel.train.functional import decayed_param_groups, freeze_all_but_last_blocks, layer_groups
 
 RUN_FILES = (

@@ -1,8 +1,74 @@
-"""fewlabel: trustworthy image models when labels are scarce."""
+"""fewlabel: trustworthy image models when labels are scarce.
 
-__version__ = "0.1.0"
+The package root stays light: ``import fewlabel`` loads torch and Lightning only when one of
+the functions below is first called (the command line starts at once).
+"""
 
-from .api import Predictor, TrainResult, evaluate, list_datasets, list_models, load, train
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+# The subpackages named like the functions below are imported first (their __init__ is light):
+# importing them later would rebind ``fewlabel.train`` / ``fewlabel.evaluate`` to the package.
+from . import evaluate as _evaluate_package  # noqa: F401
+from . import train as _train_package  # noqa: F401
+from ._version import __version__
 from .errors import FewlabelError
 
-__all__ = ["FewlabelError", "Predictor", "TrainResult", "evaluate", "list_datasets", "list_models", "load", "train"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import Predictor, TrainResult
+
+__all__ = [
+    "FewlabelError",
+    "Predictor",
+    "TrainResult",
+    "__version__",
+    "evaluate",
+    "list_datasets",
+    "list_models",
+    "load",
+    "train",
+]
+
+
+def train(*args: Any, **kwargs: Any):
+    """See :func:`fewlabel.api.train`."""
+    from .api import train as run
+
+    return run(*args, **kwargs)
+
+
+def evaluate(*args: Any, **kwargs: Any) -> dict:
+    """See :func:`fewlabel.api.evaluate`."""
+    from .api import evaluate as run
+
+    return run(*args, **kwargs)
+
+
+def load(*args: Any, **kwargs: Any):
+    """See :func:`fewlabel.api.load`."""
+    from .api import load as run
+
+    return run(*args, **kwargs)
+
+
+def list_models(pattern: str = "") -> list[dict]:
+    """See :func:`fewlabel.api.list_models`."""
+    from .api import list_models as run
+
+    return run(pattern)
+
+
+def list_datasets() -> list[dict]:
+    """See :func:`fewlabel.api.list_datasets`."""
+    from .api import list_datasets as run
+
+    return run()
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Predictor", "TrainResult"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'fewlabel' has no attribute '{name}'")

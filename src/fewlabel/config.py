@@ -1,5 +1,11 @@
 """Validated training configuration: YAML in, one-line errors naming the bad key out.
 
+A config holds the options every method shares (data, model, optimisation, hardware, output)
+and one ``method`` section: the options of the chosen method, ``name`` its discriminator
+(``method: trinet`` is short for ``method: {name: trinet}``; default ``finetune``). A method's
+option may also be written at the top level (``strategy: full``, ``--rounds 8``): it is moved
+into the section, and refused when the chosen method does not take it.
+
 Precedence: command-line flags, then the ``--config`` file, then these defaults. The resolved
 config is written to ``runs/<name>/config.yaml`` and re-runs the same training.
 """
@@ -8,45 +14,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from .errors import FewlabelError
+from .errors import FewlabelError, did_you_mean
+from .methods import DEFAULT_METHOD, get_method, list_methods, option_owners
+from .options import MethodOptions
+from .tasks import DEFAULT_TASK, check_task
 
-
-class SemiOptions(BaseModel):
-    """Parameters of the semi-supervised methods (``method``); the choices are explained in
-    fewlabel.semi.trinet and fewlabel.semi.methods."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    pool_size: int | None = Field(None, ge=1, description="seeded random subset of the unlabeled pool")
-    rounds: int = Field(4, ge=0, description="self-training rounds (pseudo-label, trinet)")
-    round_epochs: int = Field(2, ge=1, description="epochs over labelled + pseudo-labelled data per round")
-    sample_first: int = Field(1000, ge=1, description="pool images examined in the first round")
-    sample_growth: float = Field(2.0, ge=1.0, description="factor on the examined pool images per round")
-    threshold_start: float = Field(0.8, gt=0, lt=1, description="tri-net: agreement confidence, first round")
-    threshold_step: float = Field(0.025, ge=0, description="tri-net: threshold decrease per round")
-    threshold_min: float = Field(0.7, gt=0, lt=1, description="tri-net: lowest threshold")
-    pl_threshold: float = Field(0.95, gt=0, lt=1, description="pseudo-label: confidence threshold")
-    smear_std: float = Field(0.05, ge=0, description="tri-net output smearing: std of the label noise")
-    edit_passes: int = Field(5, ge=0, description="tri-net editing: dropout passes (0: no editing)")
-    edit_min_agreement: float = Field(0.8, gt=0, le=1, description="tri-net editing: share of passes to agree")
-    diversity_every: int = Field(2, ge=0, description="tri-net: fine-tune on smeared labels every N rounds (0: never)")
-    diversity_epochs: int = Field(1, ge=1)
-    module_stages: int = Field(
-        1, ge=0, description="tri-net: last backbone stages each module owns a copy of (0: MLP modules only)"
-    )
-    head_hidden: int = Field(256, ge=1, description="tri-net: hidden width of each module")
-    head_dropout: float = Field(0.3, ge=0, lt=1, description="tri-net: dropout of each module")
-    probe_size: int = Field(
-        2000, ge=0, description="without a validation set: evaluation images scored per round in audit mode"
-    )
-    fixmatch_mu: int = Field(3, ge=1, description="FixMatch: unlabeled batches per labelled batch")
-    fixmatch_threshold: float = Field(0.95, gt=0, lt=1)
-    fixmatch_lambda: float = Field(1.0, ge=0, description="FixMatch: weight of the unlabeled loss")
+PER_STAGE_KEYS = ("data", "pretrained", "eval_data", "seed", "seeds")  # a recipe's flags cannot set these for all
+RETIRED_KEYS = {
+    "semi": "the semi-supervised options moved into the method section, e.g. method: {name: trinet, rounds: 4}",
+    "audit_pseudo_labels": "renamed: method option audit",
+}
 
 
 class TrainConfig(BaseModel):
@@ -56,68 +46,97 @@ class TrainConfig(BaseModel):
 
     data: str = Field(description="DATA spec: folder, CSV or built-in name, optional :split")
     eval_data: str | None = Field(
-        None, description="data for final metrics; default DATA's test split, else validation"
+        None, description="data for the final metrics; default DATA's test split, else validation"
     )
-    model: str = "efficientnet_lite0"
-    pretrained: str = "imagenet"
-    strategy: str = "freeze-unfreeze"
+    task: str = Field(DEFAULT_TASK, description="what the model predicts (registered tasks)")
+    method: SerializeAsAny[MethodOptions] = Field(
+        default_factory=lambda: get_method(DEFAULT_METHOD).options(),
+        description="how the network is trained: the method's name and its own options",
+    )
+    model: str = Field("efficientnet_lite0", description="timm architecture")
+    pretrained: str = Field("imagenet", description="none | imagenet | hub | path.safetensors")
     head: Literal["auto", "keep", "new"] = Field(
         "auto",
         description="with weights from a fewlabel run: keep its head when the class set is the same (auto), "
         "always (keep; refused if the classes changed) or never (new)",
     )
     epochs: int = Field(10, ge=0, description="epochs of the main phase (of the head for linear-probe)")
-    head_epochs: int = Field(30, ge=0, description="epochs of the head on cached features (freeze-unfreeze)")
-    img_size: int = Field(224, ge=8)
-    labels_per_class: int | None = Field(None, ge=1)
-    val_split: float | None = Field(None, ge=0.0, lt=1.0)
-    seed: int = 0
-    seeds: list[int] | None = None
-    batch_size: int = Field(32, ge=1)
+    head_epochs: int = Field(30, ge=0, description="epochs of the head on cached features before the whole network")
+    img_size: int = Field(224, ge=8, description="image side in pixels")
+    labels_per_class: int | None = Field(None, ge=1, description="stratified labelled subset of K per class")
+    val_split: float | None = Field(None, ge=0.0, lt=1.0, description="hold out this fraction for validation")
+    seed: int = Field(0, description="seed of the labelled draw, the splits and the training")
+    seeds: list[int] | None = Field(None, description="repeat over seeds, e.g. 0,1,2")
+    batch_size: int = Field(32, ge=1, description="images per step (per process)")
     # 3e-4: on Fashion-MNIST with 10 labels per class (EfficientNet-Lite0, 64 px, seed 0, scored
     # on 1,000 training-set images outside the labelled draw) freeze-unfreeze reached 68.1% at
     # 1e-4, 70.9% at 3e-4 and 47.7% at 1e-3, where whole-network AdamW steps wreck the features.
     lr: float = Field(3e-4, gt=0, description="peak learning rate of the top layers (AdamW)")
     head_lr: float = Field(1e-2, gt=0, description="learning rate of the head on cached features")
-    weight_decay: float = Field(1e-2, ge=0)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
-    warmup_epochs: float = Field(1.0, ge=0)
+    weight_decay: float = Field(1e-2, ge=0, description="weight decay (not on biases and norms)")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="optimiser")
+    schedule: Literal["cosine", "onecycle", "constant"] = Field("cosine", description="learning-rate schedule per fit")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up at the start of each fit")
     layer_decay: float = Field(0.7, gt=0, le=1, description="learning-rate factor per layer group, top to bottom")
-    dropout: float = Field(0.2, ge=0, lt=1)
-    augment: Literal["none", "light", "standard", "randaugment"] = "light"
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    imbalance: Literal["none", "class-weights", "balanced-sampler"] = "none"
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout before the classifier")
+    augment: Literal["none", "light", "standard", "randaugment"] = Field("light", description="training augmentation")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the training targets")
+    imbalance: Literal["none", "class-weights", "balanced-sampler"] = Field(
+        "none", description="class imbalance: weight the loss or sample classes evenly"
+    )
     freeze_bn: Literal["auto", "yes", "no"] = Field(
         "auto", description="keep BatchNorm statistics fixed; auto = yes for pretrained weights"
     )
-    early_stopping: int | None = Field(None, ge=1, description="patience in epochs on validation loss")
-    accelerator: str = "auto"
+    early_stopping: int | None = Field(None, ge=1, description="patience in epochs on validation loss (per fit)")
+    accelerator: str = Field("auto", description="auto | cpu | gpu")
     devices: str = Field("1", description="devices (processes) per machine")
     num_nodes: int = Field(1, ge=1, description="machines; launch with torchrun or srun")
     distributed: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, ...")
     precision: str = Field("auto", description="auto = 16-mixed on CUDA, else 32-true")
-    workers: int = Field(0, ge=0)
-    logger: Literal["csv", "tensorboard", "mlflow"] = "csv"
+    workers: int = Field(0, ge=0, description="data-loading worker processes")
+    logger: Literal["csv", "tensorboard", "mlflow"] = Field("csv", description="where per-step logs go")
     mlflow_uri: str | None = Field(None, description="MLflow store; default sqlite:///<runs folder>/mlflow.db")
-    strict: bool = False
-    method: Literal["supervised", "pseudo-label", "fixmatch", "trinet"] | None = Field(
-        None, description="semi-supervised method (fewlabel semi); none: plain fine-tuning by strategy"
-    )
-    unlabeled: str | None = Field(None, description="unlabeled pool; default the unlabeled rest of DATA's train split")
-    allow_overlap: bool = Field(False, description="accept a pool holding evaluation images")
-    audit_pseudo_labels: bool = Field(False, description="score pseudo-labels against hidden pool labels")
-    semi: SemiOptions = Field(default_factory=SemiOptions)
-    feature_cache: Literal["memory", "disk", "off"] = "disk"
-    progress: bool = True
+    strict: bool = Field(False, description="refuse unreadable images instead of skipping them")
+    feature_cache: Literal["memory", "disk", "off"] = Field("disk", description="where cached features live")
+    progress: bool = Field(True, description="progress bars")
 
-    @field_validator("strategy")
+    @model_validator(mode="before")
     @classmethod
-    def _known_strategy(cls, value: str) -> str:
-        from .train.strategies import parse_strategy  # the registry imports this module
+    def _gather_method_options(cls, values: Any) -> Any:
+        """Move a method option written at the top level into the method section."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        section = method_section(values.get("method"))
+        name = section.get("name")
+        if isinstance(name, str) and name in list_methods():
+            accepted = get_method(name).options.model_fields
+            for key in [k for k in values if k not in cls.model_fields and k in accepted and k != "name"]:
+                section[key] = values.pop(key)
+        values["method"] = section
+        return values
 
-        parse_strategy(value)
-        return value
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_options(cls, value: Any) -> MethodOptions:
+        if isinstance(value, MethodOptions):
+            return value
+        section = method_section(value)
+        name = section.get("name")
+        if name not in list_methods():
+            accepted = list_methods()
+            raise ValueError(
+                f"unknown method {name!r}; registered: {', '.join(accepted)}.{did_you_mean(str(name), accepted)}"
+            )
+        return get_method(name).options.model_validate(section)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        try:
+            return check_task(value)
+        except FewlabelError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("mlflow_uri")
     @classmethod
@@ -126,41 +145,115 @@ class TrainConfig(BaseModel):
             return value
         raise ValueError("not accepted: use sqlite:///path/to/mlflow.db, a file: URI or a server URL")
 
+    @model_validator(mode="after")
+    def _method_fits(self) -> TrainConfig:
+        method = get_method(self.method.name)
+        if not method.supports(self.task):
+            raise ValueError(
+                f"method '{method.name}' does not train task '{self.task}' (it supports: {', '.join(method.tasks)})"
+            )
+        for key, why in method.ignores.items():
+            if getattr(self, key) != type(self).model_fields[key].default:
+                raise ValueError(f"{key}: method '{method.name}' does not use it ({why}); remove it")
+        return self
+
     @property
     def seed_list(self) -> list[int]:
         return list(self.seeds) if self.seeds else [self.seed]
 
     def to_yaml_dict(self) -> dict:
-        return self.model_dump(mode="json")
+        """The resolved config as written to config.yaml (options the method ignores left out)."""
+        return self.model_dump(mode="json", exclude=set(get_method(self.method.name).ignores))
 
 
-def config_keys(loc: tuple) -> list[str]:
-    """The keys accepted at ``loc`` of a TrainConfig: its own, or the ``semi`` section's."""
-    return list(SemiOptions.model_fields if "semi" in loc else TrainConfig.model_fields)
+def method_section(value: Any) -> dict:
+    """The method section as a dict with a name: from a name, a dict, an options object or None."""
+    if value is None:
+        return {"name": DEFAULT_METHOD}
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, MethodOptions):
+        return value.model_dump()
+    if isinstance(value, dict):
+        return {"name": DEFAULT_METHOD} | value
+    return {"name": value}
+
+
+def _raw_section(value: Any) -> dict:
+    """A method section as written: a name becomes ``{"name": ...}``; nothing is added."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, MethodOptions):
+        return value.model_dump()
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def common_keys() -> list[str]:
+    return list(TrainConfig.model_fields)
+
+
+def accepted_keys(values: dict | None = None) -> list[str]:
+    """Keys a config (or recipe defaults) may hold: the common ones, and every method's options."""
+    return [*common_keys(), *option_owners()]
+
+
+def _method_of(values: Any) -> str:
+    section = method_section(values.get("method") if isinstance(values, dict) else None)
+    return str(section.get("name"))
 
 
 def format_validation_error(
-    exc: ValidationError, origin: str, accepted: Callable[[tuple], Iterable[str]] | None = None
+    exc: ValidationError,
+    origin: str,
+    accepted: Callable[[tuple], Iterable[str]] | None = None,
+    values: dict | None = None,
 ) -> str:
-    """One line per problem: ``origin: key.path: message (got value)``; an unknown key's line
-    lists ``accepted(loc)`` (by default TrainConfig's keys)."""
+    """One line per problem: ``origin: key.path: message (got value)``. An unknown key's line
+    says what is accepted there (``accepted(loc)``, by default the config's own rules)."""
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = err["loc"]
+        key = ".".join(str(p) for p in loc)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            keys = (accepted or config_keys)(err["loc"])
-            message = f"unknown key; accepted keys: {', '.join(keys)}"
-        got = f" (got {err['input']!r})" if err["type"] != "missing" and "input" in err else ""
-        lines.append(f"{origin}: {key}: {message}{got}")
+            message = (
+                f"unknown key; accepted keys: {', '.join(accepted(loc))}"
+                if accepted
+                else _unknown_key_message(loc, values or {})
+            )
+        shows_input = err["type"] not in ("missing", "extra_forbidden") and "input" in err and loc != ("method",)
+        got = f" (got {err['input']!r})" if shows_input else ""
+        lines.append(f"{origin}: {key}: {message}{got}" if key else f"{origin}: {message}")
     return "\n".join(lines)
+
+
+def _unknown_key_message(loc: tuple, values: dict) -> str:
+    """Why a key is not accepted where it stands, and where it would be."""
+    name = _method_of(values)
+    key = str(loc[-1])
+    owners = option_owners()
+    in_section = loc[0] == "method"
+    if in_section and key in TrainConfig.model_fields:
+        return f"'{key}' is an option every method shares: set it at the top level, not in the method section"
+    if key in RETIRED_KEYS:
+        return RETIRED_KEYS[key]
+    if key in owners:
+        return (
+            f"method '{name}' does not use it; it is an option of {', '.join(owners[key])} "
+            f"(choose one with method: NAME)"
+        )
+    if in_section and name in list_methods():
+        own = [k for k in get_method(name).options.model_fields if k != "name"]
+        return f"unknown option of method '{name}'; its options: {', '.join(own) or 'none'}.{did_you_mean(key, own)}"
+    hint = did_you_mean(key, accepted_keys())
+    return f"unknown key; accepted keys: {', '.join(common_keys())}, and the method's options.{hint}"
 
 
 def make_config(values: dict, origin: str = "config") -> TrainConfig:
     try:
         return TrainConfig(**values)
     except ValidationError as exc:
-        raise FewlabelError(format_validation_error(exc, origin)) from None
+        raise FewlabelError(format_validation_error(exc, origin, values=values)) from None
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -184,13 +277,32 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
 
 
 def merge_options(base: dict, overrides: dict) -> dict:
-    """``overrides`` (None values skipped) over ``base``; a section such as ``semi`` is merged
-    key by key, so ``--rounds 8`` keeps the config file's other ``semi`` settings."""
+    """``overrides`` (None values skipped) over ``base``; a section such as ``method`` is merged
+    key by key, so ``--rounds 8`` keeps the config file's other method settings. A method
+    named by another name replaces the section."""
     merged = dict(base)
     for key, value in overrides.items():
         if value is None:
             continue
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        if key == "method" and "method" in merged:
+            value, before = _raw_section(value), _raw_section(merged["method"])
+            if "name" in value and value["name"] != before.get("name"):
+                before = {}
+            value = before | value
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
             value = merged[key] | value
         merged[key] = value
     return merged
+
+
+def for_method(values: dict, method_name: str) -> dict:
+    """``values`` (shared defaults, e.g. a recipe's) without the method options and ignored
+    common options that ``method_name`` does not take."""
+    method = get_method(method_name)
+    owners = option_owners()
+    own = method.options.model_fields
+    return {
+        k: v
+        for k, v in values.items()
+        if k not in method.ignores and (k not in owners or k in own or k in TrainConfig.model_fields)
+    }

@@ -14,13 +14,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import yaml
-
-from .fileio import read_json
-from .train.callbacks import read_history
+from .rundir import CONFIG, HISTORY, METRICS, PREDICTIONS, REPORT, read_config, read_history, read_metrics
 
 EXPERIMENT = "fewlabel"
-ARTIFACTS = ("report.html", "metrics.json", "config.yaml", "history.csv", "predictions.csv")
+ARTIFACTS = (REPORT, METRICS, CONFIG, HISTORY, PREDICTIONS)
 
 
 def default_tracking_uri(run_dir: Path) -> str:
@@ -39,11 +36,11 @@ def log_run_to_mlflow(run_dir: str | Path, tracking_uri: str | None = None, expe
     experiment_id = found.experiment_id if found else client.create_experiment(experiment, _artifact_location(uri))
     run = client.create_run(experiment_id, run_name=run_dir.name, tags={"fewlabel.run_dir": str(run_dir.resolve())})
     run_id = run.info.run_id
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    params = [Param(k, str(v)[:500]) for k, v in config.items()]
-    metrics = [Metric(k, float(v), 0, 0) for k, v in _scalars(read_json(run_dir / "metrics.json")).items()]
+    config = read_config(run_dir)
+    params = [Param(k, str(v)[:500]) for k, v in _flatten(config).items()]
+    metrics = [Metric(k, float(v), 0, 0) for k, v in _scalars(read_metrics(run_dir)).items()]
     epoch_keys = ("train_loss", "train_acc", "val_loss", "val_acc")
-    for step, row in enumerate(read_history(run_dir / "history.csv")):
+    for step, row in enumerate(read_history(run_dir)):
         metrics += [Metric(f"epoch/{k}", float(row[k]), 0, step) for k in epoch_keys if row.get(k)]
     client.log_batch(run_id, metrics=metrics, params=params)
     for name in ARTIFACTS:
@@ -51,6 +48,17 @@ def log_run_to_mlflow(run_dir: str | Path, tracking_uri: str | None = None, expe
             client.log_artifact(run_id, str(run_dir / name))
     client.set_terminated(run_id)
     return run_id
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    """Nested sections as dotted keys (``method.name``, ``method.rounds``)."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _scalars(metrics: dict) -> dict[str, float]:

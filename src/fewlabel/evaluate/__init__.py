@@ -1,5 +1,3 @@
-"""Metrics of a classifier's predicted probabilities, and their spread over seeds."""
-
-from .metrics import METRIC_KEYS, aggregate_seeds, classification_metrics
-
-__all__ = ["METRIC_KEYS", "aggregate_seeds", "classification_metrics"]
+"""Metrics of a classifier's predicted probabilities (``metrics``), their spread over seeds, and
+predictions.csv (``predictions``). Light on purpose: ``fewlabel.evaluate`` is also the name of
+a function of the package root."""

@@ -82,18 +82,30 @@ def mean_sd_ci(values: list[float], confidence: float = 0.95) -> dict:
     return {"mean": mean, "sd": sd, "ci95": [mean - half, mean + half], "n": len(arr)}
 
 
-def aggregate_seeds(per_seed: dict[int, dict]) -> dict:
-    """Combine the metrics of several seeds: each scalar becomes its mean, and
-    ``<key>_sd``/``<key>_ci95`` plus ``per_seed`` hold the spread."""
+def aggregate_numbers(per_seed: dict[int, dict], per_seed_keys: tuple[str, ...] | None = None) -> dict:
+    """Combine the metrics of several seeds: each number becomes its mean, and ``<key>_sd`` and
+    ``<key>_ci95`` hold its spread; ``per_seed`` keeps ``per_seed_keys`` (default: every number)
+    of each seed."""
     seeds = sorted(per_seed)
     first = per_seed[seeds[0]]
+    numbers = [k for k, v in first.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     out: dict = {"seeds": seeds}
-    for key, value in first.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            summary = mean_sd_ci([per_seed[s][key] for s in seeds])
-            out[key] = summary["mean"]
-            out[f"{key}_sd"] = summary["sd"]
-            out[f"{key}_ci95"] = summary["ci95"]
+    for key in numbers:
+        summary = mean_sd_ci([per_seed[s][key] for s in seeds])
+        out[key] = summary["mean"]
+        out[f"{key}_sd"] = summary["sd"]
+        out[f"{key}_ci95"] = summary["ci95"]
+    kept = per_seed_keys or tuple(numbers)
+    out["per_seed"] = {str(s): {k: per_seed[s][k] for k in kept if k in per_seed[s]} for s in seeds}
+    return out
+
+
+def aggregate_seeds(per_seed: dict[int, dict]) -> dict:
+    """Classification metrics of several seeds: :func:`aggregate_numbers`, the summed confusion
+    matrix and the mean per-class figures."""
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]
+    out = aggregate_numbers(per_seed, METRIC_KEYS)
     out["class_names"] = first["class_names"]
     out["confusion_matrix"] = np.sum([per_seed[s]["confusion_matrix"] for s in seeds], axis=0).tolist()
     out["per_class"] = {
@@ -103,5 +115,4 @@ def aggregate_seeds(per_seed: dict[int, dict]) -> dict:
         | {"support": first["per_class"][name]["support"]}
         for name in first["class_names"]
     }
-    out["per_seed"] = {str(s): {k: per_seed[s][k] for k in METRIC_KEYS} for s in seeds}
     return out

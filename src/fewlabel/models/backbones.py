@@ -213,3 +213,48 @@ def load_compatible(model: nn.Module, state: dict[str, torch.Tensor], origin: st
         )
     keep = {k: v for k, v in state.items() if k in own and k not in mismatched}
     model.load_state_dict(keep, strict=False)
+
+
+def check_image_size(model: nn.Module, img_size: int, arch: str) -> None:
+    """Refuse an input size the backbone cannot take: below its total stride (the last feature
+    map would vanish), or one a fixed-size model (e.g. a ViT) rejects in a trial forward pass."""
+    reduction = max((f.get("reduction", 1) for f in getattr(model, "feature_info", [])), default=1)
+    expected = model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+    if img_size < reduction:
+        raise FewlabelError(
+            f"--img-size {img_size} is too small for '{arch}', which downsamples by {reduction}; "
+            f"use at least {reduction} (its default is {expected})."
+        )
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, img_size, img_size))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise FewlabelError(
+            f"--img-size {img_size} does not work with '{arch}' ({str(exc).splitlines()[0][:120]}); "
+            f"it expects {expected}."
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def create_encoder(
+    arch: str, pretrained: str = "imagenet", out_indices: tuple[int, ...] | None = None
+) -> tuple[nn.Module, BackboneInfo]:
+    """A timm backbone as a feature extractor for dense tasks (timm's ``features_only``: a list of
+    feature maps, shallow to deep; ``feature_info`` gives their channels and strides), with the
+    weights :func:`create_backbone` would load (offline ImageNet, the hub, a .safetensors file).
+    Every tensor of the encoder must come from those weights (unless ``pretrained`` is none)."""
+    source, info = create_backbone(arch, pretrained, num_classes=0, head="new")
+    kwargs = {"out_indices": out_indices} if out_indices is not None else {}
+    encoder = timm.create_model(arch, pretrained=False, features_only=True, **kwargs)
+    if pretrained != "none":
+        state = source.state_dict()
+        missing = [k for k in encoder.state_dict() if k not in state]
+        if missing:
+            raise FewlabelError(
+                f"'{arch}' cannot be used as an encoder with these weights: {len(missing)} tensor(s) of its "
+                f"feature extractor are not in them (first: {missing[0]})."
+            )
+        encoder.load_state_dict({k: state[k] for k in encoder.state_dict()})
+    return encoder, info

@@ -1,28 +1,33 @@
 """Model files: ``model.safetensors`` (weights, no code) and ``model.json`` (everything to rebuild).
 
-Loading never unpickles: weights come through safetensors, metadata through JSON.
+Loading never unpickles: weights come through safetensors, metadata through JSON. Which network
+the card describes is decided above this package (the task and method registries build it);
+:func:`load_model_files` takes that builder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import timm
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import FewlabelError
 from ..fileio import atomic_write, read_json, write_json
+from ..rundir import CARD, WEIGHTS
 
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "model.json"
+REQUIRED = ("arch", "class_names", "img_size", "mean", "std")
+# keys of model.json written before the card had a task and method extras
+_LEGACY_EXTRAS = ("module_stages", "head_hidden", "head_dropout")
 
 
 @dataclass
 class ModelCard:
-    """The contents of model.json."""
+    """The contents of model.json. ``extras`` holds what the method and the task need to
+    rebuild their network (tri-net: its module options), as written by them."""
 
     arch: str
     class_names: list[str]
@@ -32,57 +37,51 @@ class ModelCard:
     channels: int = 3
     drop_rate: float = 0.0
     pretrained: str = "none"
-    method: str = "supervised"  # "trinet": a TriNet (shared trunk, three modules)
-    module_stages: int = 0
-    head_hidden: int = 0
-    head_dropout: float = 0.0
+    task: str = "classification"
+    method: str = "finetune"
+    extras: dict = field(default_factory=dict)
     fewlabel_version: str = field(default_factory=lambda: __version__)
 
     @classmethod
     def from_file(cls, path: Path) -> ModelCard:
         data = read_json(path)
-        known = set(cls.__dataclass_fields__)
-        missing = [k for k in ("arch", "class_names", "img_size", "mean", "std") if k not in data]
+        missing = [k for k in REQUIRED if k not in data]
         if missing:
             raise FewlabelError(f"{path}: missing key(s) {', '.join(missing)}.")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        extras = dict(data.get("extras", {})) | {k: data[k] for k in _LEGACY_EXTRAS if data.get(k)}
+        known = set(cls.__dataclass_fields__) - {"extras"}
+        return cls(**{k: v for k, v in data.items() if k in known}, extras=extras)
 
 
 def save_model_files(folder: Path, model: nn.Module, card: ModelCard) -> None:
     """Write model.safetensors then model.json, each atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
-    write_json(folder / CARD_FILE, asdict(card))
+    atomic_write(Path(folder) / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    write_json(Path(folder) / CARD, asdict(card))
 
 
-def build_model(card: ModelCard) -> nn.Module:
-    """The untrained network a model card describes."""
-    if card.method == "trinet":
-        from ..semi.trinet import TriNet
-
-        backbone = timm.create_model(card.arch, pretrained=False, num_classes=0)
-        return TriNet(
-            backbone, len(card.class_names), card.head_hidden, card.head_dropout, card.module_stages, card.arch
-        )
-    return timm.create_model(card.arch, pretrained=False, num_classes=len(card.class_names), drop_rate=card.drop_rate)
-
-
-def load_model_files(folder: str | Path) -> tuple[nn.Module, ModelCard]:
-    """Rebuild the model described by ``folder/model.json`` and load its safetensors weights."""
+def read_card(folder: str | Path) -> ModelCard:
     folder = Path(folder)
-    weights, card_path = folder / WEIGHTS_FILE, folder / CARD_FILE
-    for required in (card_path, weights):
+    for required in (folder / CARD, folder / WEIGHTS):
         if not required.is_file():
             raise FewlabelError(f"'{folder}' is not a model folder: {required.name} is missing.")
-    card = ModelCard.from_file(card_path)
-    model = build_model(card)
+    return ModelCard.from_file(folder / CARD)
+
+
+def load_model_files(folder: str | Path, build: Callable[[ModelCard], nn.Module]) -> tuple[nn.Module, ModelCard]:
+    """Rebuild the network ``folder/model.json`` describes with ``build`` and load its
+    safetensors weights; any tensor that does not match is an error naming it."""
+    folder = Path(folder)
+    card = read_card(folder)
+    model = build(card)
+    weights = folder / WEIGHTS
     state = load_file(str(weights))
     own = model.state_dict()
     bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
     if bad or len(state) != len(own):
         raise FewlabelError(
-            f"{weights} does not match {card_path} (arch '{card.arch}', {len(card.class_names)} "
-            f"classes): first differing tensor '{(bad or sorted(set(state) - set(own)))[0]}'."
+            f"{weights} does not match {folder / CARD} (arch '{card.arch}', method '{card.method}', "
+            f"{len(card.class_names)} classes): first differing tensor '{(bad or sorted(set(state) - set(own)))[0]}'."
         )
     model.load_state_dict(state)
     return model.eval(), card

@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 from ..data.images import ImageDecodeError, decode_image, is_image_file
-from ..fileio import read_json, write_text
-from ..stepwise.recipe import built_folder
+from ..fileio import write_text
+from ..rundir import REPORT, built_data_dir, read_recipe_file, read_summary, seed_dir
 from ..stepwise.synthetic import LABELS_FILE
 from .figures import image_strip_png
 from .html import _environment
@@ -21,14 +21,14 @@ EXAMPLES_PER_CLASS = 8
 def write_recipe_report(out: str | Path) -> Path:
     """Write ``out/report.html`` from ``out/summary.json`` and ``out/recipe.yaml``."""
     out = Path(out)
-    summary = read_json(out / "summary.json")
-    recipe = yaml.safe_load((out / "recipe.yaml").read_text(encoding="utf-8"))
-    first_seed = out / f"seed-{summary['seeds'][0]}"
+    summary = read_summary(out)
+    recipe = read_recipe_file(out)
+    first_seed = seed_dir(out, summary["seeds"][0])
     for stage in summary["stages"]:
-        report = first_seed / stage["name"] / "report.html"
+        report = first_seed / stage["name"] / REPORT
         stage["report"] = report.relative_to(out).as_posix() if report.is_file() else None
     built = [
-        {"name": s["name"], "build": s["build"], "examples": stage_examples(built_folder(first_seed, s["name"]))}
+        {"name": s["name"], "build": s["build"], "examples": stage_examples(built_data_dir(first_seed, s["name"]))}
         for s in recipe["stages"]
         if s.get("build")
     ]
@@ -42,7 +42,7 @@ def write_recipe_report(out: str | Path) -> Path:
             recipe=yaml.safe_dump(recipe, sort_keys=False),
         )
     )
-    return write_text(out / "report.html", html)
+    return write_text(out / REPORT, html)
 
 
 def stage_examples(folder: Path, per_class: int = EXAMPLES_PER_CLASS) -> list[dict]:

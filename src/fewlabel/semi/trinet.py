@@ -1,4 +1,4 @@
-"""Tri-net (Chen, Wang, Gao and Zhou, IJCAI 2018), step by step, as pure functions and a module.
+"""Tri-net (Chen, Wang, Gao and Zhou, IJCAI 2018): the network, and how its steps are chosen.
 
 A shared module feeds three modules. They start diverse by training on three *output-smeared*
 copies of the labelled set; then, round after round, an unlabeled example on which two modules
@@ -12,7 +12,8 @@ and each module its own copy of the backbone's last ``module_stages`` stages (de
 a small MLP head; ``module_stages=0`` gives MLP heads on one shared backbone, which in a first
 Fashion-MNIST run proposed nearly the same pseudo-labels in all three modules (no diversity).
 Choices the paper leaves open or that differ for fine-tuning, each a parameter of
-``SemiOptions`` (fewlabel.config):
+``TriNetOptions`` (:mod:`fewlabel.semi.options`); the steps themselves are the pure functions
+of :mod:`fewlabel.semi.functional`:
 
 * smearing: ``onehot + relu(z)``, ``z ~ N(0, smear_std²)`` per class, renormalised to sum 1;
   ``smear_std`` 0.05 leaves about 0.85 of the mass on the true class with 10 classes. The
@@ -40,64 +41,10 @@ import torch
 from torch import nn
 
 from ..errors import FewlabelError
+from .functional import MODULES, ensemble_log_probs
 
-MODULES = 3
 # children of a timm model that only forward_head uses: the trunk keeps them (they are idle there)
 _HEAD_CHILDREN = ("global_pool", "classifier", "fc", "head", "flatten", "head_drop", "fc_norm")
-
-
-def smear_labels(labels: torch.Tensor, num_classes: int, std: float, generator: torch.Generator) -> torch.Tensor:
-    """Output smearing: N x C soft targets, one-hot plus ReLU'd Gaussian noise, rows summing to 1."""
-    onehot = nn.functional.one_hot(labels, num_classes).float()
-    noise = torch.randn(onehot.shape, generator=generator).mul(std).clamp_min(0)
-    smeared = onehot + noise
-    return smeared / smeared.sum(1, keepdim=True)
-
-
-def threshold_at(round_index: int, start: float, step: float, minimum: float) -> float:
-    """Confidence threshold of round ``round_index`` (0-based): linear fall, floored."""
-    return max(minimum, start - step * round_index)
-
-
-def sample_size_at(round_index: int, first: int, growth: float, pool_size: int) -> int:
-    """How many pool images round ``round_index`` examines: geometric growth, capped by the pool."""
-    return min(pool_size, round(first * growth**round_index))
-
-
-def diversity_due(round_index: int, every: int) -> bool:
-    """Whether round ``round_index`` (0-based) starts with diversity fine-tuning: every
-    ``every``-th round after the first (0: never)."""
-    return bool(every) and round_index > 0 and round_index % every == 0
-
-
-def agreeing_pseudo_labels(probs: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """For 3 x N x C module probabilities: for each module v, the labels on which the two other
-    modules agree with both confidences above ``threshold``.
-
-    Returns (labels, mask), each 3 x N: ``mask[v, i]`` says image i is a pseudo-label for v.
-    """
-    confidence, predicted = probs.max(-1)
-    labels = torch.zeros_like(predicted)
-    mask = torch.zeros_like(predicted, dtype=torch.bool)
-    for v in range(MODULES):
-        j, k = (m for m in range(MODULES) if m != v)
-        agree = (predicted[j] == predicted[k]) & (confidence[j] > threshold) & (confidence[k] > threshold)
-        labels[v] = predicted[j]
-        mask[v] = agree
-    return labels, mask
-
-
-def stable_pseudo_labels(passes: torch.Tensor, labels: torch.Tensor, min_agreement: float) -> torch.Tensor:
-    """Pseudo-label editing. ``passes`` is P x 3 x N of predicted classes under dropout (P passes),
-    ``labels`` 3 x N pseudo-labels for each module; returns a 3 x N mask of labels that both
-    labelling modules (the two other than v) predict in at least ``min_agreement`` of passes."""
-    stable = torch.zeros_like(labels, dtype=torch.bool)
-    for v in range(MODULES):
-        j, k = (m for m in range(MODULES) if m != v)
-        share_j = (passes[:, j] == labels[v]).float().mean(0)
-        share_k = (passes[:, k] == labels[v]).float().mean(0)
-        stable[v] = (share_j >= min_agreement) & (share_k >= min_agreement)
-    return stable
 
 
 def _stage_slots(backbone: nn.Module) -> list[tuple[nn.Module, str]]:
@@ -130,7 +77,7 @@ def split_backbone(backbone: nn.Module, module_stages: int, model_name: str = ""
     slots = _stage_slots(backbone)
     if not 1 <= module_stages <= len(slots):
         raise FewlabelError(
-            f"semi.module_stages {module_stages}: {model_name or 'this backbone'} has {len(slots)} stages that "
+            f"method.module_stages {module_stages}: {model_name or 'this backbone'} has {len(slots)} stages that "
             f"tri-net modules can own (accepted: 0 to {len(slots)}; 0 = MLP modules on shared features)."
         )
     backbone.eval()
@@ -157,8 +104,8 @@ def split_backbone(backbone: nn.Module, module_stages: int, model_name: str = ""
         same = False
     if not same:
         raise FewlabelError(
-            f"semi.module_stages {module_stages}: {model_name or 'this backbone'} cannot be cut into a shared "
-            "trunk and per-module stages; set semi.module_stages 0 (MLP modules on shared features)."
+            f"method.module_stages {module_stages}: {model_name or 'this backbone'} cannot be cut into a shared "
+            "trunk and per-module stages; set method.module_stages 0 (MLP modules on shared features)."
         )
     return backbone, tail
 
@@ -259,4 +206,21 @@ class TriNet(nn.Module):
         return self.shared.forward_features(x)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.modules_on_features(self._module_input(features)).softmax(-1).mean(0).clamp_min(1e-12).log()
+        return ensemble_log_probs(self.modules_on_features(self._module_input(features)))
+
+
+def build_from_card(card) -> TriNet:
+    """The untrained TriNet a model card describes (method ``trinet``; its extras hold
+    module_stages, head_hidden and head_dropout)."""
+    import timm
+
+    extras = card.extras
+    backbone = timm.create_model(card.arch, pretrained=False, num_classes=0)
+    return TriNet(
+        backbone,
+        len(card.class_names),
+        extras.get("head_hidden", 256),
+        extras.get("head_dropout", 0.3),
+        extras.get("module_stages", 0),
+        card.arch,
+    )

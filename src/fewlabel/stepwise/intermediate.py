@@ -25,6 +25,8 @@ from sklearn.cluster import KMeans
 
 from ..data.imageset import ImageSet
 from ..errors import FewlabelError
+from ..rundir import CLUSTERS_MARKER
+from .build import DESCRIPTORS
 
 COLOUR_BINS = 16
 LBP_POINTS, LBP_RADIUS = 8, 1
@@ -79,8 +81,7 @@ def cluster_pseudo_classes(features: np.ndarray, k: int, seed: int = 0, keep_fra
     return PseudoClasses(labels, kept, distances)
 
 
-DESCRIPTORS = ("handcrafted", "embedding", "both")
-MARKER = "clusters.json"  # written last: its presence marks a finished build
+MARKER = CLUSTERS_MARKER  # written last: its presence marks a finished build
 
 
 def describe(images: ImageSet, descriptor: str, embed=None) -> np.ndarray:

@@ -33,22 +33,45 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import TrainConfig, config_keys, format_validation_error, make_config, merge_options, read_config_file
+from ..config import (
+    PER_STAGE_KEYS,
+    TrainConfig,
+    accepted_keys,
+    common_keys,
+    for_method,
+    format_validation_error,
+    make_config,
+    merge_options,
+    method_section,
+    read_config_file,
+)
 from ..data.images import is_image_file
 from ..data.sources import parse_data_spec
 from ..errors import FewlabelError
 from ..evaluate.metrics import mean_sd_ci
-from ..fileio import read_json, write_json, write_yaml
-from ..models.files import WEIGHTS_FILE
-from . import intermediate, synthetic
-from .intermediate import DESCRIPTORS
+from ..fileio import read_json, write_json
+from ..methods import list_methods
+from ..rundir import (
+    BUILT_LABELS,
+    CLUSTERS_MARKER,
+    SYNTHETIC_MARKER,
+    WEIGHTS,
+    built_data_dir,
+    has_checkpoint,
+    is_recipe_folder,
+    read_stage,
+    seed_dir,
+    write_recipe,
+    write_stage,
+    write_summary,
+)
+from .build import DESCRIPTORS
 
 log = logging.getLogger("fewlabel.recipe")
 STAGE_KEYS = ("name", "data", "build")
 RECIPE_LEVEL_KEYS = ("seed", "seeds")  # one set of seeds runs the whole chain
 COMPARED = ("accuracy", "balanced_accuracy", "macro_f1")
 DIRECT = "direct"
-RECIPE_FILE = "recipe.yaml"
 
 
 class BuildSpec(BaseModel):
@@ -118,7 +141,7 @@ class Recipe(BaseModel):
         return stages
 
 
-def read_recipe(path: str | Path) -> Recipe:
+def read_recipe(path: str | Path, overrides: dict | None = None) -> Recipe:
     """Read and validate a recipe YAML; every stage's training options are checked here too,
     so a typo in the last stage fails before the first one trains."""
     values = read_config_file(path)
@@ -126,7 +149,7 @@ def read_recipe(path: str | Path) -> Recipe:
         recipe = Recipe(**values)
     except ValidationError as exc:
         raise FewlabelError(format_validation_error(exc, str(path), _accepted_keys)) from None
-    check_recipe(recipe, str(path))
+    check_recipe(recipe, str(path), overrides)
     return recipe
 
 
@@ -136,11 +159,11 @@ def _accepted_keys(loc: tuple) -> list[str]:
         return list(Recipe.model_fields)
     if "build" in loc:
         return list(BuildSpec.model_fields)
-    return [*STAGE_KEYS, *config_keys(loc)]
+    return [*STAGE_KEYS, *accepted_keys()]
 
 
-def check_recipe(recipe: Recipe, origin: str = "recipe") -> None:
-    trainable = set(TrainConfig.model_fields) - {"data", *RECIPE_LEVEL_KEYS}
+def check_recipe(recipe: Recipe, origin: str = "recipe", overrides: dict | None = None) -> None:
+    trainable = [k for k in accepted_keys() if k not in ("data", *RECIPE_LEVEL_KEYS)]
     for key in recipe.defaults:
         if key not in trainable:
             raise FewlabelError(f"{origin}: defaults.{key}: not a training option; accepted: {', '.join(trainable)}")
@@ -154,7 +177,7 @@ def check_recipe(recipe: Recipe, origin: str = "recipe") -> None:
                     f"{where}: pretrained: a later stage starts from the previous stage's weights; "
                     "only the first stage (or defaults) names the source weights."
                 )
-        stage_config(recipe, index, Path("."), recipe.seeds[0], origin)
+        stage_config(recipe, index, Path("."), recipe.seeds[0], origin, overrides)
         for data in (stage.data, stage.build and stage.build.pool):
             if data:
                 _check_data_exists(data, where)
@@ -172,22 +195,44 @@ def _check_data_exists(data: str, where: str) -> None:
         raise FewlabelError(f"{where}: data folder '{data}' holds no image files.")
 
 
-def stage_config(recipe: Recipe, index: int, seed_dir: Path, seed: int, origin: str = "recipe") -> TrainConfig:
-    """The training config of stage ``index`` for one seed: defaults, then the stage's own
-    options, its data (built data lives in ``seed_dir``) and the previous stage's weights."""
+def stage_config(
+    recipe: Recipe, index: int, seed_folder: Path, seed: int, origin: str = "recipe", overrides: dict | None = None
+) -> TrainConfig:
+    """The training config of stage ``index`` for one seed: defaults (those the stage's method
+    takes), then the stage's own options, then ``overrides`` (``fewlabel run``'s flags), its
+    data (built data lives in ``seed_folder``) and the previous stage's weights."""
     stage = recipe.stages[index]
-    data = stage.data or str(built_data(seed_dir, stage))
-    values = merge_options(merge_options(recipe.defaults, stage.options), {"seed": seed, "data": data})
+    data = stage.data or str(built_data(seed_folder, stage))
+    values = merge_options(recipe.defaults, stage.options)
+    values = merge_options(values, overrides or {})
+    method = method_section(values.get("method")).get("name")
+    if method in list_methods():
+        own = set(stage.options) | set(overrides or {})
+        values = {k: v for k, v in values.items() if k in own or k in for_method(recipe.defaults, method)}
+    values |= {"seed": seed, "data": data}
     if index > 0:
-        values["pretrained"] = str(seed_dir / recipe.stages[index - 1].name / WEIGHTS_FILE)
+        values["pretrained"] = str(seed_folder / recipe.stages[index - 1].name / WEIGHTS)
     return make_config(values, f"{origin}: stages.{index} ({stage.name})")
 
 
-def direct_config(recipe: Recipe, seed_dir: Path, seed: int) -> TrainConfig:
+def run_overrides(options: dict) -> dict:
+    """``fewlabel run``'s training flags, applied to every stage; refuses those that differ per stage."""
+    given = {k: v for k, v in options.items() if v is not None}
+    refused = [k for k in given if k in PER_STAGE_KEYS]
+    if refused:
+        shared = ", ".join(k for k in common_keys() if k not in PER_STAGE_KEYS)
+        raise FewlabelError(
+            f"fewlabel run: --{refused[0].replace('_', '-')} differs per stage; set it in the recipe "
+            f"(stages or defaults). Flags apply to every stage: {shared}."
+        )
+    return given
+
+
+def direct_config(recipe: Recipe, seed_dir: Path, seed: int, overrides: dict | None = None) -> TrainConfig:
     """The comparison run: the target stage's config from the first stage's source weights, with
     ``epochs`` the sum of every stage's epochs (the same total budget of whole-network epochs;
     head epochs on cached features stay the target's, as they barely cost anything)."""
-    configs = [stage_config(recipe, i, seed_dir, seed) for i in range(len(recipe.stages))]
+    configs = [stage_config(recipe, i, seed_dir, seed, overrides=overrides) for i in range(len(recipe.stages))]
     values = configs[-1].model_dump() | {
         "pretrained": configs[0].pretrained,
         "epochs": sum(c.epochs for c in configs),
@@ -196,14 +241,10 @@ def direct_config(recipe: Recipe, seed_dir: Path, seed: int) -> TrainConfig:
     return make_config(values, DIRECT)
 
 
-def built_folder(seed_dir: Path, stage_name: str) -> Path:
-    return seed_dir / f"data-{stage_name}"
-
-
-def built_data(seed_dir: Path, stage: Stage) -> Path:
+def built_data(seed_folder: Path, stage: Stage) -> Path:
     """The DATA spec of a built stage: its ImageFolder (clusters) or its labels.csv (synthetic)."""
-    folder = built_folder(seed_dir, stage.name)
-    return folder / synthetic.LABELS_FILE if stage.build and stage.build.method == "synthetic" else folder
+    folder = built_data_dir(seed_folder, stage.name)
+    return folder / BUILT_LABELS if stage.build and stage.build.method == "synthetic" else folder
 
 
 def run_recipe(
@@ -213,13 +254,16 @@ def run_recipe(
     seeds: list[int] | None = None,
     compare: str | None = None,
     overwrite: bool = False,
+    options: dict | None = None,
 ) -> dict:
     """Run every stage for every seed (finished stages are skipped, an interrupted one resumes),
-    then write ``summary.json`` and ``report.html`` in ``out``."""
+    then write ``summary.json`` and ``report.html`` in ``out``. ``options`` (training options)
+    override every stage's."""
+    overrides = run_overrides(options or {})
     if isinstance(recipe, Recipe):
-        check_recipe(recipe)
+        check_recipe(recipe, overrides=overrides)
     else:
-        recipe = read_recipe(recipe)
+        recipe = read_recipe(recipe, overrides)
     if seeds:
         recipe = recipe.model_copy(update={"seeds": list(seeds)})
     if compare not in (None, DIRECT):
@@ -228,19 +272,20 @@ def run_recipe(
     _prepare_out(out, recipe, overwrite)
     results: dict[int, dict[str, dict]] = {}
     for seed in recipe.seeds:
-        seed_dir = out / f"seed-{seed}"
+        folder = seed_dir(out, seed)
         results[seed] = {}
         for index, stage in enumerate(recipe.stages):
             with _stage_errors(stage.name, seed):
                 if stage.build is not None:
-                    _build_stage_data(recipe, index, seed_dir, seed)
-                cfg = stage_config(recipe, index, seed_dir, seed)
-                results[seed][stage.name] = _run_stage(cfg, seed_dir / stage.name, stage.name)
+                    _build_stage_data(recipe, index, folder, seed)
+                cfg = stage_config(recipe, index, folder, seed, overrides=overrides)
+                results[seed][stage.name] = _run_stage(cfg, folder / stage.name, stage.name)
         if compare == DIRECT:
             with _stage_errors(DIRECT, seed):
-                results[seed][DIRECT] = _run_stage(direct_config(recipe, seed_dir, seed), seed_dir / DIRECT, DIRECT)
+                cfg = direct_config(recipe, folder, seed, overrides)
+                results[seed][DIRECT] = _run_stage(cfg, folder / DIRECT, DIRECT)
     summary = summarise(recipe, results, compare == DIRECT)
-    write_json(out / "summary.json", summary)
+    write_summary(out, summary)
     from ..report.recipe import write_recipe_report
 
     write_recipe_report(out)
@@ -259,23 +304,23 @@ def _stage_errors(name: str, seed: int):
 def _prepare_out(out: Path, recipe: Recipe, overwrite: bool) -> None:
     """Create ``out``; a folder from this recipe is continued, any other non-empty one refused."""
     if out.exists() and any(out.iterdir()):
-        if not (out / RECIPE_FILE).is_file():
-            raise FewlabelError(f"'{out}' exists and holds no {RECIPE_FILE}; choose an empty or new --out folder.")
+        if not is_recipe_folder(out):
+            raise FewlabelError(f"'{out}' exists and holds no recipe.yaml; choose an empty or new --out folder.")
         if overwrite:
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / RECIPE_FILE, recipe.model_dump(mode="json", exclude_none=True))
+    write_recipe(out, recipe.model_dump(mode="json", exclude_none=True))
 
 
 def _build_stage_data(recipe: Recipe, index: int, seed_dir: Path, seed: int) -> None:
     """Build (or reuse, when its marker shows the same parameters) a stage's intermediate data."""
-    from ..api import build_intermediate
+    from .build import build_intermediate
 
     stage = recipe.stages[index]
     spec = stage.build
-    folder = built_folder(seed_dir, stage.name)
-    marker = folder / (synthetic.MARKER if spec.method == "synthetic" else intermediate.MARKER)
-    cfg = make_config(merge_options(recipe.defaults, stage.options) | {"data": "unused"}, f"stage {stage.name}")
+    folder = built_data_dir(seed_dir, stage.name)
+    marker = folder / (SYNTHETIC_MARKER if spec.method == "synthetic" else CLUSTERS_MARKER)
+    cfg = stage_config(recipe, index, seed_dir, seed)
     wanted = spec.model_dump(mode="json") | {"model": cfg.model, "img_size": cfg.img_size}
     recorded = read_json(marker).get("recipe_build") if marker.is_file() else None
     if recorded == wanted:
@@ -284,7 +329,7 @@ def _build_stage_data(recipe: Recipe, index: int, seed_dir: Path, seed: int) -> 
         raise FewlabelError(
             f"stage '{stage.name}': its data in '{folder}' was built with other parameters; rerun with --overwrite."
         )
-    pretrained = cfg.pretrained if index == 0 else str(seed_dir / recipe.stages[index - 1].name / WEIGHTS_FILE)
+    pretrained = cfg.pretrained if index == 0 else str(seed_dir / recipe.stages[index - 1].name / WEIGHTS)
     pool = spec.pool or recipe.stages[-1].data
     log.info("stage %s: building %s data in %s", stage.name, spec.method, folder)
     summary = build_intermediate(
@@ -311,24 +356,22 @@ def _build_stage_data(recipe: Recipe, index: int, seed_dir: Path, seed: int) -> 
 def _run_stage(cfg: TrainConfig, run_dir: Path, name: str) -> dict:
     """Train one stage unless ``stage.json`` shows it finished with this config; an interrupted
     stage resumes from its checkpoint, one that never reached a checkpoint starts afresh."""
-    from ..api import config_changes, train
-    from ..train.engine import CHECKPOINT
+    from ..runner import config_changes, run_training
 
-    marker = run_dir / "stage.json"
-    if marker.is_file():
-        done = read_json(marker)
+    done = read_stage(run_dir)
+    if done is not None:
         changes = config_changes(done["config"], cfg)
         if changes:
             raise FewlabelError(f"stage '{name}' finished with another config ({changes}); rerun with --overwrite.")
         log.info("stage %s: finished earlier, skipped", name)
         return done["metrics"]
-    resume = (run_dir / CHECKPOINT).is_file()
+    resume = has_checkpoint(run_dir)
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)
     log.info("stage %s: %s", name, "resuming" if resume else "training")
-    result = train(config=cfg, out=run_dir, resume=resume)
+    result = run_training(cfg, run_dir, resume=resume)
     metrics = {k: result.metrics[k] for k in (*COMPARED, "eval_data", "n_samples", "class_names")}
-    write_json(marker, {"config": cfg.to_yaml_dict(), "metrics": metrics})
+    write_stage(run_dir, cfg.to_yaml_dict(), metrics)
     return metrics
 
 

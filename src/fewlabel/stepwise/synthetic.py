@@ -26,9 +26,10 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..data.builtin import FASHION_CLASSES
 from ..errors import FewlabelError
 from ..fileio import write_json, write_text
+from ..rundir import BUILT_LABELS, SYNTHETIC_MARKER
 
-MARKER = "synthetic.json"
-LABELS_FILE = "labels.csv"
+MARKER = SYNTHETIC_MARKER
+LABELS_FILE = BUILT_LABELS
 
 
 def resolve_generator(name: str) -> Callable:

@@ -1,10 +1,8 @@
-"""Engineering concerns of training, as Lightning callbacks."""
+"""Engineering concerns of every fit, as Lightning callbacks (the engine adds them all)."""
 
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import time
 from pathlib import Path
 
@@ -12,26 +10,27 @@ import lightning as L
 import torch
 from torch import nn
 
-from ..fileio import atomic_write, write_text
+from ..fileio import atomic_write
+from ..rundir import read_history, write_history
 
-HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+PHASE_KEY = "fewlabel_phase"  # which fit a last.ckpt belongs to
 
 
 class BatchSeed(L.Callback):
-    """Reseed torch before every training batch from (seed, phase, epoch, batch): dropout then
+    """Reseed torch before every training batch from (seed, fit, epoch, batch): dropout then
     repeats exactly after ``--resume``, whatever consumed random numbers before."""
 
-    def __init__(self, seed: int, phase_index: int) -> None:
+    def __init__(self, seed: int, fit_index: int) -> None:
         self.seed = seed
-        self.phase_index = phase_index
+        self.fit_index = fit_index
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        seed_batch(self.seed, self.phase_index, trainer.current_epoch, batch_idx, pl_module.device)
+        seed_batch(self.seed, self.fit_index, trainer.current_epoch, batch_idx, pl_module.device)
 
 
-def seed_batch(seed: int, phase_index: int, epoch: int, batch_index: int, device: torch.device) -> None:
-    """Seed torch's generators from (seed, phase, epoch, batch)."""
-    value = ((seed * 1_000_003 + phase_index) * 10_007 + epoch) * 100_003 + batch_index
+def seed_batch(seed: int, fit_index: int, epoch: int, batch_index: int, device: torch.device) -> None:
+    """Seed torch's generators from (seed, fit, epoch, batch)."""
+    value = ((seed * 1_000_003 + fit_index) * 10_007 + epoch) * 100_003 + batch_index
     if device.type == "cpu":  # torch.manual_seed would also queue CUDA seeding (slow)
         torch.default_generator.manual_seed(value)
     else:
@@ -39,7 +38,7 @@ def seed_batch(seed: int, phase_index: int, epoch: int, batch_index: int, device
 
 
 class EvalModeModules(L.Callback):
-    """Keep frozen modules (and, when asked, every BatchNorm) in eval mode while training, so
+    """Keep frozen modules (and, when asked, BatchNorm layers) in eval mode while training, so
     their running statistics stay fixed; with small batches these statistics are noise."""
 
     def __init__(self, modules: list[nn.Module]) -> None:
@@ -50,24 +49,39 @@ class EvalModeModules(L.Callback):
             module.eval()
 
 
+class PhaseTag(L.Callback):
+    """Write the fit's name into every checkpoint, so ``--resume`` knows which fit it continues."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[PHASE_KEY] = self.name
+
+
 class Throughput(L.Callback):
-    """Wall time spent in training batches (validation excluded) and images seen."""
+    """Training images and the seconds spent on training batches (validation excluded), and the
+    wall seconds of whole epochs; kept in the checkpoint, so a resumed fit counts its earlier
+    epochs too. ``images`` counts every process's images."""
 
     def __init__(self) -> None:
-        self.seconds = 0.0
         self.images = 0
-        self._start: float | None = None
+        self.seconds = 0.0
+        self.wall = 0.0
+        self._batches_started: float | None = None
+        self._epoch_started = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._start = time.perf_counter()
+        self._batches_started = self._epoch_started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.images += len(batch[1])
+        count = getattr(pl_module, "batch_images", None)
+        self.images += (count(batch) if count else len(batch[0])) * trainer.world_size
 
     def _stop(self) -> None:
-        if self._start is not None:
-            self.seconds += time.perf_counter() - self._start
-            self._start = None
+        if self._batches_started is not None:
+            self.seconds += time.perf_counter() - self._batches_started
+            self._batches_started = None
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if trainer.training:
@@ -75,30 +89,36 @@ class Throughput(L.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._stop()
+        self.wall += time.perf_counter() - self._epoch_started
+
+    def state_dict(self) -> dict:
+        return {"images": self.images, "seconds": self.seconds, "wall": self.wall}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.images, self.seconds, self.wall = state_dict["images"], state_dict["seconds"], state_dict["wall"]
 
 
 class HistoryWriter(L.Callback):
-    """Append one row per epoch to history.csv (rewritten atomically); on resume, rows of
-    epochs that will be redone are dropped first."""
+    """Append one row per epoch to history.csv (rewritten atomically by process 0); on resume,
+    rows of epochs that will be redone are dropped first."""
 
-    def __init__(self, path: Path, phase: str) -> None:
-        self.path = path
+    def __init__(self, run_dir: Path, phase: str) -> None:
+        self.run_dir = run_dir
         self.phase = phase
         self._epoch_start = 0.0
-
         self.rows: list[dict] | None = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.rows is None:  # first epoch of this fit: after a resume, drop epochs to be redone
             self.rows = [
                 r
-                for r in read_history(self.path)
+                for r in read_history(self.run_dir)
                 if not (r["phase"] == self.phase and int(r["epoch"]) >= trainer.current_epoch)
             ]
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         lr = trainer.optimizers[0].param_groups[-1]["lr"] if trainer.optimizers else float("nan")
         row = {
             "phase": self.phase,
@@ -110,22 +130,7 @@ class HistoryWriter(L.Callback):
             row[key] = f"{metrics[key]:.5f}" if key in metrics else ""
         self.rows.append(row)
         if trainer.is_global_zero:
-            write_history(self.path, self.rows)
-
-
-def read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def write_history(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+            write_history(self.run_dir, self.rows)
 
 
 class LastCheckpoint(L.Callback):

@@ -12,8 +12,11 @@ def layer_groups(model: nn.Module, coarse: bool) -> list[list[str]]:
     """Parameter names grouped by depth, bottom (stem) first, classifier last.
 
     Uses the model's timm ``group_matcher``: coarse groups are stages, fine groups are blocks.
-    Parameters no matcher names (the classifier) form the last group.
+    Parameters no matcher names (the classifier) form the last group. A model without a
+    matcher is one group.
     """
+    if not hasattr(model, "group_matcher"):
+        return [[name for name, _ in model.named_parameters()]]
     groups = group_parameters(model, model.group_matcher(coarse=coarse))
     return [names for _, names in sorted(groups.items())]
 

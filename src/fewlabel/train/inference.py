@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.builtin import cache_root
-from ..data.datamodule import TransformedImages
+from ..data.datasets import TransformedImages
 from ..data.imageset import ImageSet
 from ..fileio import atomic_write
 

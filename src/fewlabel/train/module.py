@@ -1,7 +1,8 @@
-"""The Lightning module for supervised classification: loss, optimiser and schedule only.
+"""Lightning modules: what every method's module shares (optimiser, schedule, NaN guard,
+logging) in :class:`EngineModule`, and supervised classification in :class:`ClassifierModule`.
 
-It receives a plain ``nn.Module`` (a whole timm model, or just a head over cached features)
-and the optimiser groups the strategy chose; phase changes live in callbacks.
+A module receives a plain ``nn.Module`` (a whole network, or a head over cached features) and
+the optimiser groups the method chose; phase changes live in callbacks and in the engine.
 """
 
 from __future__ import annotations
@@ -19,54 +20,50 @@ class NonFiniteLossError(FewlabelError):
     """The training loss became NaN or infinite."""
 
 
-class ClassifierModule(L.LightningModule):
+class EngineModule(L.LightningModule):
+    """The shared part of every method's module. A subclass gives ``training_loss(batch) ->
+    (loss, extra logs, batch size)`` and ``validation_loss(batch) -> (loss, extra logs, batch
+    size)``; the engine sets ``phase`` to the fit's name (it appears in errors)."""
+
     def __init__(
         self,
         net: nn.Module,
         param_groups: list[dict],
-        phase: str = "finetune",
         optimizer: str = "adamw",
         schedule: str = "cosine",
         warmup_epochs: float = 0.0,
-        label_smoothing: float = 0.0,
-        class_weights: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.param_groups = param_groups
-        self.phase = phase
         self.optimizer_name = optimizer
         self.schedule = schedule
         self.warmup_epochs = warmup_epochs
-        self.label_smoothing = label_smoothing
-        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.phase = "fit"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=self.label_smoothing)
+    def training_loss(self, batch) -> tuple[torch.Tensor, dict, int]:
+        raise NotImplementedError
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = self._loss(logits, y)
+    def validation_loss(self, batch) -> tuple[torch.Tensor, dict, int]:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, logs, size = self.training_loss(batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"Training loss became {loss.item()} in phase '{self.phase}' at epoch "
                 f"{self.current_epoch}, step {self.global_step}; training stopped. The last good "
                 "checkpoint (end of the previous epoch) is kept in checkpoints/last.ckpt; lower --lr."
             )
-        acc = (logits.argmax(-1) == y).float().mean()
-        self.log_dict({"train_loss": loss, "train_acc": acc}, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log_dict({"train_loss": loss, **logs}, on_step=False, on_epoch=True, batch_size=size)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits.float(), y)
-        acc = (logits.argmax(-1) == y).float().mean()
-        self.log_dict({"val_loss": loss, "val_acc": acc}, on_step=False, on_epoch=True, batch_size=len(y))
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, logs, size = self.validation_loss(batch)
+        self.log_dict({"val_loss": loss, **logs}, on_step=False, on_epoch=True, batch_size=size)
 
     def configure_optimizers(self):
         if self.optimizer_name == "sgd":
@@ -74,16 +71,48 @@ class ClassifierModule(L.LightningModule):
         else:
             optimizer = torch.optim.AdamW(self.param_groups)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        if self.schedule == "onecycle":
+        if self.schedule == "onecycle" and total >= 4:  # fewer steps than 4 cannot rise and fall: cosine
             peaks = [g["lr"] for g in self.param_groups]
             pct = min(0.5, max(0.05, self.warmup_epochs / max(1, self.trainer.max_epochs)))
+            pct = min(max(pct, 2 / total), 1 - 2 / total)  # each half at least 2 steps (OneCycleLR divides by them)
             scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct)
         else:
             warmup = int(total * self.warmup_epochs / max(1, self.trainer.max_epochs))
             scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda step: warmup_cosine(step, total, warmup, self.schedule)
+                optimizer, lambda step: warmup_cosine(step, total, warmup, self.schedule.replace("onecycle", "cosine"))
             )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["fewlabel_phase"] = self.phase
+
+def classification_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict, int]:
+    """Cross-entropy and accuracy of B x C logits (or log-probabilities) against B labels."""
+    loss = F.cross_entropy(logits.float(), labels)
+    return loss, {"val_acc": (logits.argmax(-1) == labels).float().mean()}, len(labels)
+
+
+class ClassifierModule(EngineModule):
+    """Cross-entropy on hard labels, with optional label smoothing and class weights."""
+
+    def __init__(
+        self,
+        net: nn.Module,
+        param_groups: list[dict],
+        optimizer: str = "adamw",
+        schedule: str = "cosine",
+        warmup_epochs: float = 0.0,
+        label_smoothing: float = 0.0,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(net, param_groups, optimizer, schedule, warmup_epochs)
+        self.label_smoothing = label_smoothing
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def training_loss(self, batch) -> tuple[torch.Tensor, dict, int]:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=self.label_smoothing)
+        return loss, {"train_acc": (logits.argmax(-1) == y).float().mean()}, len(y)
+
+    def validation_loss(self, batch) -> tuple[torch.Tensor, dict, int]:
+        x, y = batch
+        return classification_scores(self(x), y)

@@ -2,15 +2,23 @@
 
 A phase either trains the head on cached backbone features (fast: the backbone runs once) or
 trains the whole network on images, with some layers frozen and per-layer learning rates.
+``FinetuneOptions`` is the config section of the ``finetune`` method, which runs these plans.
+This module stays light (no torch): the command line reads the strategy names from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from ..config import TrainConfig
+from pydantic import Field, field_validator
+
 from ..errors import did_you_mean
+from ..options import MethodOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -56,8 +64,23 @@ def parse_strategy(value: str) -> tuple[str, int | None]:
     raise ValueError(f"unknown strategy '{value}'; accepted: {', '.join(accepted)}.{did_you_mean(value, accepted)}")
 
 
+class FinetuneOptions(MethodOptions):
+    """Supervised fine-tuning of the labelled images, phase by phase as the strategy plans."""
+
+    name: Literal["finetune"] = "finetune"
+    strategy: str = Field(
+        "freeze-unfreeze", description="linear-probe | freeze-unfreeze | full | layer-decay | partial:N"
+    )
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        parse_strategy(value)
+        return value
+
+
 def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    name, number = parse_strategy(cfg.strategy)
+    name, number = parse_strategy(cfg.method.strategy)
     return _STRATEGIES[name](cfg, number)
 
 

@@ -1,0 +1,220 @@
+"""The commands of ``fewlabel``; each parses, calls the API and prints. Heavy imports happen
+inside the command that runs."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..config import PER_STAGE_KEYS
+from . import app
+from .options import parse_seeds, with_training_options
+
+console = Console()
+Compare = Enum("Compare", {"direct": "direct"}, type=str)
+DataArgument = Annotated[str | None, typer.Argument(help="folder, CSV (path,label) or built-in name[:split]")]
+ConfigOption = Annotated[Path | None, typer.Option(help="YAML config; flags override it")]
+OverwriteOption = Annotated[bool, typer.Option(help="replace an existing run directory")]
+ResumeOption = Annotated[bool, typer.Option(help="continue an interrupted run from its checkpoints")]
+
+
+def _metrics_table(metrics: dict, title: str) -> Table:
+    from ..tasks import get_task
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in (*get_task(metrics.get("task", "classification")).metric_keys, "n_samples"):
+        if key in metrics:
+            value = metrics[key]
+            text = f"{value:.4f}" if isinstance(value, float) else str(value)
+            if f"{key}_sd" in metrics:
+                text += f" ± {metrics[key + '_sd']:.4f}"
+            table.add_row(key, text)
+    return table
+
+
+def _train(data, out, config, overwrite, resume, options, default_method) -> None:
+    from .. import api
+
+    result = api.train(
+        data, out, config=config, overwrite=overwrite, resume=resume, default_method=default_method, **options
+    )
+    method = result.config.method.name
+    console.print(_metrics_table(result.metrics, f"{result.run_dir} ({method}) on {result.metrics.get('eval_data')}"))
+    console.print(f"report: {result.run_dir / 'report.html'}", soft_wrap=True)
+
+
+@app.command()
+@with_training_options()
+def train(
+    data: DataArgument = None,
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/run"),
+    config: ConfigOption = None,
+    overwrite: OverwriteOption = False,
+    resume: ResumeOption = False,
+    options: dict | None = None,
+) -> None:
+    """Train on DATA (by default: fine-tune a pretrained backbone); writes a run directory."""
+    _train(data, out, config, overwrite, resume, options, default_method=None)
+
+
+@app.command()
+@with_training_options()
+def semi(
+    data: DataArgument = None,
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/semi"),
+    config: ConfigOption = None,
+    overwrite: OverwriteOption = False,
+    resume: ResumeOption = False,
+    options: dict | None = None,
+) -> None:
+    """Semi-supervised training: tri-net (the default method here), or the supervised,
+    pseudo-label and FixMatch baselines; the same as 'fewlabel train --method ...'."""
+    _train(data, out, config, overwrite, resume, options, default_method="trinet")
+
+
+@app.command("run")
+@with_training_options(skip=PER_STAGE_KEYS)
+def run(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML: stages of stepwise fine-tuning")],
+    out: Annotated[Path | None, typer.Option(help="recipe folder (default runs/<recipe name>)")] = None,
+    seeds: Annotated[str | None, typer.Option(help="run the whole recipe per seed, e.g. 0,1,2")] = None,
+    compare: Annotated[Compare | None, typer.Option(help="also fine-tune source -> target directly")] = None,
+    overwrite: Annotated[bool, typer.Option(help="redo finished stages")] = False,
+    options: dict | None = None,
+) -> None:
+    """Run a recipe's stages in order; a rerun resumes at the first unfinished stage. Training
+    flags apply to every stage (over the recipe's own options)."""
+    from ..stepwise.recipe import run_recipe
+
+    out = out or Path("runs") / recipe.stem
+    summary = run_recipe(
+        recipe,
+        out,
+        seeds=parse_seeds(seeds),
+        compare=compare.value if compare else None,
+        overwrite=overwrite,
+        options=options,
+    )
+    table = Table(title=f"{out} ({len(summary['seeds'])} seed(s))")
+    for column in ("stage", "evaluated on", "accuracy", "macro-F1"):
+        table.add_column(column)
+    for stage in summary["stages"]:
+        acc, f1 = stage["metrics"]["accuracy"], stage["metrics"]["macro_f1"]
+        table.add_row(stage["name"], stage["eval_data"], _mean_sd(acc), _mean_sd(f1))
+    console.print(table)
+    if "comparison" in summary:
+        console.print(summary["comparison"]["statement"])
+    console.print(f"report: {out / 'report.html'}", soft_wrap=True)
+
+
+def _mean_sd(stats: dict) -> str:
+    return f"{100 * stats['mean']:.1f}" + (f" ± {100 * stats['sd']:.1f}" if stats["n"] > 1 else "")
+
+
+@app.command("eval")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    data: Annotated[str, typer.Argument(help="DATA to evaluate on, e.g. fashion-mnist:test")],
+    out: Annotated[Path | None, typer.Option(help="write the metrics JSON here")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="refuse unreadable images")] = False,
+) -> None:
+    """Evaluate a trained model on DATA."""
+    from .. import api
+
+    metrics = api.evaluate(run, data, out, strict)
+    console.print(_metrics_table(metrics, f"{run} on {data}"))
+    if out:
+        console.print(f"metrics: {out}")
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    images: Annotated[list[Path], typer.Argument(help="image files")],
+    top_k: Annotated[int, typer.Option(min=1)] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Top-k classes for each image."""
+    from .. import api
+
+    predictions = api.load(run).predict([str(p) for p in images], top_k=top_k)
+    if as_json:
+        typer.echo(json.dumps(predictions, indent=2))
+        return
+    table = Table()
+    table.add_column("image")
+    for i in range(min(top_k, len(predictions[0]["top"]))):
+        table.add_column(f"#{i + 1}")
+    for p in predictions:
+        table.add_row(p["image"], *[f"{t['class']} {t['probability']:.3f}" for t in p["top"]])
+    console.print(table)
+
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="run directory")],
+    host: Annotated[str, typer.Option(help="interface to listen on (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    top_k: Annotated[int, typer.Option(min=1)] = 3,
+    max_upload_mb: Annotated[float, typer.Option(min=0.01, help="largest accepted upload")] = 10.0,
+) -> None:
+    """A local web app: drop images, see top-k classes and Grad-CAM, download CSV."""
+    from ..serve import serve as run_server
+
+    run_server(run, host, port, top_k, max_upload_mb)
+
+
+@app.command()
+def models(
+    pattern: Annotated[str, typer.Argument(help="glob, e.g. 'efficientnet*'")] = "",
+    offline: Annotated[bool, typer.Option(help="only those with ImageNet weights offline")] = False,
+) -> None:
+    """Backbones (any timm architecture) and which have ImageNet weights offline."""
+    from .. import api
+
+    rows = [r for r in api.list_models(pattern) if r["offline_imagenet"] or not offline]
+    table = Table(title=f"{len(rows)} backbones")
+    table.add_column("name")
+    table.add_column("ImageNet weights offline")
+    for r in sorted(rows, key=lambda r: (not r["offline_imagenet"], r["name"])):
+        table.add_row(r["name"], "yes" if r["offline_imagenet"] else "hub download only")
+    console.print(table)
+
+
+@app.command()
+def datasets() -> None:
+    """Built-in datasets and whether each is present on this machine."""
+    from .. import api
+
+    table = Table()
+    for column in ("name", "splits", "present", "description"):
+        table.add_column(column)
+    for d in api.list_datasets():
+        table.add_row(d["name"], ", ".join(d["splits"]), "yes" if d["present"] else "no", d["description"])
+    console.print(table)
+
+
+@app.command()
+def methods() -> None:
+    """Registered training methods, the tasks they train and their own options."""
+    from ..methods import get_method, list_methods
+
+    table = Table()
+    for column in ("method", "what it does", "tasks", "needs unlabeled images", "options"):
+        table.add_column(column)
+    for name in list_methods():
+        method = get_method(name)
+        options = ", ".join(k for k in method.options.model_fields if k != "name")
+        table.add_row(name, method.summary, ", ".join(method.tasks), "yes" if method.needs_unlabeled else "no", options)
+    console.print(table)
+
+
+from . import intermediate as _intermediate  # noqa: E402,F401  (the intermediate sub-app)

@@ -1,0 +1,92 @@
+"""The classification sections of report.html: confusion matrices, per-class figures,
+calibration and ROC, the most confidently wrong images, Grad-CAM and the data summary. Built
+from metrics.json, predictions.csv, splits.json and the model files."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from ..audit.calibration import reliability_bins
+from ..audit.saliency import grad_cam
+from ..data.sources import load_images_by_id
+from ..data.transforms import build_transform
+from ..evaluate.predictions import Predictions, read_predictions
+from ..methods import load_network
+from ..rundir import PREDICTIONS, has_model, read_splits
+from .figures import confusion_figure, image_grid_figure, reliability_figure, roc_figure
+from .html import _environment
+
+log = logging.getLogger("fewlabel.report")
+GALLERY_SIZE = 8
+SALIENCY_SIZE = 8
+
+
+def sections(run_dir: Path, metrics: dict) -> list[str]:
+    """The classification part of the report, as one HTML section."""
+    splits = read_splits(run_dir)
+    context = {
+        "per_class": metrics.get("per_class", {}),
+        "confusion_counts": confusion_figure(metrics["confusion_matrix"], metrics["class_names"], False),
+        "confusion_norm": confusion_figure(metrics["confusion_matrix"], metrics["class_names"], True),
+        "data_summary": splits.get("summary") if splits else None,
+    }
+    if (run_dir / PREDICTIONS).is_file():
+        context |= _prediction_sections(run_dir, read_predictions(run_dir / PREDICTIONS))
+    return [_environment().get_template("classification.html").render(**context)]
+
+
+def _prediction_sections(run_dir: Path, predictions: Predictions) -> dict:
+    """Reliability diagram, ROC curves, the most confidently wrong images and Grad-CAM maps."""
+    bins = reliability_bins(predictions.probs, predictions.labels)
+    found = {
+        "reliability": reliability_figure(bins, bins.ece),
+        "roc": roc_figure(predictions.probs, predictions.labels, predictions.class_names),
+    }
+    wrong = torch.nonzero(predictions.predicted != predictions.labels).flatten()
+    right = torch.nonzero(predictions.predicted == predictions.labels).flatten()
+    by_confidence = lambda idx: idx[predictions.confidence[idx].argsort(descending=True)]  # noqa: E731
+    wrong, right = by_confidence(wrong)[:GALLERY_SIZE], by_confidence(right)
+    if has_model(run_dir):
+        model, card = load_network(run_dir)
+        chosen = torch.cat([wrong[: SALIENCY_SIZE // 2], right[: SALIENCY_SIZE - min(len(wrong), SALIENCY_SIZE // 2)]])
+        found["gallery"] = _gallery(predictions, wrong, card.img_size)
+        found["saliency"] = _saliency(predictions, chosen, model, card)
+    return found
+
+
+def _title(predictions: Predictions, i: int) -> str:
+    names = predictions.class_names
+    return (
+        f"true: {names[predictions.labels[i]]}\npred: {names[predictions.predicted[i]]} "
+        f"({predictions.confidence[i]:.2f})"
+    )
+
+
+def _found_images(predictions: Predictions, indices: torch.Tensor, img_size: int) -> list[tuple[int, torch.Tensor]]:
+    """(index, image) for the evaluation images that can still be loaded by their id."""
+    images = load_images_by_id([predictions.ids[i] for i in indices.tolist()], img_size)
+    return [(i, im) for i, im in zip(indices.tolist(), images, strict=True) if im is not None]
+
+
+def _gallery(predictions: Predictions, indices: torch.Tensor, img_size: int) -> str | None:
+    found = _found_images(predictions, indices, img_size)
+    if not found:
+        return None
+    return image_grid_figure([im for _, im in found], [_title(predictions, i) for i, _ in found])
+
+
+def _saliency(predictions: Predictions, indices: torch.Tensor, model, card) -> str | None:
+    found = _found_images(predictions, indices, card.img_size)
+    if not found:
+        return None
+    transform = build_transform("none", card.img_size, card.mean, card.std, train=False)
+    batch = torch.stack([transform(im) for _, im in found])
+    try:
+        maps = grad_cam(model, batch)
+    except (RuntimeError, AttributeError) as exc:  # a model without a 2-D feature map (e.g. some ViTs)
+        log.warning("no Grad-CAM for %s: %s", card.arch, exc)
+        return None
+    return image_grid_figure([im for _, im in found], [_title(predictions, i) for i, _ in found], list(maps))

@@ -1,0 +1,309 @@
+"""The run directory, the contract between commands: every file and folder name, and their readers
+and writers. No other module spells a file name of a run.
+
+A command that writes a run directory writes through these functions; a command that reads one
+(report, tracking, eval, a later recipe stage) reads through them, so that neither needs the
+other's code. Nothing here imports torch or Lightning.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import FewlabelError
+from .fileio import read_json, write_json, write_text, write_yaml
+
+CONFIG = "config.yaml"
+WEIGHTS = "model.safetensors"
+CARD = "model.json"
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+PREDICTIONS = "predictions.csv"
+SPLITS = "splits.json"
+REPORT = "report.html"
+ROUNDS = "rounds.json"
+CHECKPOINTS = "checkpoints"
+LAST_CHECKPOINT = f"{CHECKPOINTS}/last.ckpt"
+STATE = f"{CHECKPOINTS}/state.pt"
+LOGS = "logs"
+AUDIT = "audit"
+STAGE = "stage.json"
+RECIPE = "recipe.yaml"
+SUMMARY = "summary.json"
+CLUSTERS_MARKER = "clusters.json"  # built data: written last, its presence marks a finished build
+SYNTHETIC_MARKER = "synthetic.json"
+BUILT_LABELS = "labels.csv"
+HISTORY_COLUMNS = ("phase", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file or folder: where it lives, what writes it, what reads it, what it holds."""
+
+    path: str
+    scope: str  # "run", "semi run", "recipe"
+    written_by: str
+    read_by: str
+    holds: str
+
+
+FILES: tuple[Entry, ...] = (
+    Entry(
+        CONFIG,
+        "run",
+        "fewlabel train/semi (runner)",
+        "--config, --resume, report, MLflow",
+        "the resolved config: common options and the method section; enough to re-run",
+    ),
+    Entry(
+        WEIGHTS,
+        "run",
+        "runner",
+        "load, eval, predict, serve, report (Grad-CAM), later stages",
+        "weights (safetensors: loading never unpickles)",
+    ),
+    Entry(
+        CARD,
+        "run",
+        "runner",
+        "every reader of the model",
+        "task, method, arch, class names, img_size, mean/std, method and task extras, version",
+    ),
+    Entry(
+        METRICS,
+        "run",
+        "runner (the task's metrics)",
+        "report, MLflow, recipe summary, the CLI",
+        "final metrics on the evaluation data, timing; with seeds, mean, sd and 95% interval",
+    ),
+    Entry(
+        HISTORY,
+        "run",
+        "engine (one row per epoch of every fit)",
+        "report (learning curves), MLflow",
+        "phase, epoch, train/validation loss and accuracy, learning rate, seconds",
+    ),
+    Entry(
+        PREDICTIONS,
+        "run",
+        "the task (classification)",
+        "report, audits",
+        "one row per evaluation image: id, true, predicted, confidence, probabilities",
+    ),
+    Entry(
+        SPLITS,
+        "run",
+        "runner",
+        "report (data section), a person",
+        "labelled, validation and unlabeled ids of this seed, class counts, duplicates across splits",
+    ),
+    Entry(REPORT, "run", "report.write_report (from the files above)", "a person", "one self-contained HTML page"),
+    Entry(
+        LAST_CHECKPOINT,
+        "run",
+        "engine, end of every epoch",
+        "engine on --resume",
+        "Lightning checkpoint of the fit in progress (tensors only; loaded with weights_only)",
+    ),
+    Entry(
+        STATE,
+        "run",
+        "engine, after every finished fit",
+        "engine on --resume",
+        "weights after the last finished fit, its name, throughput so far, the method's state",
+    ),
+    Entry(
+        LOGS + "/",
+        "run",
+        "Lightning's CSV or TensorBoard logger, per fit",
+        "TensorBoard, a person",
+        "per-step logs of each fit",
+    ),
+    Entry(AUDIT + "/", "run", "audits of this run", "report", "audit results (one folder per audit)"),
+    Entry(
+        "seed-<s>/",
+        "run",
+        "runner with several seeds",
+        "report, load (first seed)",
+        "one run directory per seed; the top level holds the aggregate metrics.json and report",
+    ),
+    Entry(
+        ROUNDS,
+        "semi run",
+        "semi-supervised methods",
+        "report, bench/semi.py",
+        "per round: threshold, images examined, pseudo-labels proposed/removed/kept per module, "
+        "their audited accuracy, and the evaluations after the initial fit and every round",
+    ),
+    Entry(
+        RECIPE,
+        "recipe",
+        "fewlabel run",
+        "fewlabel run (continue only the same recipe's folder)",
+        "the validated recipe",
+    ),
+    Entry(
+        SUMMARY,
+        "recipe",
+        "fewlabel run",
+        "recipe report, the CLI",
+        "per stage: metrics over seeds; with --compare direct the paired comparison",
+    ),
+    Entry(
+        REPORT + " (recipe)",
+        "recipe",
+        "report.write_recipe_report",
+        "a person",
+        "stages side by side, the comparison, example images of built data",
+    ),
+    Entry(
+        "seed-<s>/<stage>/",
+        "recipe",
+        "fewlabel run",
+        "later stages (weights), the recipe report",
+        "an ordinary run directory per stage",
+    ),
+    Entry(
+        f"seed-<s>/<stage>/{STAGE}",
+        "recipe",
+        "fewlabel run, when the stage finished",
+        "fewlabel run (skips finished stages, refuses changed ones)",
+        "the stage's config and metrics",
+    ),
+    Entry(
+        "seed-<s>/data-<stage>/",
+        "recipe",
+        "intermediate builders",
+        "the stage that trains on it",
+        "built data: an ImageFolder with clusters.json, or labels.csv with synthetic.json",
+    ),
+)
+
+
+def seed_dir(root: str | Path, seed: int) -> Path:
+    """The run directory of one seed of a multi-seed run, or of a recipe."""
+    return Path(root) / f"seed-{seed}"
+
+
+def seed_dirs(root: str | Path) -> list[Path]:
+    return sorted(p for p in Path(root).glob("seed-*") if p.is_dir())
+
+
+def built_data_dir(seed_folder: str | Path, stage: str) -> Path:
+    """Where a recipe stage's builder writes its data."""
+    return Path(seed_folder) / f"data-{stage}"
+
+
+def has_model(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / WEIGHTS).is_file() and (Path(run_dir) / CARD).is_file()
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether an interrupted run can continue: a fit in progress or a finished one saved."""
+    return (Path(run_dir) / LAST_CHECKPOINT).is_file() or (Path(run_dir) / STATE).is_file()
+
+
+def model_dir(run_dir: str | Path) -> Path:
+    """The folder holding the model: the run itself, or the first seed of a multi-seed run."""
+    run_dir = Path(run_dir)
+    if has_model(run_dir):
+        return run_dir
+    seeds = [d for d in seed_dirs(run_dir) if has_model(d)]
+    if seeds:
+        return seeds[0]
+    raise FewlabelError(f"'{run_dir}' holds no model ({WEIGHTS} missing); train one with 'fewlabel train'.")
+
+
+def write_config(run_dir: str | Path, config: dict) -> Path:
+    return write_yaml(Path(run_dir) / CONFIG, config)
+
+
+def read_config(run_dir: str | Path) -> dict:
+    """The run's config as written (empty when there is none)."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        return {}
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def write_metrics(run_dir: str | Path, metrics: dict) -> Path:
+    return write_json(Path(run_dir) / METRICS, metrics)
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        raise FewlabelError(f"'{run_dir}' holds no {METRICS}: the run has not finished.")
+    return read_json(path)
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    """The rows of history.csv (strings, as written); empty when there is none."""
+    path = Path(run_dir) / HISTORY
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_history(run_dir: str | Path, rows: list[dict]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(Path(run_dir) / HISTORY, buffer.getvalue())
+
+
+def write_splits(run_dir: str | Path, splits: dict) -> Path:
+    return write_json(Path(run_dir) / SPLITS, splits)
+
+
+def read_splits(run_dir: str | Path) -> dict | None:
+    return _read_optional(Path(run_dir) / SPLITS)
+
+
+def write_rounds(run_dir: str | Path, rounds: dict) -> Path:
+    return write_json(Path(run_dir) / ROUNDS, rounds)
+
+
+def read_rounds(run_dir: str | Path) -> dict | None:
+    return _read_optional(Path(run_dir) / ROUNDS)
+
+
+def write_stage(run_dir: str | Path, config: dict, metrics: dict) -> Path:
+    return write_json(Path(run_dir) / STAGE, {"config": config, "metrics": metrics})
+
+
+def read_stage(run_dir: str | Path) -> dict | None:
+    """A finished stage's ``{"config", "metrics"}``; None while it has not finished."""
+    return _read_optional(Path(run_dir) / STAGE)
+
+
+def write_summary(out: str | Path, summary: dict) -> Path:
+    return write_json(Path(out) / SUMMARY, summary)
+
+
+def read_summary(out: str | Path) -> dict:
+    return read_json(Path(out) / SUMMARY)
+
+
+def write_recipe(out: str | Path, recipe: dict) -> Path:
+    return write_yaml(Path(out) / RECIPE, recipe)
+
+
+def read_recipe_file(out: str | Path) -> dict:
+    return yaml.safe_load((Path(out) / RECIPE).read_text(encoding="utf-8"))
+
+
+def is_recipe_folder(out: str | Path) -> bool:
+    return (Path(out) / RECIPE).is_file()
+
+
+def _read_optional(path: Path) -> Any:
+    return read_json(path) if path.is_file() else None

@@ -1,0 +1,135 @@
+"""Train a resolved config into a run directory: per seed, the task's data, the method's fits
+through the engine, the task's evaluation, the model files; then the report.
+
+Under DDP every process runs all of this; only process 0 writes. Recipes and the API call
+:func:`run_training`; nothing here parses user options (that is :mod:`fewlabel.config`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+
+from .config import TrainConfig
+from .distributed import is_rank_zero
+from .errors import FewlabelError
+from .methods import get_method
+from .models import ModelCard, save_model_files
+from .rundir import read_config, seed_dir, write_config, write_metrics, write_splits
+from .tasks import get_task
+from .tasks.base import RunContext
+from .train.engine import Engine, check_logger_available
+
+log = logging.getLogger("fewlabel")
+CONFIG_KEYS_FREE_ON_RESUME = {"progress", "workers", "accelerator", "devices", "logger"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict
+    config: TrainConfig
+
+
+def run_training(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    callbacks: list[L.Callback] | None = None,
+) -> TrainResult:
+    """Train ``cfg`` and write a run directory to ``out``; with several seeds, one per seed under
+    ``out/seed-<s>`` and an aggregate (mean, sd, 95% interval) at the top."""
+    check_logger_available(cfg.logger)
+    run_dir = Path(out)
+    if is_rank_zero():  # under DDP the other processes train alongside but write nothing
+        prepare_run_dir(run_dir, cfg, overwrite, resume)
+        write_config(run_dir, cfg.to_yaml_dict())
+    seeds = cfg.seed_list
+    if len(seeds) == 1:
+        metrics = train_one_seed(cfg, seeds[0], run_dir, resume, callbacks)
+        return TrainResult(run_dir, metrics, cfg)
+    per_seed = {s: train_one_seed(cfg, s, seed_dir(run_dir, s), resume, callbacks) for s in seeds}
+    metrics = get_task(cfg.task).aggregate(per_seed) | {
+        key: per_seed[seeds[0]][key] for key in ("eval_data", "method", "task")
+    }
+    if is_rank_zero():
+        write_metrics(run_dir, metrics)
+        finish(run_dir, cfg)
+    return TrainResult(run_dir, metrics, cfg)
+
+
+def prepare_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool, resume: bool) -> None:
+    """Create ``run_dir``; an existing one is refused unless ``overwrite`` (replaced) or
+    ``resume`` (continued, when its config is the same)."""
+    if overwrite and resume:
+        raise FewlabelError("Use either --overwrite or --resume, not both.")
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if not exists:
+        if resume:
+            raise FewlabelError(f"--resume: run directory '{run_dir}' does not exist or is empty.")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return
+    if overwrite:
+        shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+        return
+    if not resume:
+        raise FewlabelError(
+            f"Run directory '{run_dir}' already exists; pass --overwrite to replace it or --resume to continue it."
+        )
+    changes = config_changes(read_config(run_dir), cfg)
+    if changes:
+        raise FewlabelError(f"--resume: '{run_dir}' was started with another config ({changes}); use --overwrite.")
+
+
+def config_changes(previous: dict, cfg: TrainConfig) -> str:
+    """The settings that differ between a saved config and ``cfg``, as ``key: old -> new``
+    (empty when none); settings that do not change results (progress, workers, ...) are ignored."""
+    current = cfg.to_yaml_dict()
+    changed = sorted(k for k, v in current.items() if k not in CONFIG_KEYS_FREE_ON_RESUME and previous.get(k, v) != v)
+    return ", ".join(f"{k}: {previous.get(k)!r} -> {current[k]!r}" for k in changed)
+
+
+def train_one_seed(
+    cfg: TrainConfig, seed: int, run_dir: Path, resume: bool, callbacks: list[L.Callback] | None
+) -> dict:
+    """One seed's run: data, the method's fits, evaluation, model files, report."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(seed, workers=True, verbose=False)
+    task, method = get_task(cfg.task), get_method(cfg.method.name)
+    data = task.prepare_data(cfg, seed)
+    writes = is_rank_zero()
+    if writes:
+        write_splits(run_dir, task.splits_record(data, seed))
+    engine = Engine(cfg, seed, run_dir, callbacks, resume)
+    model, info = method.trainer()(RunContext(cfg, seed, run_dir, data, task, engine))
+    model.eval()
+    fields = task.card_fields(cfg, data, info)
+    fields["extras"] = fields.get("extras", {}) | {key: getattr(cfg.method, key) for key in method.card_fields}
+    card = ModelCard(arch=cfg.model, pretrained=info.weights, task=cfg.task, method=method.name, **fields)
+    metrics, predictions = task.evaluate(model, card, data.eval, cfg.progress)
+    metrics |= {"eval_data": data.eval_name, "seed": seed, "task": cfg.task, "method": method.name} | engine.timing()
+    if writes:
+        save_model_files(run_dir, model, card)
+        task.write_predictions(run_dir, predictions)
+        write_metrics(run_dir, metrics)
+        finish(run_dir, cfg)
+    return metrics
+
+
+def finish(run_dir: Path, cfg: TrainConfig) -> None:
+    """Write the report; with ``--logger mlflow`` also record the run in MLflow."""
+    from .report import write_report
+
+    write_report(run_dir)
+    if cfg.logger == "mlflow":
+        from .tracking import log_run_to_mlflow
+
+        run_id = log_run_to_mlflow(run_dir, cfg.mlflow_uri)
+        log.info("recorded in MLflow as run %s", run_id)

@@ -1,0 +1,481 @@
+"""Semi-supervised methods on one backbone and one budget: ``supervised`` (labelled data only),
+``pseudo-label`` (self-training with a confidence threshold), ``fixmatch`` (Sohn et al. 2020)
+and ``trinet`` (Chen et al. 2018, see :mod:`fewlabel.semi.trinet`).
+
+The loop is plain Python; every training in it is one fit through the engine (so mixed
+precision, DDP, loggers, callbacks, checkpoints and resume are the engine's):
+
+* ``head``: the head (tri-net: its three MLPs) on cached features of the labelled images,
+  ``head_epochs`` at ``head_lr`` — a random head trained jointly with the backbone at few
+  labels wrecks the pretrained features, as ``freeze-unfreeze`` avoids;
+* ``initial``: the whole network, ``epochs`` on the labelled images (tri-net: each module on
+  its own smeared copy of the labels), at ``freeze-unfreeze``'s learning rates (``lr`` at the
+  top, ``layer_decay`` per stage below; tri-net's module stages one step below its MLPs);
+* then the budget, ``rounds`` x ``round_epochs`` epochs: self-training rounds (``round-<r>``:
+  labelled plus pseudo-labelled images; tri-net's ``diversity-<r>`` fine-tuning on freshly
+  smeared labels comes on top, ``diversity_epochs`` each), FixMatch epochs (``fixmatch``:
+  labelled batches each with ``mu`` unlabeled batches), or plain epochs (``supervised``).
+
+BatchNorm statistics of pretrained weights stay frozen (the MLPs' own train). Pseudo-labelling
+uses the un-augmented view; FixMatch's weak view is ``augment``, its strong one
+``randaugment``. Pseudo-labels are computed between fits, sharded across DDP processes and
+gathered, so every process trains on the same set; ``rounds.json`` is written by process 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..data.duplicates import cross_duplicates
+from ..data.imageset import ImageSet
+from ..data.sources import has_labels, load_pool
+from ..data.splits import random_subset
+from ..data.transforms import build_transform
+from ..distributed import is_rank_zero, sharded
+from ..errors import FewlabelError
+from ..models import BackboneInfo, check_image_size, create_backbone
+from ..rundir import write_rounds
+from ..tasks.classification import cached_features
+from ..train.datamodule import datamodule
+from ..train.engine import Fit, eval_mode_modules, freezes_batchnorm
+from ..train.functional import decayed_param_groups
+from ..train.inference import batched_outputs, pre_logits
+from .data import FeatureTargets, TargetImages, TwoViews, concat
+from .functional import (
+    MODULES,
+    agreeing_pseudo_labels,
+    confident_pseudo_labels,
+    diversity_due,
+    hard_targets,
+    sample_size_at,
+    smear_labels,
+    stable_pseudo_labels,
+    threshold_at,
+)
+from .modules import FixMatchModule, HeadOnFeatures, SoftTargetModule
+from .options import PoolOptions
+from .trinet import TriNet
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import TrainConfig
+    from ..tasks.base import DataBundle, RunContext
+
+log = logging.getLogger("fewlabel.semi")
+
+
+def train(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
+    """Train ``ctx.cfg.method`` on the labelled images (and the pool); write rounds.json."""
+    check_labelled(ctx.data.train)
+    opts = ctx.cfg.method
+    pool = unlabeled_pool(ctx.cfg, ctx.data, ctx.seed) if isinstance(opts, PoolOptions) else None
+    net, info = build_network(ctx.cfg, ctx.data.class_names)
+    ctx.engine.start(net)
+    run = SemiRun(ctx, net, info, pool)
+    run.initial_fit()
+    budget = opts.rounds * opts.round_epochs
+    if opts.name in ("pseudo-label", "trinet"):
+        run.self_training()
+    elif opts.name == "fixmatch":
+        run.fixmatch(budget)
+    else:
+        run.more_epochs(budget)
+    if is_rank_zero():
+        write_rounds(
+            ctx.run_dir,
+            {
+                "method": opts.name,
+                "pool_size": len(pool) if pool is not None else 0,
+                "rounds": run.state["rounds"],
+                "evaluations": run.state["evaluations"],
+            },
+        )
+    return net.eval(), info
+
+
+def check_labelled(labelled: ImageSet) -> None:
+    small = [name for name, n in zip(labelled.class_names, labelled.class_counts(), strict=True) if n < 2]
+    if small:
+        raise FewlabelError(
+            f"Class(es) with fewer than 2 labelled images: {', '.join(small)}; semi-supervised methods need "
+            "at least 2 per class (label more, or drop the class)."
+        )
+
+
+def unlabeled_pool(cfg: TrainConfig, data: DataBundle, seed: int) -> ImageSet:
+    """``method.unlabeled`` or the unlabeled rest of DATA's training split (a seeded
+    ``pool_size`` draw of it when set), checked: not empty, and holding no evaluation image
+    (exact pixel duplicates) unless ``allow_overlap``."""
+    opts = cfg.method
+    if opts.unlabeled:
+        pool = load_pool(opts.unlabeled, cfg.img_size, cfg.strict, cfg.progress)
+    elif data.unlabeled is not None and len(data.unlabeled):
+        pool = data.unlabeled
+    else:
+        raise FewlabelError(
+            "The unlabeled pool is empty: pass --unlabeled POOL, or --labels-per-class so that the rest of "
+            "DATA's training split is the pool."
+        )
+    pool = random_subset(pool, opts.pool_size, seed)
+    overlap = cross_duplicates(data.eval, pool)
+    if overlap["count"] and not opts.allow_overlap:
+        first = overlap["examples"][0]
+        raise FewlabelError(
+            f"The unlabeled pool holds {overlap['count']} image(s) identical to evaluation images "
+            f"(e.g. pool '{first[1]}' = evaluation '{first[0]}'); remove them or pass --allow-overlap."
+        )
+    if opts.audit and not (has_labels(pool) and pool.class_names == data.class_names):
+        raise FewlabelError("--audit needs a pool with the labelled data's classes (hidden labels).")
+    return pool
+
+
+def probe_set(cfg: TrainConfig, data: DataBundle, seed: int) -> tuple[ImageSet | None, str]:
+    """What to score after the initial fit and every round: the validation set when there is
+    one; else, in audit mode, a seeded ``probe_size`` draw of the evaluation set (a benchmark's
+    view of whether rounds help; nothing is selected on it); else nothing."""
+    if data.val is not None and len(data.val):
+        return data.val, "validation"
+    if cfg.method.audit and cfg.method.probe_size:
+        return random_subset(data.eval, cfg.method.probe_size, seed), f"{data.eval_name} (audit)"
+    return None, ""
+
+
+def build_network(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, BackboneInfo]:
+    """A timm classifier, or for tri-net a TriNet over the backbone; an image size the backbone
+    cannot take is refused here, as in ``fewlabel train``."""
+    if cfg.method.name != "trinet":
+        model, info = create_backbone(
+            cfg.model, cfg.pretrained, len(class_names), cfg.dropout, class_names=class_names, head=cfg.head
+        )
+        check_image_size(model, cfg.img_size, cfg.model)
+        return model, info
+    backbone, info = create_backbone(cfg.model, cfg.pretrained, 0, 0.0, head="new")
+    check_image_size(backbone, cfg.img_size, cfg.model)
+    opts = cfg.method
+    return TriNet(backbone, len(class_names), opts.head_hidden, opts.head_dropout, opts.module_stages, cfg.model), info
+
+
+def network_groups(net: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The optimiser groups of ``freeze-unfreeze``'s fine-tuning phase: ``lr`` at the top (head,
+    tri-net's MLPs), ``layer_decay`` times less per stage below (timm's coarse groups); tri-net's
+    module stages sit one step below the MLPs, the shared trunk below them."""
+    if not isinstance(net, TriNet):
+        return decayed_param_groups(net, cfg.lr, cfg.layer_decay, True, cfg.weight_decay)
+    steps = 2 if net.module_stages else 1
+    shared = decayed_param_groups(net.shared, cfg.lr * cfg.layer_decay**steps, cfg.layer_decay, True, cfg.weight_decay)
+    tails = [p for module in net.heads for p in module.tail.parameters()]
+    mlps = [p for module in net.heads for p in module.mlp.parameters()]
+    groups = [*shared, {"params": mlps, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    if tails:
+        groups.append({"params": tails, "lr": cfg.lr * cfg.layer_decay, "weight_decay": cfg.weight_decay})
+    return groups
+
+
+def trained_heads(net: nn.Module) -> list[nn.Module]:
+    """The parts whose BatchNorm trains even when the backbone's stays frozen."""
+    return [module.mlp for module in net.heads] if isinstance(net, TriNet) else [net.get_classifier()]
+
+
+class SemiRun:
+    """One seed's semi-supervised training: the fits, the pseudo-labels between them and the
+    records (``state``: rounds and evaluations, saved by the engine with every fit)."""
+
+    def __init__(self, ctx: RunContext, net: nn.Module, info: BackboneInfo, pool: ImageSet | None) -> None:
+        self.ctx, self.cfg, self.opts = ctx, ctx.cfg, ctx.cfg.method
+        self.net, self.info, self.pool = net, info, pool
+        self.labelled = ctx.data.train
+        self.modules = MODULES if isinstance(net, TriNet) else 1
+        self.probe, self.probe_role = probe_set(ctx.cfg, ctx.data, ctx.seed)
+        self.state = ctx.engine.method_state
+        self.state.setdefault("rounds", [])
+        self.state.setdefault("evaluations", [])
+        self._fits = 0
+
+    # --- the fits -------------------------------------------------------------------------
+
+    def initial_fit(self) -> None:
+        """The start every method shares: the head on cached features, then ``epochs`` over the
+        labelled set (tri-net: smeared copies)."""
+        if self.modules == MODULES:
+            targets = self.smeared_targets(0)
+        else:
+            targets = hard_targets(self.labelled.labels, self.labelled.num_classes, 1)
+        mask = torch.ones(len(self.labelled), self.modules, dtype=torch.bool)
+        self._next_fit_seed()
+        self.ctx.engine.fit("head", self.cfg.head_epochs, partial(self._head_fit, targets, mask), on_features=True)
+        self.fit_on_targets(
+            "initial",
+            self.cfg.epochs,
+            self.labelled,
+            targets,
+            mask,
+            self.labelled.labels,
+            after=partial(self.evaluate, "initial fit"),
+        )
+
+    def more_epochs(self, epochs: int) -> None:
+        """``supervised``: the budget as more epochs on the labelled images."""
+        ones = torch.ones(len(self.labelled), 1, dtype=torch.bool)
+        targets = hard_targets(self.labelled.labels, self.labelled.num_classes, 1)
+        after = partial(self.evaluate, f"{epochs} more epochs")
+        self.fit_on_targets("supervised", epochs, self.labelled, targets, ones, self.labelled.labels, after=after)
+
+    def fixmatch(self, epochs: int) -> None:
+        """FixMatch for the budget's epochs (an epoch is one pass over the labelled images)."""
+        built: dict = {}
+
+        def build() -> Fit:
+            weak = self.transform(self.cfg.augment)
+            views = TwoViews(self.pool, weak, self.transform("randaugment"), self.ctx.seed)
+            targets = hard_targets(self.labelled.labels, self.labelled.num_classes, 1)
+            ones = torch.ones(len(self.labelled), 1, dtype=torch.bool)
+            dataset = TargetImages(self.labelled, targets, ones, weak, self.ctx.seed)
+            data = self._datamodule(
+                dataset, self.labelled.labels, unlabeled=views, unlabeled_batch=self.cfg.batch_size * self.opts.mu
+            )
+            built["module"] = FixMatchModule(
+                self.net,
+                network_groups(self.net, self.cfg),
+                self.cfg.optimizer,
+                self.cfg.schedule,
+                self.cfg.warmup_epochs,
+                self.cfg.label_smoothing,
+                self._class_weights(),
+                threshold=self.opts.threshold,
+                unlabeled_weight=self.opts.unlabeled_weight,
+            )
+            return Fit(built["module"], data, self._eval_modules())
+
+        def after() -> None:
+            self.state["rounds"].append({"fixmatch_confident_share": built["module"].confident_share})
+            self.evaluate(f"{epochs} more epochs")
+
+        self._next_fit_seed()
+        self.ctx.engine.fit("fixmatch", epochs, build, after=after)
+
+    def self_training(self) -> None:
+        """Pseudo-label (one module) or tri-net (three) rounds."""
+        for round_index in range(self.opts.rounds):
+            trinet = self.modules == MODULES
+            if trinet and diversity_due(round_index, self.opts.diversity_every):
+                smeared = self.smeared_targets(round_index)
+                ones = torch.ones(len(self.labelled), MODULES, dtype=torch.bool)
+                self.fit_on_targets(
+                    f"diversity-{round_index + 1}",
+                    self.opts.diversity_epochs,
+                    self.labelled,
+                    smeared,
+                    ones,
+                    self.labelled.labels,
+                )
+            self._round(round_index)
+
+    def _round(self, round_index: int) -> None:
+        started: dict = {}
+
+        def build() -> Fit:
+            started["time"] = time.perf_counter()
+            started["record"], images, targets, mask, labels = self.propose(round_index)
+            return self._fit_spec(images, targets, mask, labels)
+
+        def after() -> None:
+            record = started["record"] | {"seconds": time.perf_counter() - started["time"]}
+            self.state["rounds"].append(record)
+            log.info("round %d: %s pseudo-labels", round_index + 1, [m["kept"] for m in record["modules"]])
+            self.evaluate(f"round {round_index + 1}")
+
+        self._next_fit_seed()
+        self.ctx.engine.fit(f"round-{round_index + 1}", self.opts.round_epochs, build, after=after)
+
+    def fit_on_targets(self, name, epochs, images, targets, mask, labels, after=None) -> None:
+        """Fine-tune the whole network on augmented images with soft targets per module."""
+        self._next_fit_seed()
+        build = partial(self._fit_spec, images, targets, mask, labels)
+        self.ctx.engine.fit(name, epochs, build, after=after)
+
+    def _fit_spec(self, images: ImageSet, targets, mask, labels) -> Fit:
+        dataset = TargetImages(images, targets, mask, self.transform(self.cfg.augment), self.ctx.seed)
+        module = SoftTargetModule(
+            self.net,
+            network_groups(self.net, self.cfg),
+            self.cfg.optimizer,
+            self.cfg.schedule,
+            self.cfg.warmup_epochs,
+            self.cfg.label_smoothing,
+            self._class_weights(),
+        )
+        return Fit(module, self._datamodule(dataset, labels), self._eval_modules())
+
+    def _head_fit(self, targets, mask) -> Fit:
+        """The head (tri-net: its MLPs) on cached pooled features of the un-augmented images."""
+        fn = self.net.pooled_features if isinstance(self.net, TriNet) else pre_logits(self.net)
+        features = cached_features(self.net, self.labelled, self.info, self.cfg, self.ctx.engine, fn=fn)
+        head = HeadOnFeatures(self.net, self.cfg.dropout)
+        val = None
+        if self.ctx.data.val is not None:
+            val_features = cached_features(self.net, self.ctx.data.val, self.info, self.cfg, self.ctx.engine, fn=fn)
+            val = torch.utils.data.TensorDataset(val_features, self.ctx.data.val.labels)
+        groups = [{"params": list(head.parameters()), "lr": self.cfg.head_lr, "weight_decay": self.cfg.weight_decay}]
+        module = SoftTargetModule(
+            head,
+            groups,
+            self.cfg.optimizer,
+            self.cfg.schedule,
+            self.cfg.warmup_epochs,
+            self.cfg.label_smoothing,
+            self._class_weights(),
+        )
+        data = datamodule(self.cfg, self._fit_seed, FeatureTargets(features, targets, mask), val, self.labelled.labels)
+        return Fit(module, data)
+
+    def _datamodule(self, dataset, labels, **kwargs):
+        task = self.ctx.task
+        val_split = self.ctx.data.val
+        val = task.dataset(val_split, self.info, self.cfg, False, self.ctx.seed) if val_split is not None else None
+        return datamodule(self.cfg, self._fit_seed, dataset, val, labels, **kwargs)
+
+    def _next_fit_seed(self) -> None:
+        """Each fit shuffles with its own seed (fit order is fixed, so a resume repeats it)."""
+        self._fit_seed = self.ctx.seed * 7919 + self._fits
+        self._fits += 1
+
+    def _eval_modules(self) -> list[nn.Module]:
+        return eval_mode_modules(self.net, freezes_batchnorm(self.cfg), trained_heads(self.net))
+
+    def _class_weights(self):
+        from ..tasks.classification import class_weights
+
+        return class_weights(self.labelled, self.cfg.imbalance)
+
+    # --- between fits ---------------------------------------------------------------------
+
+    def transform(self, augment: str, train: bool = True):
+        return build_transform(augment, self.cfg.img_size, self.info.mean, self.info.std, train=train)
+
+    def smeared_targets(self, salt: int) -> torch.Tensor:
+        """N x 3 x C: each module its own smeared copy of the labels (seeded by seed, module, salt)."""
+        copies = [
+            smear_labels(
+                self.labelled.labels,
+                self.labelled.num_classes,
+                self.opts.smear_std,
+                torch.Generator().manual_seed(self.ctx.seed * 1009 + 101 * salt + v),
+            )
+            for v in range(MODULES)
+        ]
+        return torch.stack(copies, 1)
+
+    def module_features(self, images: ImageSet) -> torch.Tensor:
+        """M x N x D pooled features of un-augmented images as each module sees them (TriNet: the
+        trunk once, then every module's own stages; eval mode), on the CPU; computed in shares
+        across DDP processes."""
+        net, device = self.net, self.ctx.engine.device
+        net.eval().to(device)
+        if isinstance(net, TriNet):
+            fn = lambda x: net.modules_pooled(net.shared_features(x)).transpose(0, 1)  # noqa: E731
+        else:
+            fn = lambda x: pre_logits(net)(x).unsqueeze(1)  # noqa: E731
+        transform = self.transform("none", train=False)
+
+        def compute(indices: list[int]) -> torch.Tensor | None:
+            if not indices:
+                return None
+            return batched_outputs(fn, images.subset(indices), transform, 128, device, progress=False)
+
+        def merge(outputs: list, shares: list[list[int]]) -> torch.Tensor:
+            first = next(o for o in outputs if o is not None)
+            merged = first.new_zeros((len(images), *first.shape[1:]))
+            for output, indices in zip(outputs, shares, strict=True):
+                if output is not None:
+                    merged[indices] = output
+            return merged
+
+        features = sharded(len(images), compute, merge)
+        net.to("cpu")
+        return features.transpose(0, 1)
+
+    def propose(self, round_index: int):
+        """The pseudo-labels of round ``round_index`` and the training set they make:
+        (record, images, targets, mask, labels)."""
+        opts, labelled, trinet = self.opts, self.labelled, self.modules == MODULES
+        size = sample_size_at(round_index, opts.sample_first, opts.sample_growth, len(self.pool))
+        order = torch.randperm(
+            len(self.pool), generator=torch.Generator().manual_seed(self.ctx.seed * 997 + round_index)
+        )
+        examined = self.pool.subset(order[:size])
+        features = self.module_features(examined)  # the backbone runs once; editing reuses them
+        head = HeadOnFeatures(self.net, self.cfg.dropout).eval()
+        with torch.no_grad():
+            probs = head(features).softmax(-1)
+        if trinet:
+            threshold = threshold_at(round_index, opts.threshold_start, opts.threshold_step, opts.threshold_min)
+            labels, mask = agreeing_pseudo_labels(probs, threshold)
+        else:
+            threshold = opts.threshold
+            labels, mask = confident_pseudo_labels(probs, threshold)
+        kept = mask
+        if trinet and opts.edit_passes:
+            passes = self.dropout_passes(head, features, opts.edit_passes)
+            kept = mask & stable_pseudo_labels(passes, labels, opts.edit_min_agreement)
+        record = {"round": round_index + 1, "threshold": threshold, "examined": size, "modules": []}
+        if trinet:
+            record["diversity_fine_tune"] = diversity_due(round_index, opts.diversity_every)
+        for v in range(self.modules):
+            record["modules"].append(module_record(labels[v], mask[v], kept[v], examined, opts.audit))
+        chosen = kept.any(0)
+        classes = labelled.num_classes
+        images = concat(labelled, examined.subset(torch.nonzero(chosen).flatten()))
+        pseudo_targets = nn.functional.one_hot(labels[:, chosen].T, classes).float()  # K x M x C
+        targets = torch.cat([hard_targets(labelled.labels, classes, self.modules), pseudo_targets])
+        train_mask = torch.cat([torch.ones(len(labelled), self.modules, dtype=torch.bool), kept[:, chosen].T])
+        train_labels = torch.cat([labelled.labels, labels[:, chosen].max(0).values])
+        return record, images, targets, train_mask, train_labels
+
+    def dropout_passes(self, head: HeadOnFeatures, features: torch.Tensor, passes: int) -> torch.Tensor:
+        """P x M x N predicted classes with the modules' dropout on, on the CPU (seeded there)."""
+        generator = torch.Generator().manual_seed(self.ctx.seed * 31 + len(self.state["rounds"]))
+        for module in head.modules():
+            if isinstance(module, nn.Dropout):
+                module.train()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+            predictions = [head(features).argmax(-1) for _ in range(passes)]
+        head.eval()
+        return torch.stack(predictions)
+
+    def evaluate(self, after: str) -> None:
+        """Score the probe images (if any): ensemble accuracy, and for tri-net each module's
+        accuracy and the share of images on which the modules do not all agree (diversity)."""
+        if self.probe is None:
+            return
+        features = self.module_features(self.probe)
+        with torch.no_grad():
+            probs = HeadOnFeatures(self.net, self.cfg.dropout).eval()(features).softmax(-1)
+        truth = self.probe.labels
+        record = {
+            "after": after,
+            "set": self.probe_role,
+            "images": len(truth),
+            "accuracy": float((probs.mean(0).argmax(-1) == truth).float().mean()),
+        }
+        if len(probs) > 1:
+            predicted = probs.argmax(-1)
+            record["module_accuracy"] = [float((p == truth).float().mean()) for p in predicted]
+            record["modules_disagree"] = float((predicted != predicted[0]).any(0).float().mean())
+        self.state["evaluations"].append(record)
+        log.info("after %s: %s accuracy %.4f", after, self.probe_role, record["accuracy"])
+
+
+def module_record(labels, mask, kept, examined: ImageSet, audit: bool) -> dict:
+    """Counts for one module's pseudo-labels, and their accuracy against hidden truth if asked."""
+    record = {"candidates": int(mask.sum()), "removed_by_editing": int((mask & ~kept).sum()), "kept": int(kept.sum())}
+    if audit:
+        truth = examined.labels
+        record["accuracy_before_editing"] = float((labels[mask] == truth[mask]).float().mean()) if mask.any() else None
+        record["accuracy_kept"] = float((labels[kept] == truth[kept]).float().mean()) if kept.any() else None
+    return record

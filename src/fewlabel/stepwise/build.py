@@ -1,0 +1,84 @@
+"""Build an intermediate dataset for stepwise fine-tuning (``fewlabel intermediate build``, and a
+recipe stage's ``build``): pseudo-classes of unlabeled images, or generated images."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..errors import FewlabelError, unknown_choice
+
+INTERMEDIATE_METHODS = ("clusters", "synthetic")
+DESCRIPTORS = ("handcrafted", "embedding", "both")
+
+
+def build_intermediate(
+    data: str | None,
+    out: str | Path,
+    *,
+    method: str = "clusters",
+    unlabeled: str | None = None,
+    pool_size: int | None = None,
+    k: int = 20,
+    descriptor: str = "handcrafted",
+    keep_fraction: float = 0.8,
+    generator: str | None = None,
+    per_class: int = 100,
+    options: dict | None = None,
+    seed: int = 0,
+    model: str = "efficientnet_lite0",
+    pretrained: str = "imagenet",
+    img_size: int = 64,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Build an intermediate dataset and write it to ``out``.
+
+    ``clusters``: K pseudo-classes from the unlabeled pool (``unlabeled`` if given, else DATA's
+    training split, labels unused; ``pool_size`` draws a seeded random subset), written as an
+    ImageFolder plus ``clusters.json``. ``synthetic``: ``per_class`` images per class from
+    ``generator`` (``module:function``), written as ``labels.csv`` plus ``synthetic.json``.
+    """
+    from ..data.sources import load_pool
+    from ..data.splits import random_subset
+    from .intermediate import cluster_pseudo_classes, describe, write_cluster_folder
+    from .synthetic import build_synthetic
+
+    if method not in INTERMEDIATE_METHODS:
+        raise unknown_choice("intermediate method", method, INTERMEDIATE_METHODS)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FewlabelError(f"Output folder '{out}' already exists; pass --overwrite to replace it.")
+        shutil.rmtree(out)
+    if method == "synthetic":
+        if not generator:
+            raise FewlabelError("--method synthetic needs --generator module:function.")
+        return build_synthetic(generator, out, per_class, seed, options)
+    if unlabeled is None and data is None:
+        raise FewlabelError("--method clusters needs DATA or --unlabeled POOL: the images to group.")
+    pool = random_subset(load_pool(unlabeled or data, img_size, progress=progress), pool_size, seed)
+
+    def embed(images):
+        from ..data.transforms import build_transform
+        from ..models import create_backbone
+        from ..train.inference import batched_outputs, pre_logits
+
+        backbone, info = create_backbone(model, pretrained, num_classes=2)
+        transform = build_transform("none", img_size, info.mean, info.std, train=False)
+        return batched_outputs(
+            pre_logits(backbone.eval()), images, transform, desc="embedding the pool", progress=progress
+        )
+
+    groups = cluster_pseudo_classes(describe(pool, descriptor, embed), k, seed, keep_fraction)
+    params = {
+        "method": method,
+        "k": k,
+        "descriptor": descriptor,
+        "keep_fraction": keep_fraction,
+        "pool_size": pool_size,
+        "seed": seed,
+        "model": model if descriptor != "handcrafted" else None,
+        "img_size": img_size,
+    }
+    return write_cluster_folder(pool, groups, out, params)

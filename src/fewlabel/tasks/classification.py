@@ -1,0 +1,286 @@
+"""Image classification: one class per image, as the task interface implements it.
+
+Images are decoded once into uint8 tensors, resized (shorter side, then centre crop) to
+``img_size``; the network is a timm classifier; metrics are those of DESIGN.md's metrics.json;
+predictions.csv holds one row per evaluation image.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from ..config import TrainConfig
+from ..data.datasets import TransformedImages
+from ..data.duplicates import cross_duplicates
+from ..data.images import ImageDecodeError, decode_image, pil_to_array, resize_to_square
+from ..data.imageset import ImageSet
+from ..data.sources import load_data, parse_data_spec
+from ..data.splits import align_classes, per_class_subset, stratified_holdout
+from ..data.transforms import build_transform, describe_eval_transform
+from ..errors import FewlabelError
+from ..evaluate.metrics import METRIC_KEYS, aggregate_seeds, classification_metrics
+from ..evaluate.predictions import Predictions, write_predictions
+from ..models import BackboneInfo, ModelCard, check_image_size, create_backbone
+from ..rundir import PREDICTIONS
+from ..train.inference import batched_outputs
+from .base import DataBundle, Task
+
+log = logging.getLogger("fewlabel.data")
+DEFAULT_VAL_SPLIT = 0.2
+
+
+class ClassificationTask(Task):
+    """One class per image (ImageFolder, ``path,label`` CSV or a built-in dataset)."""
+
+    name = "classification"
+    headline = "accuracy"
+    metric_keys = METRIC_KEYS
+    has_feature_head = True
+
+    def prepare_data(self, cfg: TrainConfig, seed: int) -> DataBundle:
+        return prepare_classification_data(cfg, seed)
+
+    def splits_record(self, data: DataBundle, seed: int) -> dict:
+        return super().splits_record(data, seed) | {"summary": self.data_summary(data)}
+
+    def build_model(self, cfg: TrainConfig, data: DataBundle) -> tuple[nn.Module, BackboneInfo]:
+        model, info = create_backbone(
+            cfg.model, cfg.pretrained, data.train.num_classes, cfg.dropout, class_names=data.class_names, head=cfg.head
+        )
+        check_image_size(model, cfg.img_size, cfg.model)
+        return model, info
+
+    def rebuild_model(self, card: ModelCard) -> nn.Module:
+        return timm.create_model(
+            card.arch, pretrained=False, num_classes=len(card.class_names), drop_rate=card.drop_rate
+        )
+
+    def dataset(
+        self, split: ImageSet, info: BackboneInfo, cfg: TrainConfig, train: bool, seed: int
+    ) -> TransformedImages:
+        transform = build_transform(cfg.augment if train else "none", cfg.img_size, info.mean, info.std, train=train)
+        return TransformedImages(split, transform, seed=seed)
+
+    def sampler_labels(self, split: ImageSet) -> torch.Tensor:
+        return split.labels
+
+    def module(self, net: nn.Module, param_groups: list[dict], cfg: TrainConfig, data: DataBundle):
+        from ..train.module import ClassifierModule
+
+        return ClassifierModule(
+            net,
+            param_groups,
+            cfg.optimizer,
+            cfg.schedule,
+            cfg.warmup_epochs,
+            cfg.label_smoothing,
+            class_weights(data.train, cfg.imbalance),
+        )
+
+    def head_fit(self, model, info, cfg, data, engine):
+        """Dropout and the classifier over embeddings cached once per data and weights."""
+        from ..train.datamodule import datamodule
+
+        for p in model.parameters():
+            p.requires_grad = False
+
+        def embed(images: ImageSet) -> TensorDataset:
+            return TensorDataset(cached_features(model, images, info, cfg, engine), images.labels)
+
+        train_set = embed(data.train)
+        val_set = embed(data.val) if data.val is not None else None
+        head = model.get_classifier()
+        for p in head.parameters():
+            p.requires_grad = True
+        net = nn.Sequential(nn.Dropout(cfg.dropout), head)
+        return net, datamodule(cfg, engine.seed, train_set, val_set, data.train.labels)
+
+    def card_fields(self, cfg: TrainConfig, data: DataBundle, info: BackboneInfo) -> dict:
+        return {
+            "class_names": data.class_names,
+            "img_size": cfg.img_size,
+            "mean": list(info.mean),
+            "std": list(info.std),
+            "drop_rate": cfg.dropout,
+        }
+
+    def evaluate(self, model, card, split: ImageSet, progress: bool = False) -> tuple[dict, Predictions]:
+        probs = Predictor(model, card).predict_proba(split, progress=progress)
+        metrics = classification_metrics(probs, split.labels, card.class_names)
+        return metrics, Predictions(split.ids, probs, split.labels, card.class_names)
+
+    def load_split(self, spec: str, card: ModelCard, strict: bool = False) -> ImageSet:
+        return align_classes(load_data(spec, card.img_size, strict), card.class_names, "Evaluation")
+
+    def write_predictions(self, run_dir: Path, predictions: Predictions) -> None:
+        write_predictions(Path(run_dir) / PREDICTIONS, predictions)
+
+    def predictor(self, model: nn.Module, card: ModelCard, device: str | None = None) -> Predictor:
+        return Predictor(model, card, device)
+
+    def aggregate(self, per_seed: dict[int, dict]) -> dict:
+        return aggregate_seeds(per_seed)
+
+    def data_summary(self, data: DataBundle) -> dict:
+        """Sizes, class counts and exact duplicates between the splits (for the report)."""
+        duplicates = {"train/eval": cross_duplicates(data.train, data.eval)}
+        if data.val is not None:
+            duplicates["train/val"] = cross_duplicates(data.train, data.val)
+            if data.eval is not data.val:
+                duplicates["val/eval"] = cross_duplicates(data.val, data.eval)
+        return {
+            "train": data.train.summary(),
+            "val": data.val.summary() if data.val is not None else None,
+            "eval": data.eval.summary() | {"role": data.eval_name},
+            "unlabeled_pool": len(data.unlabeled_ids),
+            "duplicates": duplicates,
+        }
+
+    def report_sections(self, run_dir: Path, metrics: dict) -> list[str]:
+        from ..report.classification import sections
+
+        return sections(run_dir, metrics)
+
+
+def prepare_classification_data(cfg: TrainConfig, seed: int, keep_unlabeled: bool = False) -> DataBundle:
+    """Load DATA's splits, draw the labelled subset and the validation split (both seeded).
+    The unlabeled rest of the training split is kept in memory when a method learns from it."""
+    from ..methods import get_method
+
+    spec = parse_data_spec(cfg.data)
+    full_train = load_data(spec if spec.split else spec.with_split("train"), cfg.img_size, cfg.strict, cfg.progress)
+    labeled, unlabeled_ids, unlabeled = full_train, [], None
+    wants_pool = get_method(cfg.method.name).needs_unlabeled and not getattr(cfg.method, "unlabeled", None)
+    if cfg.labels_per_class:
+        chosen, rest = per_class_subset(full_train.labels, cfg.labels_per_class, seed, full_train.class_names)
+        labeled = full_train.subset(chosen)
+        unlabeled_ids = [full_train.ids[i] for i in rest.tolist()]
+        if wants_pool or keep_unlabeled:
+            unlabeled = full_train.subset(rest)
+    splits = spec.available_splits() if spec.split is None else ()
+    labeled, val = _validation(cfg, spec, splits, labeled, seed)
+    if cfg.eval_data:
+        evaluation, name = load_data(cfg.eval_data, cfg.img_size, cfg.strict, cfg.progress), cfg.eval_data
+    elif "test" in splits:
+        evaluation, name = load_data(spec.with_split("test"), cfg.img_size, cfg.strict, cfg.progress), "test"
+    else:
+        evaluation, name = val, "validation"
+    evaluation = align_classes(evaluation, labeled.class_names, "Evaluation")
+    return DataBundle(labeled, val, evaluation, name, unlabeled_ids, unlabeled)
+
+
+def _validation(cfg: TrainConfig, spec, splits: tuple[str, ...], labeled: ImageSet, seed: int):
+    """(labelled, validation): DATA's val split; else ``val_split`` of the labelled images held
+    out; else, when nothing else could score the model, DEFAULT_VAL_SPLIT held out."""
+    if "val" in splits and not cfg.val_split:
+        val = load_data(spec.with_split("val"), cfg.img_size, cfg.strict, cfg.progress)
+        return labeled, align_classes(val, labeled.class_names, "Validation")
+    fraction = cfg.val_split
+    if not fraction and "test" not in splits and cfg.eval_data is None:
+        fraction = DEFAULT_VAL_SPLIT
+        log.info("DATA has no val or test split: holding out %.0f%% of it for validation", 100 * fraction)
+    if not fraction:
+        return labeled, None
+    held, kept = stratified_holdout(labeled.labels, fraction, seed)
+    val = labeled.subset(held)
+    val.source = f"{labeled.source} (held out)"
+    return labeled.subset(kept), val
+
+
+def class_weights(train: ImageSet, imbalance: str) -> torch.Tensor | None:
+    """Inverse-frequency class weights for ``imbalance: class-weights`` (mean weight 1)."""
+    if imbalance != "class-weights":
+        return None
+    counts = torch.bincount(train.labels, minlength=train.num_classes).float().clamp_min(1)
+    return counts.sum() / (len(counts) * counts)
+
+
+def cached_features(model: nn.Module, images: ImageSet, info: BackboneInfo, cfg: TrainConfig, engine, fn=None):
+    """Pooled features (or ``fn`` of the images) of un-augmented images, cached by the engine."""
+    transform = build_transform("none", cfg.img_size, info.mean, info.std, train=False)
+    transform_id = describe_eval_transform(cfg.img_size, info.mean, info.std)
+    model.to(engine.device)
+    try:
+        return engine.cache.features(model, images, transform, transform_id, 128, engine.device, cfg.progress, fn=fn)
+    finally:
+        model.to("cpu")
+
+
+class Predictor:
+    """A trained classifier with its preprocessing; built by :func:`fewlabel.load` from a run."""
+
+    def __init__(self, model: nn.Module, card: ModelCard, device: str | None = None) -> None:
+        self.model = model.eval()
+        self.card = card
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.transform = build_transform("none", card.img_size, card.mean, card.std, train=False)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.card.class_names
+
+    def predict_proba(self, images: ImageSet | list, progress: bool = False) -> torch.Tensor:
+        """Class probabilities (N x C) for an ImageSet or a list of paths, PIL images or arrays."""
+        image_set = images if isinstance(images, ImageSet) else self._to_image_set(images)
+        self.model.to(self.device)
+        logits = batched_outputs(
+            self.model, image_set, self.transform, 128, self.device, desc="evaluating", progress=progress
+        )
+        return logits.softmax(-1)
+
+    def predict(self, images: list, top_k: int = 3) -> list[dict]:
+        """Top-k classes with probabilities for each image."""
+        tops = self.top_classes(self.predict_proba(images), top_k)
+        return [{"image": name, "top": top} for name, top in zip(_image_names(images), tops, strict=True)]
+
+    def top_classes(self, probs: torch.Tensor, top_k: int) -> list[list[dict]]:
+        """For each row of N x C probabilities, the ``top_k`` classes as {class, probability}."""
+        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        return [
+            [{"class": self.class_names[j], "probability": float(v)} for v, j in zip(vals, idx, strict=True)]
+            for vals, idx in zip(values.tolist(), indices.tolist(), strict=True)
+        ]
+
+    def metrics(self, images: ImageSet, progress: bool = False) -> dict:
+        probs = self.predict_proba(images, progress=progress)
+        return classification_metrics(probs, images.labels, self.class_names)
+
+    def _to_image_set(self, images: list) -> ImageSet:
+        tensors = [resize_to_square(_as_tensor(x), self.card.img_size) for x in images]
+        channels = max(t.shape[0] for t in tensors)
+        stacked = torch.stack([t.expand(channels, -1, -1) for t in tensors])
+        return ImageSet(
+            stacked,
+            torch.zeros(len(tensors), dtype=torch.long),
+            self.class_names,
+            _image_names(images),
+        )
+
+
+def _image_names(images: list) -> list[str]:
+    return [str(x) if isinstance(x, (str, Path)) else f"image {i}" for i, x in enumerate(images)]
+
+
+def _as_tensor(image: Any) -> torch.Tensor:
+    if isinstance(image, (str, Path)):
+        try:
+            return decode_image(image)
+        except (ImageDecodeError, FileNotFoundError) as exc:
+            raise FewlabelError(f"Cannot read image '{image}': {exc}.") from None
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.array(pil_to_array(image))).permute(2, 0, 1).contiguous()  # writable copy
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.dtype != np.uint8:
+        raise FewlabelError(f"Image arrays must be H x W or H x W x C uint8, got {array.shape} {array.dtype}.")
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
