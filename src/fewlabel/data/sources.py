@@ -177,12 +177,15 @@ def _load_csv(path: Path, image_size: int, strict: bool, progress: bool, labelle
     return _decode_all(entries, class_names, image_size, strict, progress)
 
 
-def _decode_all(
-    entries: list[tuple[Path, int]], class_names: list[str], image_size: int, strict: bool, progress: bool
-) -> ImageSet:
-    """Decode every file once, resized to image_size; skip (or refuse, if strict) bad files.
+def decode_files(
+    paths: list[Path], image_size: int | None, strict: bool, progress: bool
+) -> list[tuple[int, torch.Tensor, tuple[int, int]]]:
+    """Decode every file once: resized (shorter side, then centre crop) to ``image_size``, or at
+    its own size when ``image_size`` is None (dense tasks: targets stay aligned pixel for pixel).
+    Returns (index in ``paths``, image, original (height, width)) of the readable files; a bad file
+    is skipped with one warning naming it (refused with ``strict``).
 
-    Files are decoded in a thread pool (Pillow releases the GIL while decoding); order is kept.
+    Files are decoded in a thread pool (Pillow releases the GIL while decoding).
     """
     from tqdm.auto import tqdm
 
@@ -191,36 +194,45 @@ def _decode_all(
             image = decode_image(path)
         except ImageDecodeError as exc:
             return exc
-        return resize_to_square(image, image_size), (image.shape[1], image.shape[2])
+        size = (image.shape[1], image.shape[2])
+        return (image if image_size is None else resize_to_square(image, image_size)), size
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(
             tqdm(
-                pool.map(decode, [p for p, _ in entries]),
-                total=len(entries),
+                pool.map(decode, paths),
+                total=len(paths),
                 desc="decoding images",
                 leave=False,
-                disable=not progress or len(entries) < 200,
+                disable=not progress or len(paths) < 200,
             )
         )
-    images, sizes, labels, ids, bad = [], [], [], [], []
-    for (path, label), result in zip(entries, results, strict=True):
+    decoded, bad = [], []
+    for index, (path, result) in enumerate(zip(paths, results, strict=True)):
         if isinstance(result, ImageDecodeError):
             if strict:
                 raise FewlabelError(f"Unreadable image '{path}': {result} (remove it, or drop --strict to skip).")
             bad.append(f"{path} ({result})")
             continue
-        images.append(result[0])
-        sizes.append(result[1])
-        labels.append(label)
-        ids.append(str(path))
+        decoded.append((index, *result))
     if bad:
         log.warning("skipped %d unreadable image(s): %s", len(bad), "; ".join(bad))
-    if not images:
-        raise FewlabelError(f"No readable images among {len(entries)} file(s).")
+    if not decoded:
+        raise FewlabelError(f"No readable images among {len(paths)} file(s).")
+    return decoded
+
+
+def _decode_all(
+    entries: list[tuple[Path, int]], class_names: list[str], image_size: int, strict: bool, progress: bool
+) -> ImageSet:
+    """Decode labelled files into one ImageSet, resized to ``image_size`` (see :func:`decode_files`)."""
+    decoded = decode_files([p for p, _ in entries], image_size, strict, progress)
+    images = [image for _, image, _ in decoded]
     channels = max(im.shape[0] for im in images)
     stacked = torch.stack([im.expand(channels, -1, -1) for im in images]).contiguous()
-    return ImageSet(stacked, torch.tensor(labels, dtype=torch.long), class_names, ids, original_sizes=sizes)
+    labels = torch.tensor([entries[i][1] for i, _, _ in decoded], dtype=torch.long)
+    ids = [str(entries[i][0]) for i, _, _ in decoded]
+    return ImageSet(stacked, labels, class_names, ids, original_sizes=[size for _, _, size in decoded])
 
 
 def load_images_by_id(ids: list[str], image_size: int) -> list[torch.Tensor | None]:

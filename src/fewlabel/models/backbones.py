@@ -238,23 +238,32 @@ def check_image_size(model: nn.Module, img_size: int, arch: str) -> None:
         model.train(was_training)
 
 
+class Encoder(nn.Module):
+    """A timm backbone cut after its deepest requested stage (nothing unused is kept, so DDP
+    needs no unused-parameter search): ``forward`` gives the feature maps at ``indices``,
+    shallow to deep, with ``channels`` and ``reductions`` (stride) each."""
+
+    def __init__(self, model: nn.Module, indices: list[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.indices = list(indices)
+        self.channels = [model.feature_info[i]["num_chs"] for i in self.indices]
+        self.reductions = [model.feature_info[i]["reduction"] for i in self.indices]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, indices=self.indices, intermediates_only=True)
+
+
 def create_encoder(
-    arch: str, pretrained: str = "imagenet", out_indices: tuple[int, ...] | None = None
-) -> tuple[nn.Module, BackboneInfo]:
-    """A timm backbone as a feature extractor for dense tasks (timm's ``features_only``: a list of
-    feature maps, shallow to deep; ``feature_info`` gives their channels and strides), with the
-    weights :func:`create_backbone` would load (offline ImageNet, the hub, a .safetensors file).
-    Every tensor of the encoder must come from those weights (unless ``pretrained`` is none)."""
-    source, info = create_backbone(arch, pretrained, num_classes=0, head="new")
-    kwargs = {"out_indices": out_indices} if out_indices is not None else {}
-    encoder = timm.create_model(arch, pretrained=False, features_only=True, **kwargs)
-    if pretrained != "none":
-        state = source.state_dict()
-        missing = [k for k in encoder.state_dict() if k not in state]
-        if missing:
-            raise FewlabelError(
-                f"'{arch}' cannot be used as an encoder with these weights: {len(missing)} tensor(s) of its "
-                f"feature extractor are not in them (first: {missing[0]})."
-            )
-        encoder.load_state_dict({k: state[k] for k in encoder.state_dict()})
-    return encoder, info
+    arch: str, pretrained: str = "imagenet", indices: tuple[int, ...] = (-1,)
+) -> tuple[Encoder, BackboneInfo]:
+    """A timm backbone as a feature extractor for dense tasks, with the weights
+    :func:`create_backbone` would load (offline ImageNet, the hub, a .safetensors file).
+    ``indices`` name stages as timm's ``feature_info`` does (negative: from the deepest)."""
+    model, info = create_backbone(arch, pretrained, num_classes=0, head="new")
+    if not hasattr(model, "prune_intermediate_layers"):
+        raise FewlabelError(f"'{arch}' cannot serve as an encoder: timm gives it no intermediate feature maps.")
+    stages = len(model.feature_info)
+    wanted = sorted({i % stages for i in indices})
+    model.prune_intermediate_layers(wanted, prune_norm=True, prune_head=True)
+    return Encoder(model, wanted), info

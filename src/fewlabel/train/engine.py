@@ -210,15 +210,17 @@ class Engine:
         self._save_state()
 
     def timing(self) -> dict:
-        """``train_seconds``: every fit's wall time; ``train_images_per_second``: images over
-        the seconds of training batches of the fits on images (over all fits when every fit
-        ran on cached features)."""
+        """``train_seconds``: every fit's wall time; ``train_images``: images the fits on images
+        trained on (every process's; on cached features when no fit ran on images);
+        ``train_images_per_second``: those images over their training batches' seconds."""
         records = list(self.records.values())
         on_images = [r for r in records if not r["on_features"]] or records
         seconds = sum(r["seconds"] for r in on_images)
+        images = sum(r["images"] for r in on_images)
         return {
             "train_seconds": sum(r["wall"] for r in records),
-            "train_images_per_second": sum(r["images"] for r in on_images) / seconds if seconds else 0.0,
+            "train_images": images,
+            "train_images_per_second": images / seconds if seconds else 0.0,
         }
 
     def _resume_checkpoint(self, name: str) -> Path | None:
