@@ -21,7 +21,8 @@ from .methods import load_network
 from .models import OFFLINE_WEIGHTS, list_backbones
 from .rundir import model_dir
 from .runner import TrainResult, run_training
-from .stepwise.build import INTERMEDIATE_METHODS, build_intermediate
+from .stepwise import INTERMEDIATE_METHODS
+from .stepwise.build import build_intermediate
 from .tasks import get_task
 from .tasks.classification import Predictor
 

@@ -9,20 +9,10 @@ from __future__ import annotations
 import logging
 import sys
 
-import typer
-
 from ..distributed import is_rank_zero
 from ..errors import FewlabelError
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    help="Train trustworthy image models when labels are scarce. Options: flags override --config, "
-    "which overrides the defaults.",
-)
-
-from . import commands as _commands  # noqa: E402,F401  (registers the commands on app)
+from . import commands, intermediate  # noqa: F401  (they register their commands on app)
+from .app import app
 
 
 class OneLineFormatter(logging.Formatter):

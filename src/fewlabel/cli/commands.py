@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import PER_STAGE_KEYS
-from . import app
+from .app import app
 from .options import parse_seeds, with_training_options
 
 console = Console()
@@ -215,6 +215,3 @@ def methods() -> None:
         options = ", ".join(k for k in method.options.model_fields if k != "name")
         table.add_row(name, method.summary, ", ".join(method.tasks), "yes" if method.needs_unlabeled else "no", options)
     console.print(table)
-
-
-from . import intermediate as _intermediate  # noqa: E402,F401  (the intermediate sub-app)

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from ..stepwise.build import DESCRIPTORS, INTERMEDIATE_METHODS
-from . import app
+from ..stepwise import DESCRIPTORS, INTERMEDIATE_METHODS
+from .app import app
 from .commands import console
 
 intermediate_app = typer.Typer(no_args_is_help=True, help="Intermediate datasets for stepwise fine-tuning.")

@@ -7,9 +7,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import FewlabelError, unknown_choice
-
-INTERMEDIATE_METHODS = ("clusters", "synthetic")
-DESCRIPTORS = ("handcrafted", "embedding", "both")
+from . import INTERMEDIATE_METHODS
 
 
 def build_intermediate(

@@ -26,7 +26,7 @@ from sklearn.cluster import KMeans
 from ..data.imageset import ImageSet
 from ..errors import FewlabelError
 from ..rundir import CLUSTERS_MARKER
-from .build import DESCRIPTORS
+from . import DESCRIPTORS
 
 COLOUR_BINS = 16
 LBP_POINTS, LBP_RADIUS = 8, 1

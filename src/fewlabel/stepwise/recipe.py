@@ -65,7 +65,7 @@ from ..rundir import (
     write_stage,
     write_summary,
 )
-from .build import DESCRIPTORS
+from . import DESCRIPTORS
 
 log = logging.getLogger("fewlabel.recipe")
 STAGE_KEYS = ("name", "data", "build")
