@@ -259,7 +259,8 @@ def test_each_method_records_its_rounds_and_trains_on_the_engine(semi_folder, tm
     assert ("module_accuracy" in evaluations[0]) == (method == "trinet")
     assert "Accuracy after each round" in (run / "report.html").read_text()
     if method == "fixmatch":
-        assert 0.0 <= rounds["rounds"][0]["fixmatch_confident_share"] <= 1.0
+        share = rounds["rounds"][0]["fixmatch_confident_share"]
+        assert f"FixMatch: {100 * share:.1f}% of unlabeled images" in (run / "report.html").read_text()
 
 
 def test_semi_fits_take_callbacks_the_tensorboard_logger_and_onecycle(semi_folder, tmp_path):
@@ -273,6 +274,21 @@ def test_semi_fits_take_callbacks_the_tensorboard_logger_and_onecycle(semi_folde
     fewlabel.train(str(semi_folder), tmp_path / "run", callbacks=[Count()], **options)
     assert fits == ["head", "initial", "round-1", "round-2"]
     assert list((tmp_path / "run" / "logs" / "round-2").rglob("events.out.tfevents.*"))
+
+
+def test_semi_fits_take_label_smoothing_class_weights_and_early_stopping(semi_folder, tmp_path):
+    seen = []
+
+    class Inspect(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            seen.append((pl_module.phase, pl_module.label_smoothing, pl_module.class_weights is not None))
+
+    options = OPTIONS | method_options("pseudo-label", round_epochs=30) | {"label_smoothing": 0.1}
+    options |= {"imbalance": "class-weights", "early_stopping": 1, "lr": 0.05}
+    fewlabel.train(str(semi_folder), tmp_path / "run", callbacks=[Inspect()], **options)
+    assert seen and all(smoothing == 0.1 and weighted for _, smoothing, weighted in seen)
+    rows = (tmp_path / "run" / "history.csv").read_text().splitlines()[1:]
+    assert 0 < sum(row.startswith("round-1,") for row in rows) < 30  # validation loss stopped the round early
 
 
 def test_a_flat_folder_pool_and_the_overlap_check(split_folder, tmp_path):

@@ -141,7 +141,7 @@ register_method(
     Method(
         "supervised",
         SupervisedOptions,
-        train="fewlabel.semi.loop:train",
+        train="fewlabel.semi.loop:train_supervised",
         summary="baseline: the labelled images alone, on the semi-supervised methods' budget",
         report_section="fewlabel.semi.report:section",
     )
@@ -150,7 +150,7 @@ register_method(
     Method(
         "pseudo-label",
         PseudoLabelOptions,
-        train="fewlabel.semi.loop:train",
+        train="fewlabel.semi.loop:train_pseudo_label",
         summary="baseline: self-training on confident predictions (Lee 2013)",
         report_section="fewlabel.semi.report:section",
         needs_unlabeled=True,
@@ -160,7 +160,7 @@ register_method(
     Method(
         "fixmatch",
         FixMatchOptions,
-        train="fewlabel.semi.loop:train",
+        train="fewlabel.semi.loop:train_fixmatch",
         summary="baseline: weak/strong augmentation consistency (Sohn et al. 2020)",
         report_section="fewlabel.semi.report:section",
         needs_unlabeled=True,
@@ -170,7 +170,7 @@ register_method(
     Method(
         "trinet",
         TriNetOptions,
-        train="fewlabel.semi.loop:train",
+        train="fewlabel.semi.loop:train_trinet",
         summary="tri-net (Chen et al. 2018): three modules on a shared trunk label for each other",
         build_model="fewlabel.semi.trinet:build_from_card",
         card_fields=("module_stages", "head_hidden", "head_dropout"),

@@ -69,33 +69,32 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("fewlabel.semi")
 
 
-def train(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
-    """Train ``ctx.cfg.method`` on the labelled images (and the pool); write rounds.json."""
-    check_labelled(ctx.data.train)
-    opts = ctx.cfg.method
-    pool = unlabeled_pool(ctx.cfg, ctx.data, ctx.seed) if isinstance(opts, PoolOptions) else None
-    net, info = build_network(ctx.cfg, ctx.data.class_names)
-    ctx.engine.start(net)
-    run = SemiRun(ctx, net, info, pool)
-    run.initial_fit()
-    budget = opts.rounds * opts.round_epochs
-    if opts.name in ("pseudo-label", "trinet"):
-        run.self_training()
-    elif opts.name == "fixmatch":
-        run.fixmatch(budget)
-    else:
-        run.more_epochs(budget)
-    if is_rank_zero():
-        write_rounds(
-            ctx.run_dir,
-            {
-                "method": opts.name,
-                "pool_size": len(pool) if pool is not None else 0,
-                "rounds": run.state["rounds"],
-                "evaluations": run.state["evaluations"],
-            },
-        )
-    return net.eval(), info
+def train_supervised(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
+    """``supervised``: the budget as more epochs on the labelled images."""
+    run = SemiRun.start(ctx, *classifier_network(ctx.cfg, ctx.data.class_names))
+    run.more_epochs(ctx.cfg.method.rounds * ctx.cfg.method.round_epochs)
+    return run.finish()
+
+
+def train_pseudo_label(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
+    """``pseudo-label``: self-training rounds of one classifier."""
+    run = SemiRun.start(ctx, *classifier_network(ctx.cfg, ctx.data.class_names))
+    run.self_training()
+    return run.finish()
+
+
+def train_fixmatch(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
+    """``fixmatch``: the budget as FixMatch epochs."""
+    run = SemiRun.start(ctx, *classifier_network(ctx.cfg, ctx.data.class_names))
+    run.fixmatch(ctx.cfg.method.rounds * ctx.cfg.method.round_epochs)
+    return run.finish()
+
+
+def train_trinet(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
+    """``trinet``: self-training rounds of three modules on a shared trunk."""
+    run = SemiRun.start(ctx, *trinet_network(ctx.cfg, ctx.data.class_names))
+    run.self_training()
+    return run.finish()
 
 
 def check_labelled(labelled: ImageSet) -> None:
@@ -145,15 +144,18 @@ def probe_set(cfg: TrainConfig, data: DataBundle, seed: int) -> tuple[ImageSet |
     return None, ""
 
 
-def build_network(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, BackboneInfo]:
-    """A timm classifier, or for tri-net a TriNet over the backbone; an image size the backbone
-    cannot take is refused here, as in ``fewlabel train``."""
-    if cfg.method.name != "trinet":
-        model, info = create_backbone(
-            cfg.model, cfg.pretrained, len(class_names), cfg.dropout, class_names=class_names, head=cfg.head
-        )
-        check_image_size(model, cfg.img_size, cfg.model)
-        return model, info
+def classifier_network(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, BackboneInfo]:
+    """A timm classifier; an image size the backbone cannot take is refused here, as in
+    ``fewlabel train``."""
+    model, info = create_backbone(
+        cfg.model, cfg.pretrained, len(class_names), cfg.dropout, class_names=class_names, head=cfg.head
+    )
+    check_image_size(model, cfg.img_size, cfg.model)
+    return model, info
+
+
+def trinet_network(cfg: TrainConfig, class_names: list[str]) -> tuple[TriNet, BackboneInfo]:
+    """A TriNet over the backbone (see :mod:`fewlabel.semi.trinet`)."""
     backbone, info = create_backbone(cfg.model, cfg.pretrained, 0, 0.0, head="new")
     check_image_size(backbone, cfg.img_size, cfg.model)
     opts = cfg.method
@@ -189,19 +191,45 @@ class SemiRun:
         self.ctx, self.cfg, self.opts = ctx, ctx.cfg, ctx.cfg.method
         self.net, self.info, self.pool = net, info, pool
         self.labelled = ctx.data.train
-        self.modules = MODULES if isinstance(net, TriNet) else 1
+        self.is_trinet = isinstance(net, TriNet)
+        self.modules = MODULES if self.is_trinet else 1
         self.probe, self.probe_role = probe_set(ctx.cfg, ctx.data, ctx.seed)
         self.state = ctx.engine.method_state
         self.state.setdefault("rounds", [])
         self.state.setdefault("evaluations", [])
         self._fits = 0
 
+    @classmethod
+    def start(cls, ctx: RunContext, net: nn.Module, info: BackboneInfo) -> SemiRun:
+        """Check the labelled set, load the pool (for methods that have one), attach the network
+        to the engine (restoring it on resume) and run the initial fit."""
+        check_labelled(ctx.data.train)
+        pool = unlabeled_pool(ctx.cfg, ctx.data, ctx.seed) if isinstance(ctx.cfg.method, PoolOptions) else None
+        ctx.engine.start(net)
+        run = cls(ctx, net, info, pool)
+        run.initial_fit()
+        return run
+
+    def finish(self) -> tuple[nn.Module, BackboneInfo]:
+        """Write rounds.json (process 0) and hand back the trained network."""
+        if is_rank_zero():
+            write_rounds(
+                self.ctx.run_dir,
+                {
+                    "method": self.opts.name,
+                    "pool_size": len(self.pool) if self.pool is not None else 0,
+                    "rounds": self.state["rounds"],
+                    "evaluations": self.state["evaluations"],
+                },
+            )
+        return self.net.eval(), self.info
+
     # --- the fits -------------------------------------------------------------------------
 
     def initial_fit(self) -> None:
         """The start every method shares: the head on cached features, then ``epochs`` over the
         labelled set (tri-net: smeared copies)."""
-        if self.modules == MODULES:
+        if self.is_trinet:
             targets = self.smeared_targets(0)
         else:
             targets = hard_targets(self.labelled.labels, self.labelled.num_classes, 1)
@@ -261,8 +289,7 @@ class SemiRun:
     def self_training(self) -> None:
         """Pseudo-label (one module) or tri-net (three) rounds."""
         for round_index in range(self.opts.rounds):
-            trinet = self.modules == MODULES
-            if trinet and diversity_due(round_index, self.opts.diversity_every):
+            if self.is_trinet and diversity_due(round_index, self.opts.diversity_every):
                 smeared = self.smeared_targets(round_index)
                 ones = torch.ones(len(self.labelled), MODULES, dtype=torch.bool)
                 self.fit_on_targets(
@@ -402,7 +429,7 @@ class SemiRun:
     def propose(self, round_index: int):
         """The pseudo-labels of round ``round_index`` and the training set they make:
         (record, images, targets, mask, labels)."""
-        opts, labelled, trinet = self.opts, self.labelled, self.modules == MODULES
+        opts, labelled, is_trinet = self.opts, self.labelled, self.is_trinet
         size = sample_size_at(round_index, opts.sample_first, opts.sample_growth, len(self.pool))
         order = torch.randperm(
             len(self.pool), generator=torch.Generator().manual_seed(self.ctx.seed * 997 + round_index)
@@ -412,18 +439,18 @@ class SemiRun:
         head = HeadOnFeatures(self.net, self.cfg.dropout).eval()
         with torch.no_grad():
             probs = head(features).softmax(-1)
-        if trinet:
+        if is_trinet:
             threshold = threshold_at(round_index, opts.threshold_start, opts.threshold_step, opts.threshold_min)
             labels, mask = agreeing_pseudo_labels(probs, threshold)
         else:
             threshold = opts.threshold
             labels, mask = confident_pseudo_labels(probs, threshold)
         kept = mask
-        if trinet and opts.edit_passes:
+        if is_trinet and opts.edit_passes:
             passes = self.dropout_passes(head, features, opts.edit_passes)
             kept = mask & stable_pseudo_labels(passes, labels, opts.edit_min_agreement)
         record = {"round": round_index + 1, "threshold": threshold, "examined": size, "modules": []}
-        if trinet:
+        if is_trinet:
             record["diversity_fine_tune"] = diversity_due(round_index, opts.diversity_every)
         for v in range(self.modules):
             record["modules"].append(module_record(labels[v], mask[v], kept[v], examined, opts.audit))
