@@ -125,7 +125,13 @@ FILES: tuple[Entry, ...] = (
         "TensorBoard, a person",
         "per-step logs of each fit",
     ),
-    Entry(AUDIT + "/", "run", "audits of this run", "report", "audit results (one folder per audit)"),
+    Entry(
+        AUDIT + "/",
+        "run",
+        "nothing yet: reserved for fewlabel audit (UAP, information plane)",
+        "-",
+        "one folder per audit of this run",
+    ),
     Entry(
         "seed-<s>/",
         "run",
