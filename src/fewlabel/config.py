@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -258,6 +257,8 @@ def make_config(values: dict, origin: str = "config") -> TrainConfig:
 
 def read_config_file(path: str | Path) -> dict:
     """Read a YAML mapping, with clear errors for a missing file or bad YAML."""
+    import yaml  # here: the command line builds its options from this module without reading YAML
+
     path = Path(path)
     if not path.is_file():
         raise FewlabelError(f"Config file '{path}' not found.")

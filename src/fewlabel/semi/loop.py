@@ -71,29 +71,28 @@ log = logging.getLogger("fewlabel.semi")
 
 def train_supervised(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
     """``supervised``: the budget as more epochs on the labelled images."""
-    run = SemiRun.start(ctx, *classifier_network(ctx.cfg, ctx.data.class_names))
-    run.more_epochs(ctx.cfg.method.rounds * ctx.cfg.method.round_epochs)
-    return run.finish()
+    return run_method(ctx, classifier_network, SemiRun.more_epochs)
 
 
 def train_pseudo_label(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
     """``pseudo-label``: self-training rounds of one classifier."""
-    run = SemiRun.start(ctx, *classifier_network(ctx.cfg, ctx.data.class_names))
-    run.self_training()
-    return run.finish()
+    return run_method(ctx, classifier_network, SemiRun.self_training)
 
 
 def train_fixmatch(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
     """``fixmatch``: the budget as FixMatch epochs."""
-    run = SemiRun.start(ctx, *classifier_network(ctx.cfg, ctx.data.class_names))
-    run.fixmatch(ctx.cfg.method.rounds * ctx.cfg.method.round_epochs)
-    return run.finish()
+    return run_method(ctx, classifier_network, SemiRun.fixmatch)
 
 
 def train_trinet(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
     """``trinet``: self-training rounds of three modules on a shared trunk."""
-    run = SemiRun.start(ctx, *trinet_network(ctx.cfg, ctx.data.class_names))
-    run.self_training()
+    return run_method(ctx, trinet_network, SemiRun.self_training)
+
+
+def run_method(ctx: RunContext, network, after_initial_fit) -> tuple[nn.Module, BackboneInfo]:
+    """Build the network, run the initial fit, then the method's own fits; write rounds.json."""
+    run = SemiRun.start(ctx, *network(ctx.cfg, ctx.data.class_names))
+    after_initial_fit(run)
     return run.finish()
 
 
@@ -246,16 +245,22 @@ class SemiRun:
             after=partial(self.evaluate, "initial fit"),
         )
 
-    def more_epochs(self, epochs: int) -> None:
+    @property
+    def budget(self) -> int:
+        """Epochs after the initial fit: ``rounds`` x ``round_epochs``."""
+        return self.opts.rounds * self.opts.round_epochs
+
+    def more_epochs(self) -> None:
         """``supervised``: the budget as more epochs on the labelled images."""
+        epochs = self.budget
         ones = torch.ones(len(self.labelled), 1, dtype=torch.bool)
         targets = hard_targets(self.labelled.labels, self.labelled.num_classes, 1)
         after = partial(self.evaluate, f"{epochs} more epochs")
         self.fit_on_targets("supervised", epochs, self.labelled, targets, ones, self.labelled.labels, after=after)
 
-    def fixmatch(self, epochs: int) -> None:
+    def fixmatch(self) -> None:
         """FixMatch for the budget's epochs (an epoch is one pass over the labelled images)."""
-        built: dict = {}
+        epochs, built = self.budget, {}
 
         def build() -> Fit:
             weak = self.transform(self.cfg.augment)
