@@ -271,16 +271,8 @@ class SemiRun:
             data = self._datamodule(
                 dataset, self.labelled.labels, unlabeled=views, unlabeled_batch=self.cfg.batch_size * self.opts.mu
             )
-            built["module"] = FixMatchModule(
-                self.net,
-                network_groups(self.net, self.cfg),
-                self.cfg.optimizer,
-                self.cfg.schedule,
-                self.cfg.warmup_epochs,
-                self.cfg.label_smoothing,
-                self._class_weights(),
-                threshold=self.opts.threshold,
-                unlabeled_weight=self.opts.unlabeled_weight,
+            built["module"] = self._module(
+                self.net, FixMatchModule, threshold=self.opts.threshold, unlabeled_weight=self.opts.unlabeled_weight
             )
             return Fit(built["module"], data, self._eval_modules())
 
@@ -332,16 +324,7 @@ class SemiRun:
 
     def _fit_spec(self, images: ImageSet, targets, mask, labels) -> Fit:
         dataset = TargetImages(images, targets, mask, self.transform(self.cfg.augment), self.ctx.seed)
-        module = SoftTargetModule(
-            self.net,
-            network_groups(self.net, self.cfg),
-            self.cfg.optimizer,
-            self.cfg.schedule,
-            self.cfg.warmup_epochs,
-            self.cfg.label_smoothing,
-            self._class_weights(),
-        )
-        return Fit(module, self._datamodule(dataset, labels), self._eval_modules())
+        return Fit(self._module(self.net), self._datamodule(dataset, labels), self._eval_modules())
 
     def _head_fit(self, targets, mask) -> Fit:
         """The head (tri-net: its MLPs) on cached pooled features of the un-augmented images."""
@@ -353,17 +336,22 @@ class SemiRun:
             val_features = cached_features(self.net, self.ctx.data.val, self.info, self.cfg, self.ctx.engine, fn=fn)
             val = torch.utils.data.TensorDataset(val_features, self.ctx.data.val.labels)
         groups = [{"params": list(head.parameters()), "lr": self.cfg.head_lr, "weight_decay": self.cfg.weight_decay}]
-        module = SoftTargetModule(
-            head,
-            groups,
+        data = datamodule(self.cfg, self._fit_seed, FeatureTargets(features, targets, mask), val, self.labelled.labels)
+        return Fit(self._module(head, groups=groups), data)
+
+    def _module(self, net: nn.Module, module_class=SoftTargetModule, groups=None, **extra) -> SoftTargetModule:
+        """The fit's Lightning module with the run's optimiser, schedule, label smoothing and
+        class weights; ``groups`` default to :func:`network_groups`."""
+        return module_class(
+            net,
+            groups or network_groups(net, self.cfg),
             self.cfg.optimizer,
             self.cfg.schedule,
             self.cfg.warmup_epochs,
             self.cfg.label_smoothing,
             self._class_weights(),
+            **extra,
         )
-        data = datamodule(self.cfg, self._fit_seed, FeatureTargets(features, targets, mask), val, self.labelled.labels)
-        return Fit(module, data)
 
     def _datamodule(self, dataset, labels, **kwargs):
         task = self.ctx.task

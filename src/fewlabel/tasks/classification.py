@@ -151,7 +151,7 @@ class ClassificationTask(Task):
         return sections(run_dir, metrics)
 
 
-def prepare_classification_data(cfg: TrainConfig, seed: int, keep_unlabeled: bool = False) -> DataBundle:
+def prepare_classification_data(cfg: TrainConfig, seed: int) -> DataBundle:
     """Load DATA's splits, draw the labelled subset and the validation split (both seeded).
     The unlabeled rest of the training split is kept in memory when a method learns from it."""
     from ..methods import get_method
@@ -164,7 +164,7 @@ def prepare_classification_data(cfg: TrainConfig, seed: int, keep_unlabeled: boo
         chosen, rest = per_class_subset(full_train.labels, cfg.labels_per_class, seed, full_train.class_names)
         labeled = full_train.subset(chosen)
         unlabeled_ids = [full_train.ids[i] for i in rest.tolist()]
-        if wants_pool or keep_unlabeled:
+        if wants_pool:
             unlabeled = full_train.subset(rest)
     splits = spec.available_splits() if spec.split is None else ()
     labeled, val = _validation(cfg, spec, splits, labeled, seed)
