@@ -239,3 +239,22 @@ def test_a_trinet_target_stage_starts_from_the_intermediate_weights(tmp_path, im
     assert json.loads((run / "rounds.json").read_text())["rounds"][0]["round"] == 1
     assert yaml.safe_load((run / "config.yaml").read_text())["pretrained"].endswith("intermediate/model.safetensors")
     assert summary["stages"][1]["classes"] == 3
+
+
+def test_flags_apply_to_the_stages_whose_method_takes_them(tmp_path, image_folder):
+    from fewlabel.stepwise.recipe import stage_config
+
+    stages = [
+        {"name": "a", "data": str(image_folder)},
+        {"name": "b", "data": str(image_folder), "method": "pseudo-label", "labels_per_class": 4},
+    ]
+    path = write_recipe(tmp_path / "r.yaml", stages)
+    flags = {"rounds": 1, "epochs": 2, "strategy": "full"}
+    recipe = read_recipe(path, flags)
+    first, second = (stage_config(recipe, i, tmp_path, 0, overrides=flags) for i in (0, 1))
+    assert first.method.name == "finetune" and first.method.strategy == "full" and first.epochs == 2
+    assert second.method.name == "pseudo-label" and second.method.rounds == 1 and second.epochs == 2
+    with pytest.raises(FewlabelError, match=r"--threshold-start: no stage's method takes it .*finetune, pseudo-label"):
+        read_recipe(path, {"threshold_start": 0.5})
+    with pytest.raises(FewlabelError, match=r"--pretrained differs per stage"):
+        run_recipe(path, tmp_path / "out", options={"pretrained": "none"})

@@ -183,6 +183,16 @@ def check_recipe(recipe: Recipe, origin: str = "recipe", overrides: dict | None 
                 _check_data_exists(data, where)
     if recipe.stages[-1].data is None:
         raise FewlabelError(f"{origin}: the last stage is the target and needs data, not build.")
+    _check_overrides_are_used(recipe, overrides or {}, origin)
+
+
+def _check_overrides_are_used(recipe: Recipe, overrides: dict, origin: str) -> None:
+    """Refuse a flag that no stage's method takes (it would change nothing)."""
+    methods = [stage_method(merge_options(merge_options(recipe.defaults, s.options), overrides)) for s in recipe.stages]
+    for key in overrides:
+        if not any(key in for_method({key: None}, m) for m in methods):
+            flag, used = key.replace("_", "-"), ", ".join(methods)
+            raise FewlabelError(f"{origin}: --{flag}: no stage's method takes it (the stages use {used}).")
 
 
 def _check_data_exists(data: str, where: str) -> None:
@@ -198,21 +208,25 @@ def _check_data_exists(data: str, where: str) -> None:
 def stage_config(
     recipe: Recipe, index: int, seed_folder: Path, seed: int, origin: str = "recipe", overrides: dict | None = None
 ) -> TrainConfig:
-    """The training config of stage ``index`` for one seed: defaults (those the stage's method
-    takes), then the stage's own options, then ``overrides`` (``fewlabel run``'s flags), its
-    data (built data lives in ``seed_folder``) and the previous stage's weights."""
+    """The training config of stage ``index`` for one seed: defaults, then the stage's own
+    options, then ``overrides`` (``fewlabel run``'s flags), its data (built data lives in
+    ``seed_folder``) and the previous stage's weights. Defaults and flags apply where the
+    stage's method takes them."""
     stage = recipe.stages[index]
     data = stage.data or str(built_data(seed_folder, stage))
-    values = merge_options(recipe.defaults, stage.options)
-    values = merge_options(values, overrides or {})
-    method = method_section(values.get("method")).get("name")
+    values = merge_options(merge_options(recipe.defaults, stage.options), overrides or {})
+    method = stage_method(values)
     if method in list_methods():
-        own = set(stage.options) | set(overrides or {})
-        values = {k: v for k, v in values.items() if k in own or k in for_method(recipe.defaults, method)}
+        shared = for_method(merge_options(recipe.defaults, overrides or {}), method)
+        values = {k: v for k, v in values.items() if k in stage.options or k in shared}
     values |= {"seed": seed, "data": data}
     if index > 0:
         values["pretrained"] = str(seed_folder / recipe.stages[index - 1].name / WEIGHTS)
     return make_config(values, f"{origin}: stages.{index} ({stage.name})")
+
+
+def stage_method(values: dict) -> str:
+    return str(method_section(values.get("method")).get("name"))
 
 
 def run_overrides(options: dict) -> dict:
