@@ -9,14 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from ..config import PER_STAGE_KEYS
 from .app import app
 from .options import parse_seeds, with_training_options
 
-console = Console()
 Compare = Enum("Compare", {"direct": "direct"}, type=str)
 DataArgument = Annotated[str | None, typer.Argument(help="folder, CSV (path,label) or built-in name[:split]")]
 ConfigOption = Annotated[Path | None, typer.Option(help="YAML config; flags override it")]
@@ -24,20 +21,34 @@ OverwriteOption = Annotated[bool, typer.Option(help="replace an existing run dir
 ResumeOption = Annotated[bool, typer.Option(help="continue an interrupted run from its checkpoints")]
 
 
-def _metrics_table(metrics: dict, title: str) -> Table:
+def console():
+    """Rich output of a command that runs (imported then, not at start-up)."""
+    from rich.console import Console
+
+    return Console()
+
+
+def table(*columns: str, title: str | None = None):
+    from rich.table import Table
+
+    rendered = Table(title=title)
+    for column in columns:
+        rendered.add_column(column)
+    return rendered
+
+
+def _metrics_table(metrics: dict, title: str):
     from ..tasks import get_task
 
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+    rows = table("metric", "value", title=title)
     for key in (*get_task(metrics.get("task", "classification")).metric_keys, "n_samples"):
         if key in metrics:
             value = metrics[key]
             text = f"{value:.4f}" if isinstance(value, float) else str(value)
             if f"{key}_sd" in metrics:
                 text += f" ± {metrics[key + '_sd']:.4f}"
-            table.add_row(key, text)
-    return table
+            rows.add_row(key, text)
+    return rows
 
 
 def _train(data, out, config, overwrite, resume, options, default_method) -> None:
@@ -47,8 +58,9 @@ def _train(data, out, config, overwrite, resume, options, default_method) -> Non
         data, out, config=config, overwrite=overwrite, resume=resume, default_method=default_method, **options
     )
     method = result.config.method.name
-    console.print(_metrics_table(result.metrics, f"{result.run_dir} ({method}) on {result.metrics.get('eval_data')}"))
-    console.print(f"report: {result.run_dir / 'report.html'}", soft_wrap=True)
+    out = console()
+    out.print(_metrics_table(result.metrics, f"{result.run_dir} ({method}) on {result.metrics.get('eval_data')}"))
+    out.print(f"report: {result.run_dir / 'report.html'}", soft_wrap=True)
 
 
 @app.command()
@@ -103,16 +115,15 @@ def run(
         overwrite=overwrite,
         options=options,
     )
-    table = Table(title=f"{out} ({len(summary['seeds'])} seed(s))")
-    for column in ("stage", "evaluated on", "accuracy", "macro-F1"):
-        table.add_column(column)
+    rows = table("stage", "evaluated on", "accuracy", "macro-F1", title=f"{out} ({len(summary['seeds'])} seed(s))")
     for stage in summary["stages"]:
         acc, f1 = stage["metrics"]["accuracy"], stage["metrics"]["macro_f1"]
-        table.add_row(stage["name"], stage["eval_data"], _mean_sd(acc), _mean_sd(f1))
-    console.print(table)
+        rows.add_row(stage["name"], stage["eval_data"], _mean_sd(acc), _mean_sd(f1))
+    printer = console()
+    printer.print(rows)
     if "comparison" in summary:
-        console.print(summary["comparison"]["statement"])
-    console.print(f"report: {out / 'report.html'}", soft_wrap=True)
+        printer.print(summary["comparison"]["statement"])
+    printer.print(f"report: {out / 'report.html'}", soft_wrap=True)
 
 
 def _mean_sd(stats: dict) -> str:
@@ -130,9 +141,10 @@ def evaluate(
     from .. import api
 
     metrics = api.evaluate(run, data, out, strict)
-    console.print(_metrics_table(metrics, f"{run} on {data}"))
+    printer = console()
+    printer.print(_metrics_table(metrics, f"{run} on {data}"))
     if out:
-        console.print(f"metrics: {out}")
+        printer.print(f"metrics: {out}")
 
 
 @app.command()
@@ -149,13 +161,10 @@ def predict(
     if as_json:
         typer.echo(json.dumps(predictions, indent=2))
         return
-    table = Table()
-    table.add_column("image")
-    for i in range(min(top_k, len(predictions[0]["top"]))):
-        table.add_column(f"#{i + 1}")
+    rows = table("image", *[f"#{i + 1}" for i in range(min(top_k, len(predictions[0]["top"])))])
     for p in predictions:
-        table.add_row(p["image"], *[f"{t['class']} {t['probability']:.3f}" for t in p["top"]])
-    console.print(table)
+        rows.add_row(p["image"], *[f"{t['class']} {t['probability']:.3f}" for t in p["top"]])
+    console().print(rows)
 
 
 @app.command()
@@ -180,13 +189,11 @@ def models(
     """Backbones (any timm architecture) and which have ImageNet weights offline."""
     from .. import api
 
-    rows = [r for r in api.list_models(pattern) if r["offline_imagenet"] or not offline]
-    table = Table(title=f"{len(rows)} backbones")
-    table.add_column("name")
-    table.add_column("ImageNet weights offline")
-    for r in sorted(rows, key=lambda r: (not r["offline_imagenet"], r["name"])):
-        table.add_row(r["name"], "yes" if r["offline_imagenet"] else "hub download only")
-    console.print(table)
+    found = [r for r in api.list_models(pattern) if r["offline_imagenet"] or not offline]
+    rows = table("name", "ImageNet weights offline", title=f"{len(found)} backbones")
+    for r in sorted(found, key=lambda r: (not r["offline_imagenet"], r["name"])):
+        rows.add_row(r["name"], "yes" if r["offline_imagenet"] else "hub download only")
+    console().print(rows)
 
 
 @app.command()
@@ -194,12 +201,10 @@ def datasets() -> None:
     """Built-in datasets and whether each is present on this machine."""
     from .. import api
 
-    table = Table()
-    for column in ("name", "splits", "present", "description"):
-        table.add_column(column)
+    rows = table("name", "splits", "present", "description")
     for d in api.list_datasets():
-        table.add_row(d["name"], ", ".join(d["splits"]), "yes" if d["present"] else "no", d["description"])
-    console.print(table)
+        rows.add_row(d["name"], ", ".join(d["splits"]), "yes" if d["present"] else "no", d["description"])
+    console().print(rows)
 
 
 @app.command()
@@ -207,11 +212,9 @@ def methods() -> None:
     """Registered training methods, the tasks they train and their own options."""
     from ..methods import get_method, list_methods
 
-    table = Table()
-    for column in ("method", "what it does", "tasks", "needs unlabeled images", "options"):
-        table.add_column(column)
+    rows = table("method", "what it does", "tasks", "needs unlabeled images", "options")
     for name in list_methods():
         method = get_method(name)
         options = ", ".join(k for k in method.options.model_fields if k != "name")
-        table.add_row(name, method.summary, ", ".join(method.tasks), "yes" if method.needs_unlabeled else "no", options)
-    console.print(table)
+        rows.add_row(name, method.summary, ", ".join(method.tasks), "yes" if method.needs_unlabeled else "no", options)
+    console().print(rows)

@@ -55,4 +55,4 @@ def build(
         overwrite=overwrite,
     )
     sizes = summary["sizes"]
-    console.print(f"{sum(sizes.values())} images in {len(sizes)} classes: {out}")
+    console().print(f"{sum(sizes.values())} images in {len(sizes)} classes: {out}")
