@@ -83,6 +83,10 @@ def test_a_dense_task_trains_through_the_engine_saves_and_reloads(pixels, tmp_pa
     )
     metrics = fewlabel.evaluate(run, str(pixels / "test"))
     assert metrics["mse"] == pytest.approx(result.metrics["mse"], rel=1e-5)
+    from fewlabel.api import load_classifier
+
+    with pytest.raises(FewlabelError, match=f"is a {NAME} run; predict and serve take classification runs"):
+        load_classifier(run)
 
 
 def test_dense_task_under_two_process_ddp_matches_one_process(pixels, tmp_path):

@@ -36,6 +36,7 @@ __all__ = [
     "list_datasets",
     "list_models",
     "load",
+    "load_classifier",
     "train",
 ]
 
@@ -91,6 +92,16 @@ def load(run_dir: str | Path, device: str | None = None):
     predictor (classification: :class:`Predictor`)."""
     model, card = load_network(model_dir(run_dir))
     return get_task(card.task).predictor(model, card, device)
+
+
+def load_classifier(run_dir: str | Path, device: str | None = None) -> Predictor:
+    """:func:`load` for commands that speak of classes (predict, serve): another task's run is
+    refused in one line."""
+    predictor = load(run_dir, device)
+    if not isinstance(predictor, Predictor):
+        task = predictor.card.task if hasattr(predictor, "card") else type(predictor).__name__
+        raise FewlabelError(f"'{run_dir}' is a {task} run; predict and serve take classification runs.")
+    return predictor
 
 
 def evaluate(run_dir: str | Path, data: str, out: str | Path | None = None, strict: bool = False) -> dict:

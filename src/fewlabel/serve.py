@@ -16,7 +16,7 @@ import torch
 from fastapi import FastAPI, HTTPException, UploadFile
 from fastapi.responses import HTMLResponse
 
-from .api import Predictor, load
+from .api import Predictor, load_classifier
 from .audit.saliency import grad_cam
 from .data.images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, resize_to_square
 from .errors import FewlabelError
@@ -28,7 +28,7 @@ DEFAULT_MAX_UPLOAD_MB = 10.0
 
 def create_app(run_dir: str | Path, top_k: int = 3, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
     """The app for one run directory; the model is loaded once, here."""
-    predictor = load(run_dir, device="cpu")
+    predictor = load_classifier(run_dir, device="cpu")
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="fewlabel", docs_url=None, redoc_url=None)
 

@@ -157,7 +157,7 @@ def predict(
     """Top-k classes for each image."""
     from .. import api
 
-    predictions = api.load(run).predict([str(p) for p in images], top_k=top_k)
+    predictions = api.load_classifier(run).predict([str(p) for p in images], top_k=top_k)
     if as_json:
         typer.echo(json.dumps(predictions, indent=2))
         return
