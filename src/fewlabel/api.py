@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 
-from .config import TrainConfig, load_config, make_config, merge_options, method_section, read_config_file
+from .config import TrainConfig, make_config, merge_options, method_section, read_config_file
 from .data.builtin import BUILTIN_DATASETS
 from .errors import FewlabelError
 from .fileio import write_json
@@ -59,7 +59,7 @@ def build_config(
     if default_method and "method" not in options and "method" not in base:
         options["method"] = method_section(default_method)
     if config is not None:
-        return load_config(config, options)
+        return make_config(merge_options(base, options), str(config))
     if "data" not in options:
         raise FewlabelError("No DATA given: pass a folder, a CSV, or a built-in name such as 'fashion-mnist-small'.")
     return make_config(options, "options")

@@ -271,12 +271,6 @@ def read_config_file(path: str | Path) -> dict:
     return values
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """Config file values, overridden by the explicitly given ``overrides``."""
-    values = merge_options(read_config_file(path), overrides or {})
-    return make_config(values, str(path))
-
-
 def merge_options(base: dict, overrides: dict) -> dict:
     """``overrides`` (None values skipped) over ``base``; a section such as ``method`` is merged
     key by key, so ``--rounds 8`` keeps the config file's other method settings. A method

@@ -91,7 +91,7 @@ def train_trinet(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
 
 def run_method(ctx: RunContext, network, after_initial_fit) -> tuple[nn.Module, BackboneInfo]:
     """Build the network, run the initial fit, then the method's own fits; write rounds.json."""
-    run = SemiRun.start(ctx, *network(ctx.cfg, ctx.data.class_names))
+    run = SemiRun.start(ctx, *network(ctx))
     after_initial_fit(run)
     return run.finish()
 
@@ -143,18 +143,15 @@ def probe_set(cfg: TrainConfig, data: DataBundle, seed: int) -> tuple[ImageSet |
     return None, ""
 
 
-def classifier_network(cfg: TrainConfig, class_names: list[str]) -> tuple[nn.Module, BackboneInfo]:
-    """A timm classifier; an image size the backbone cannot take is refused here, as in
-    ``fewlabel train``."""
-    model, info = create_backbone(
-        cfg.model, cfg.pretrained, len(class_names), cfg.dropout, class_names=class_names, head=cfg.head
-    )
-    check_image_size(model, cfg.img_size, cfg.model)
-    return model, info
+def classifier_network(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
+    """The task's classifier, built as ``fewlabel train`` builds it."""
+    return ctx.task.build_model(ctx.cfg, ctx.data)
 
 
-def trinet_network(cfg: TrainConfig, class_names: list[str]) -> tuple[TriNet, BackboneInfo]:
-    """A TriNet over the backbone (see :mod:`fewlabel.semi.trinet`)."""
+def trinet_network(ctx: RunContext) -> tuple[TriNet, BackboneInfo]:
+    """A TriNet over the backbone (see :mod:`fewlabel.semi.trinet`); an image size the backbone
+    cannot take is refused here, as in ``fewlabel train``."""
+    cfg, class_names = ctx.cfg, ctx.data.class_names
     backbone, info = create_backbone(cfg.model, cfg.pretrained, 0, 0.0, head="new")
     check_image_size(backbone, cfg.img_size, cfg.model)
     opts = cfg.method
