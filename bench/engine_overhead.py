@@ -28,11 +28,10 @@ from torch.utils.data import DataLoader
 import fewlabel
 from _common import save
 from fewlabel.config import make_config
-from fewlabel.data.datasets import EpochSampler, TransformedImages
+from fewlabel.data.augment import BatchTransform
+from fewlabel.data.datasets import EpochSampler, ImageBatches
 from fewlabel.data.sources import load_data
-from fewlabel.data.transforms import build_transform
 from fewlabel.models import create_backbone
-from fewlabel.semi.data import TargetImages
 from fewlabel.semi.functional import hard_targets, soft_cross_entropy
 from fewlabel.semi.loop import network_groups, trained_heads
 from fewlabel.semi.modules import SoftTargetModule
@@ -52,15 +51,18 @@ def hand_loop(args) -> float:
     torch.manual_seed(0)
     images = load_data(args.data, args.img_size)
     model, info = create_backbone(args.model, "imagenet", images.num_classes, drop_rate=0.2)
-    dataset = TransformedImages(images, build_transform("light", args.img_size, info.mean, info.std, True))
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True)
+    dataset = ImageBatches(images.images, (images.labels,), BatchTransform("light", args.img_size, info.mean, info.std))
+    sampler = EpochSampler(images.labels, 0, keyed=True)
+    loader = DataLoader(dataset, args.batch_size, sampler=sampler, drop_last=True, collate_fn=ImageBatches.collate)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-2)
     seconds, seen = 0.0, 0
-    for _ in range(args.epochs):
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
         model.train()
         frozen_norms(model)  # the same frozen BatchNorm statistics as fewlabel's default
         start = time.perf_counter()
-        for x, y in loader:
+        for raw, y in loader:
+            x = raw.apply()
             loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad()
             loss.backward()
@@ -100,8 +102,8 @@ def round_setup(args):
     net, info = create_backbone(args.model, "imagenet", images.num_classes, cfg.dropout)
     targets = hard_targets(images.labels, images.num_classes, 1)
     mask = torch.ones(len(images), 1, dtype=torch.bool)
-    transform = build_transform(cfg.augment, cfg.img_size, info.mean, info.std, train=True)
-    return cfg, net, images, TargetImages(images, targets, mask, transform, seed=0)
+    transform = BatchTransform(cfg.augment, cfg.img_size, info.mean, info.std)
+    return cfg, net, images, ImageBatches(images.images, (targets, mask), transform, seed=0)
 
 
 def hand_round(args) -> float:
@@ -109,7 +111,13 @@ def hand_round(args) -> float:
     cfg, net, images, dataset = round_setup(args)
     optimizer = torch.optim.AdamW(network_groups(net, cfg), weight_decay=cfg.weight_decay)
     sampler = EpochSampler(images.labels, 7919, keyed=True)
-    loader = DataLoader(dataset, cfg.batch_size, sampler=sampler, drop_last=len(dataset) % cfg.batch_size == 1)
+    loader = DataLoader(
+        dataset,
+        cfg.batch_size,
+        sampler=sampler,
+        drop_last=len(dataset) % cfg.batch_size == 1,
+        collate_fn=ImageBatches.collate,
+    )
     total, warmup = args.epochs * len(loader), round(cfg.warmup_epochs * len(loader))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, warmup, cfg.schedule))
     seconds, seen = 0.0, 0
@@ -118,7 +126,8 @@ def hand_round(args) -> float:
         net.train()
         frozen_norms(net)
         started = time.perf_counter()
-        for index, (x, targets, mask) in enumerate(loader):
+        for index, (raw, targets, mask) in enumerate(loader):
+            x = raw.apply()
             seed_batch(0, 1, epoch, index, torch.device("cpu"))
             loss = soft_cross_entropy(net(x).unsqueeze(0), targets, mask)
             if not torch.isfinite(loss):

@@ -5,24 +5,24 @@ from __future__ import annotations
 import timm
 import torch
 
+from fewlabel.data.augment import BatchTransform
 from fewlabel.data.sources import load_data
-from fewlabel.data.transforms import build_transform
 from fewlabel.train.inference import FeatureCache
 
 
 def test_features_are_cached_and_keyed_by_weights(image_folder, tmp_path):
     images = load_data(str(image_folder), 32)
     model = timm.create_model("test_efficientnet", num_classes=3).eval()
-    tf = build_transform("none", 32, [0.5] * 3, [0.5] * 3, train=False)
+    tf = BatchTransform("none", 32, [0.5] * 3, [0.5] * 3, train=False)
     first = FeatureCache("disk", tmp_path)
-    a = first.features(model, images, tf, "t", 8, "cpu", False)
+    a = first.features(model, images, tf, "cpu", False)
     assert first.misses == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1
     second = FeatureCache("disk", tmp_path)
-    b = second.features(model, images, tf, "t", 8, "cpu", False)
+    b = second.features(model, images, tf, "cpu", False)
     assert second.hits == 1 and second.misses == 0 and torch.equal(a, b)
     with torch.no_grad():
         model.conv_stem.weight.add_(1.0)
-    c = second.features(model, images, tf, "t", 8, "cpu", False)
+    c = second.features(model, images, tf, "cpu", False)
     assert second.misses == 1 and not torch.equal(a, c)
-    second.features(model, images, tf, "other-transform", 8, "cpu", False)
+    second.features(model, images, BatchTransform("none", 32, [0.4] * 3, [0.5] * 3, train=False), "cpu", False)
     assert second.misses == 2

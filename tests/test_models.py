@@ -8,8 +8,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from fewlabel.data.augment import BatchTransform
 from fewlabel.data.images import resize_to_square
-from fewlabel.data.transforms import build_transform
 from fewlabel.errors import FewlabelError
 from fewlabel.methods import load_network
 from fewlabel.models import ModelCard, create_backbone, save_model_files
@@ -21,9 +21,9 @@ def test_offline_lite0_puts_a_real_cat_photo_in_an_imagenet_cat_class():
     model, info = create_backbone("efficientnet_lite0", "imagenet", num_classes=1000)
     assert info.weights.startswith("imagenet:efficientnet-lite0")
     photo = torch.from_numpy(skimage.data.chelsea()).permute(2, 0, 1).contiguous()
-    x = build_transform("none", 224, info.mean, info.std, train=False)(resize_to_square(photo, 224))
+    x = BatchTransform("none", 224, info.mean, info.std, train=False)(resize_to_square(photo, 224)[None])
     with torch.no_grad():
-        probs = model.eval()(x[None]).softmax(-1)[0]
+        probs = model.eval()(x).softmax(-1)[0]
     assert int(probs.argmax()) in IMAGENET_CATS
     assert float(probs[list(IMAGENET_CATS)].sum()) > 0.8
 

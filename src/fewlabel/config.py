@@ -92,7 +92,9 @@ class TrainConfig(BaseModel):
     num_nodes: int = Field(1, ge=1, description="machines; launch with torchrun or srun")
     distributed: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, ...")
     precision: str = Field("auto", description="auto = 16-mixed on CUDA, else 32-true")
-    workers: int = Field(0, ge=0, description="data-loading worker processes")
+    workers: int | None = Field(
+        None, ge=0, description="data-loading worker processes (default: none on CPU, one per 4 cores feeding a GPU)"
+    )
     logger: Literal["csv", "tensorboard", "mlflow"] = Field("csv", description="where per-step logs go")
     mlflow_uri: str | None = Field(None, description="MLflow store; default sqlite:///<runs folder>/mlflow.db")
     strict: bool = Field(False, description="refuse unreadable images instead of skipping them")

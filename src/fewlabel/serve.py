@@ -64,7 +64,7 @@ async def _read_upload(upload: UploadFile, max_bytes: int) -> tuple[str, torch.T
 
 def _predict_one(predictor: Predictor, name: str, image: torch.Tensor, top_k: int) -> dict:
     square = resize_to_square(image, predictor.card.img_size)
-    x = predictor.transform(square)[None]
+    x = predictor.transform(square[None])
     with torch.no_grad():
         probs = predictor.model(x).softmax(-1)
     saliency = grad_cam(predictor.model, x, probs.argmax(1))[0]

@@ -7,13 +7,12 @@ batch order, the number of processes, or a resume in between.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import Dataset, Sampler
-
-from .imageset import ImageSet
 
 
 @contextmanager
@@ -26,29 +25,66 @@ def image_rng(seed: int, epoch: int, index: int) -> Iterator[None]:
         yield
 
 
-class TransformedImages(Dataset):
-    """An ImageSet seen through a per-image transform; returns (image, label).
+@dataclass
+class RawImages:
+    """A batch of uint8 images with their (epoch, index) keys and the transform that turns them
+    into the network's input once they are on the device (:meth:`apply`, which the datamodule
+    calls after the transfer)."""
 
-    Indexed by ``(epoch, index)`` (as :class:`EpochSampler` yields with ``keyed=True``) the
-    transform is seeded per image; indexed by an int it is not.
-    """
+    images: torch.Tensor
+    keys: torch.Tensor
+    transform: Callable
+    seed: int
+
+    def to(self, device: torch.device | str, non_blocking: bool | None = None) -> RawImages:
+        device = torch.device(device)
+        blocking = device.type == "cpu" if non_blocking is None else not non_blocking
+        return replace(self, images=self.images.to(device, non_blocking=not blocking), keys=self.keys.to(device))
+
+    def pin_memory(self) -> RawImages:
+        return replace(self, images=self.images.pin_memory(), keys=self.keys.pin_memory())
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def apply(self):
+        return self.transform(self.images, self.keys, self.seed)
+
+
+class ImageBatches(Dataset):
+    """Images held as one uint8 tensor, with per-image fields (labels, targets, masks), fetched a
+    whole batch at a time: ``(RawImages, *fields)``. The transform runs on the batch after it
+    reached the device (:class:`fewlabel.data.augment.BatchTransform`), seeded per image by
+    the (epoch, index) keys the :class:`EpochSampler` yields (evaluation: plain indices)."""
 
     keyed = True
 
-    def __init__(self, images: ImageSet, transform: Callable[[torch.Tensor], torch.Tensor], seed: int = 0) -> None:
+    def __init__(
+        self, images: torch.Tensor, fields: Sequence[torch.Tensor], transform: Callable, seed: int = 0
+    ) -> None:
         self.images = images
+        self.fields = tuple(fields)
         self.transform = transform
         self.seed = seed
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(key, tuple):
-            epoch, index = key
-            with image_rng(self.seed, epoch, index):
-                return self.transform(self.images.images[index]), self.images.labels[index]
-        return self.transform(self.images.images[key]), self.images.labels[key]
+    def __getitems__(self, keys: list) -> tuple:
+        keyed = bool(keys) and isinstance(keys[0], tuple)
+        pairs = torch.tensor(keys if keyed else [(0, k) for k in keys], dtype=torch.long).view(-1, 2)
+        indices = pairs[:, 1]
+        batch = RawImages(self.images[indices], pairs, self.transform, self.seed)
+        return (batch, *(field[indices] for field in self.fields))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple:
+        raw, *fields = self.__getitems__([key])
+        return (raw.apply()[0], *(f[0] for f in fields))
+
+    @staticmethod
+    def collate(batch: tuple) -> tuple:
+        """The DataLoader's collate: ``__getitems__`` already made the batch."""
+        return batch
 
 
 PASS_STRIDE = 100_000  # key epoch of the k-th pass within one epoch: epoch + k * PASS_STRIDE

@@ -1,7 +1,8 @@
-"""Per-image tensor transforms: uint8 C x H x W in, normalised float 3 x S x S out.
+"""Per-image transforms of an image and its per-pixel target together, for dense tasks.
 
-Images are decoded once and kept as uint8; these transforms run on those tensors every epoch,
-so no file is decoded twice.
+Classification images are transformed in whole batches on the device
+(:mod:`fewlabel.data.augment`); a dense task's target must follow its image's geometry, which
+these joint transforms guarantee one image at a time.
 """
 
 from __future__ import annotations
@@ -11,40 +12,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torchvision.transforms import v2
 
-AUGMENTATIONS = ("none", "light", "standard", "randaugment")
-
-
-def build_transform(
-    augment: str, img_size: int, mean: Sequence[float], std: Sequence[float], train: bool
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Return the transform for one image.
-
-    Presets (training only; evaluation always resizes and normalises):
-    ``none`` resize; ``light`` random resized crop (scale 0.8-1) and horizontal flip;
-    ``standard`` adds crop scale 0.5-1 and colour jitter 0.2; ``randaugment`` is
-    ``standard`` plus RandAugment (2 ops, magnitude 9).
-    """
-    steps: list[Callable] = [_to_rgb]
-    if not train or augment == "none":
-        steps.append(v2.Resize((img_size, img_size), antialias=True))
-    else:
-        scale = (0.8, 1.0) if augment == "light" else (0.5, 1.0)
-        steps += [v2.RandomResizedCrop(img_size, scale=scale, antialias=True), v2.RandomHorizontalFlip()]
-        if augment in ("standard", "randaugment"):
-            steps.append(v2.ColorJitter(0.2, 0.2, 0.2))
-        if augment == "randaugment":
-            steps.append(v2.RandAugment(num_ops=2, magnitude=9))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
-
 
 def _to_rgb(image: torch.Tensor) -> torch.Tensor:
     return image.expand(3, -1, -1) if image.shape[0] == 1 else image
-
-
-def describe_eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]) -> str:
-    """A string that identifies the evaluation transform, for cache keys and logs."""
-    return f"resize{img_size}-mean{tuple(round(m, 4) for m in mean)}-std{tuple(round(s, 4) for s in std)}"
 
 
 def build_dense_transform(

@@ -11,8 +11,8 @@ import torch
 
 from ..audit.calibration import reliability_bins
 from ..audit.saliency import grad_cam
+from ..data.augment import BatchTransform
 from ..data.sources import load_images_by_id
-from ..data.transforms import build_transform
 from ..evaluate.predictions import Predictions, read_predictions
 from ..methods import load_network
 from ..rundir import PREDICTIONS, has_model, read_splits
@@ -82,8 +82,8 @@ def _saliency(predictions: Predictions, indices: torch.Tensor, model, card) -> s
     found = _found_images(predictions, indices, card.img_size)
     if not found:
         return None
-    transform = build_transform("none", card.img_size, card.mean, card.std, train=False)
-    batch = torch.stack([transform(im) for _, im in found])
+    transform = BatchTransform("none", card.img_size, card.mean, card.std, train=False)
+    batch = transform(torch.stack([im.expand(3, -1, -1) for _, im in found]))
     try:
         maps = grad_cam(model, batch)
     except (RuntimeError, AttributeError) as exc:  # a model without a 2-D feature map (e.g. some ViTs)

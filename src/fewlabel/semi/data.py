@@ -1,32 +1,13 @@
-"""Datasets of the semi-supervised fits: images or cached features with per-module soft targets,
-and unlabeled images as (weak view, strong view). Image datasets are keyed by (epoch, index)
-so every image's augmentation is seeded as in supervised training."""
+"""Data of the semi-supervised fits that is not a batch of images: cached features with
+per-module soft targets, and the labelled and pool images joined into one set. (Images with
+targets and masks, and the pool's two views, are :class:`fewlabel.data.datasets.ImageBatches`.)"""
 
 from __future__ import annotations
 
 import torch
 from torch.utils.data import Dataset
 
-from ..data.datasets import image_rng
 from ..data.imageset import ImageSet
-
-
-class TargetImages(Dataset):
-    """Images with soft targets for M modules (N x M x C) and a mask (N x M) of the modules each
-    image trains."""
-
-    keyed = True
-
-    def __init__(self, images: ImageSet, targets: torch.Tensor, mask: torch.Tensor, transform, seed: int) -> None:
-        self.images, self.targets, self.mask, self.transform, self.seed = images, targets, mask, transform, seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        with image_rng(self.seed, epoch, index):
-            return self.transform(self.images.images[index]), self.targets[index], self.mask[index]
 
 
 class FeatureTargets(Dataset):
@@ -40,24 +21,6 @@ class FeatureTargets(Dataset):
 
     def __getitem__(self, index: int):
         return self.features[index], self.targets[index], self.mask[index]
-
-
-class TwoViews(Dataset):
-    """Unlabeled images as (weak view, strong view), seeded per (epoch, index)."""
-
-    keyed = True
-
-    def __init__(self, images: ImageSet, weak, strong, seed: int) -> None:
-        self.images, self.weak, self.strong, self.seed = images, weak, strong, seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        with image_rng(self.seed, epoch, index):
-            image = self.images.images[index]
-            return self.weak(image), self.strong(image)
 
 
 def concat(first: ImageSet, second: ImageSet) -> ImageSet:

@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..data.augment import BatchTransform, TwoViews
+from ..data.datasets import ImageBatches
 from ..data.duplicates import cross_duplicates
 from ..data.imageset import ImageSet
 from ..data.sources import has_labels, load_pool
 from ..data.splits import random_subset
-from ..data.transforms import build_transform
 from ..distributed import is_rank_zero, sharded
 from ..errors import FewlabelError
 from ..models import BackboneInfo, check_image_size, create_backbone
@@ -46,7 +47,7 @@ from ..train.datamodule import datamodule
 from ..train.engine import Fit, eval_mode_modules, freezes_batchnorm
 from ..train.functional import decayed_param_groups
 from ..train.inference import batched_outputs, pre_logits
-from .data import FeatureTargets, TargetImages, TwoViews, concat
+from .data import FeatureTargets, concat
 from .functional import (
     MODULES,
     agreeing_pseudo_labels,
@@ -261,10 +262,11 @@ class SemiRun:
 
         def build() -> Fit:
             weak = self.transform(self.cfg.augment)
-            views = TwoViews(self.pool, weak, self.transform("randaugment"), self.ctx.seed)
+            two_views = TwoViews(self.transform(self.cfg.augment, stream=1), self.transform("randaugment", stream=2))
+            views = ImageBatches(self.pool.images, (), two_views, self.ctx.seed)
             targets = hard_targets(self.labelled.labels, self.labelled.num_classes, 1)
             ones = torch.ones(len(self.labelled), 1, dtype=torch.bool)
-            dataset = TargetImages(self.labelled, targets, ones, weak, self.ctx.seed)
+            dataset = ImageBatches(self.labelled.images, (targets, ones), weak, self.ctx.seed)
             data = self._datamodule(
                 dataset, self.labelled.labels, unlabeled=views, unlabeled_batch=self.cfg.batch_size * self.opts.mu
             )
@@ -320,7 +322,7 @@ class SemiRun:
         self.ctx.engine.fit(name, epochs, build, after=after)
 
     def _fit_spec(self, images: ImageSet, targets, mask, labels) -> Fit:
-        dataset = TargetImages(images, targets, mask, self.transform(self.cfg.augment), self.ctx.seed)
+        dataset = ImageBatches(images.images, (targets, mask), self.transform(self.cfg.augment), self.ctx.seed)
         return Fit(self._module(self.net), self._datamodule(dataset, labels), self._eval_modules())
 
     def _head_fit(self, targets, mask) -> Fit:
@@ -371,8 +373,8 @@ class SemiRun:
 
     # --- between fits ---------------------------------------------------------------------
 
-    def transform(self, augment: str, train: bool = True):
-        return build_transform(augment, self.cfg.img_size, self.info.mean, self.info.std, train=train)
+    def transform(self, augment: str, train: bool = True, stream: int = 0) -> BatchTransform:
+        return BatchTransform(augment, self.cfg.img_size, self.info.mean, self.info.std, train, stream)
 
     def smeared_targets(self, salt: int) -> torch.Tensor:
         """N x 3 x C: each module its own smeared copy of the labels (seeded by seed, module, salt)."""
@@ -402,7 +404,7 @@ class SemiRun:
         def compute(indices: list[int]) -> torch.Tensor | None:
             if not indices:
                 return None
-            return batched_outputs(fn, images.subset(indices), transform, 128, device, progress=False)
+            return batched_outputs(fn, images.subset(indices), transform, device=device, progress=False)
 
         def merge(outputs: list, shares: list[list[int]]) -> torch.Tensor:
             first = next(o for o in outputs if o is not None)

@@ -75,7 +75,7 @@ class FixMatchModule(SoftTargetModule):
 
     def training_loss(self, batch) -> tuple[torch.Tensor, dict, int]:
         images, targets, mask = batch["labelled"]
-        weak, strong = batch["unlabeled"]
+        ((weak, strong),) = batch["unlabeled"]
         logits = self.net(torch.cat([images, weak, strong]))
         labelled, weak_logits, strong_logits = logits.split([len(images), len(weak), len(strong)])
         labelled = labelled.unsqueeze(0)
@@ -90,7 +90,8 @@ class FixMatchModule(SoftTargetModule):
 
     def batch_images(self, batch) -> int:
         """Images a step trains on: labelled, and both views of the unlabeled ones."""
-        return len(batch["labelled"][0]) + 2 * len(batch["unlabeled"][0])
+        ((weak, _),) = batch["unlabeled"]
+        return len(batch["labelled"][0]) + 2 * len(weak)
 
     def on_train_end(self) -> None:
         """Sum the counts of every process (while the fit's process group is at hand)."""

@@ -58,12 +58,12 @@ def build_intermediate(
     pool = random_subset(load_pool(unlabeled or data, img_size, progress=progress), pool_size, seed)
 
     def embed(images):
-        from ..data.transforms import build_transform
+        from ..data.augment import BatchTransform
         from ..models import create_backbone
         from ..train.inference import batched_outputs, pre_logits
 
         backbone, info = create_backbone(model, pretrained, num_classes=2)
-        transform = build_transform("none", img_size, info.mean, info.std, train=False)
+        transform = BatchTransform("none", img_size, info.mean, info.std, train=False)
         return batched_outputs(
             pre_logits(backbone.eval()), images, transform, desc="embedding the pool", progress=progress
         )

@@ -19,13 +19,13 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..config import TrainConfig
-from ..data.datasets import TransformedImages
+from ..data.augment import BatchTransform
+from ..data.datasets import ImageBatches
 from ..data.duplicates import cross_duplicates
 from ..data.images import ImageDecodeError, decode_image, pil_to_array, resize_to_square
 from ..data.imageset import ImageSet
 from ..data.sources import load_data, parse_data_spec
 from ..data.splits import align_classes, per_class_subset, stratified_holdout
-from ..data.transforms import build_transform, describe_eval_transform
 from ..errors import FewlabelError
 from ..evaluate.metrics import METRIC_KEYS, aggregate_seeds, classification_metrics
 from ..evaluate.predictions import Predictions, write_predictions
@@ -64,11 +64,9 @@ class ClassificationTask(Task):
             card.arch, pretrained=False, num_classes=len(card.class_names), drop_rate=card.drop_rate
         )
 
-    def dataset(
-        self, split: ImageSet, info: BackboneInfo, cfg: TrainConfig, train: bool, seed: int
-    ) -> TransformedImages:
-        transform = build_transform(cfg.augment if train else "none", cfg.img_size, info.mean, info.std, train=train)
-        return TransformedImages(split, transform, seed=seed)
+    def dataset(self, split: ImageSet, info: BackboneInfo, cfg: TrainConfig, train: bool, seed: int) -> ImageBatches:
+        transform = BatchTransform(cfg.augment, cfg.img_size, info.mean, info.std, train=train)
+        return ImageBatches(split.images, (split.labels,), transform, seed)
 
     def sampler_labels(self, split: ImageSet) -> torch.Tensor:
         return split.labels
@@ -206,11 +204,10 @@ def class_weights(train: ImageSet, imbalance: str) -> torch.Tensor | None:
 
 def cached_features(model: nn.Module, images: ImageSet, info: BackboneInfo, cfg: TrainConfig, engine, fn=None):
     """Pooled features (or ``fn`` of the images) of un-augmented images, cached by the engine."""
-    transform = build_transform("none", cfg.img_size, info.mean, info.std, train=False)
-    transform_id = describe_eval_transform(cfg.img_size, info.mean, info.std)
+    transform = BatchTransform("none", cfg.img_size, info.mean, info.std, train=False)
     model.to(engine.device)
     try:
-        return engine.cache.features(model, images, transform, transform_id, 128, engine.device, cfg.progress, fn=fn)
+        return engine.cache.features(model, images, transform, engine.device, cfg.progress, fn=fn)
     finally:
         model.to("cpu")
 
@@ -222,7 +219,7 @@ class Predictor:
         self.model = model.eval()
         self.card = card
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.transform = build_transform("none", card.img_size, card.mean, card.std, train=False)
+        self.transform = BatchTransform("none", card.img_size, card.mean, card.std, train=False)
 
     @property
     def class_names(self) -> list[str]:
@@ -233,7 +230,7 @@ class Predictor:
         image_set = images if isinstance(images, ImageSet) else self._to_image_set(images)
         self.model.to(self.device)
         logits = batched_outputs(
-            self.model, image_set, self.transform, 128, self.device, desc="evaluating", progress=progress
+            self.model, image_set, self.transform, device=self.device, desc="evaluating", progress=progress
         )
         return logits.softmax(-1)
 

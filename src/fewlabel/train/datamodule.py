@@ -4,6 +4,7 @@ gives ``unlabeled_batch`` images alongside every labelled batch."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 import lightning as L
@@ -11,10 +12,20 @@ import torch
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.datasets import EpochSampler
+from ..data.datasets import EpochSampler, RawImages
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import TrainConfig
+
+
+def default_workers(cuda: bool) -> int:
+    """Loader processes when ``workers`` is not set. A loader only gathers uint8 images already
+    in memory (the transform runs on the device after the transfer): on the CPU a worker would
+    only take cores from the training step, so none; feeding a GPU, one per four cores (at most
+    4) gathers and pins the next batches while the GPU computes."""
+    if not cuda:
+        return 0
+    return min(4, (os.cpu_count() or 1) // 4)
 
 
 class EngineDataModule(L.LightningDataModule):
@@ -30,7 +41,7 @@ class EngineDataModule(L.LightningDataModule):
         seed: int,
         *,
         balanced: bool = False,
-        workers: int = 0,
+        workers: int | None = 0,
         unlabeled: Dataset | None = None,
         unlabeled_batch: int = 0,
     ) -> None:
@@ -74,9 +85,26 @@ class EngineDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         return [] if self.val_set is None else self._loader(self.val_set, self.batch_size)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Augment (or, for evaluation, resize and normalise) every image batch where it now
+        is, on the device; channels-last on CUDA, where convolutions run faster so."""
+        from lightning_utilities.core.apply_func import apply_to_collection
+
+        def transform(raw: RawImages):
+            out = raw.apply()
+            if raw.images.is_cuda:
+                out = apply_to_collection(out, torch.Tensor, lambda t: t.contiguous(memory_format=torch.channels_last))
+            return out
+
+        return apply_to_collection(batch, RawImages, transform)
+
+    def _device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+
     def _loader(self, dataset: Dataset, batch_size: int, sampler=None, drop_last: bool = False) -> DataLoader:
         in_memory = not getattr(dataset, "keyed", False)  # cached features: workers only cost
-        workers = 0 if in_memory else self.workers
+        cuda = self._device().type == "cuda"
+        workers = 0 if in_memory else (default_workers(cuda) if self.workers is None else self.workers)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -84,6 +112,8 @@ class EngineDataModule(L.LightningDataModule):
             drop_last=drop_last,
             num_workers=workers,
             persistent_workers=workers > 0,
+            pin_memory=cuda and not in_memory,
+            collate_fn=getattr(dataset, "collate", None),
         )
 
 

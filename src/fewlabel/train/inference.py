@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,34 +13,80 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.augment import BatchTransform
 from ..data.builtin import cache_root
-from ..data.datasets import TransformedImages
 from ..data.imageset import ImageSet
 from ..fileio import atomic_write
 
 log = logging.getLogger("fewlabel.train")
 
 
+def first_batch_size(device: torch.device, img_size: int) -> int:
+    """The batch inference starts with: on CUDA about 2^26 input values (4096 images at 64 px,
+    256 at 224 px), halved on every out-of-memory error; on the CPU 256, beyond which larger
+    batches only cost memory."""
+    if device.type != "cuda":
+        return 256
+    return max(16, min(8192, 2 ** int(math.log2(2**26 / (3 * img_size * img_size)))))
+
+
+def autocast_dtype(device: torch.device, mixed: bool | None) -> torch.dtype | None:
+    """The autocast dtype of inference: ``mixed`` None means on CUDA only (bfloat16 where the
+    GPU has it, else float16); on the CPU, bfloat16 when asked."""
+    if mixed is False or (mixed is None and device.type != "cuda"):
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
 @torch.inference_mode()
 def batched_outputs(
     fn: Callable[[torch.Tensor], torch.Tensor],
     images: ImageSet,
-    transform: Callable[[torch.Tensor], torch.Tensor],
-    batch_size: int = 128,
+    transform: BatchTransform,
+    batch_size: int | None = None,
     device: str | torch.device = "cpu",
     desc: str = "inference",
     progress: bool = True,
+    mixed: bool | None = None,
 ) -> torch.Tensor:
-    """Apply ``fn`` to transformed images in batches; outputs concatenated on the CPU."""
-    dataset = TransformedImages(images, transform)
-    outputs = []
-    n_batches = (len(dataset) + batch_size - 1) // batch_size
-    for start in tqdm(
-        range(0, len(dataset), batch_size), total=n_batches, desc=desc, leave=False, disable=not progress
-    ):
-        batch = torch.stack([dataset[i][0] for i in range(start, min(start + batch_size, len(dataset)))])
-        outputs.append(fn(batch.to(device)).float().cpu())
+    """``fn`` of the transformed images, in batches on ``device``: uint8 images are copied
+    there (pinned, non-blocking on CUDA), transformed there, run under autocast (see
+    :func:`autocast_dtype`), and the outputs gathered as float32 on the CPU. The batch starts
+    at ``batch_size`` (default :func:`first_batch_size`) and halves whenever the device runs
+    out of memory."""
+    device = torch.device(device)
+    pixels = images.images
+    size = batch_size or first_batch_size(device, transform.img_size)
+    dtype = autocast_dtype(device, mixed)
+    outputs: list[torch.Tensor] = []
+    start = 0
+    with tqdm(total=len(pixels), desc=desc, leave=False, disable=not progress, unit="img") as bar:
+        while start < len(pixels):
+            chunk = pixels[start : start + size]
+            try:
+                outputs.append(_outputs_of(fn, chunk, transform, device, dtype))
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                size //= 2
+                log.info("%s: out of memory, batch halved to %d", desc, size)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            start += len(chunk)
+            bar.update(len(chunk))
     return torch.cat(outputs)
+
+
+def _outputs_of(fn, chunk: torch.Tensor, transform: BatchTransform, device: torch.device, dtype) -> torch.Tensor:
+    if device.type == "cuda":
+        x = transform(chunk.pin_memory().to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+    else:
+        x = transform(chunk.to(device))
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        return fn(x).float().cpu()
 
 
 def pre_logits(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -70,18 +117,17 @@ class FeatureCache:
         self,
         model: nn.Module,
         images: ImageSet,
-        transform,
-        transform_id: str,
-        batch_size: int,
+        transform: BatchTransform,
         device,
         progress: bool,
         fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``fn`` (default the model's pooled embedding) of the images, keyed by the images, the
-        transform and the model's weights."""
+        transform, the model's weights and the precision they are computed in."""
         fn_name = f"|{getattr(fn, '__name__', repr(fn))}" if fn else ""
+        precision = autocast_dtype(torch.device(device), None)
         key = hashlib.sha256(
-            f"{images.fingerprint()}|{transform_id}|{weights_fingerprint(model)}{fn_name}".encode()
+            f"{images.fingerprint()}|{transform.describe()}|{weights_fingerprint(model)}{fn_name}|{precision}".encode()
         ).hexdigest()[:32]
         if key in self._memory:
             self.hits += 1
@@ -98,8 +144,7 @@ class FeatureCache:
                 fn or pre_logits(model),
                 images,
                 transform,
-                batch_size,
-                device,
+                device=device,
                 desc=f"features of {images.source or 'images'}",
                 progress=progress,
             )
