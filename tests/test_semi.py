@@ -21,6 +21,7 @@ from fewlabel.semi.functional import (
     confident_pseudo_labels,
     diversity_due,
     ensemble_log_probs,
+    first_full_round,
     fixmatch_loss,
     hard_targets,
     sample_size_at,
@@ -29,6 +30,7 @@ from fewlabel.semi.functional import (
     soft_cross_entropy,
     stable_pseudo_labels,
     threshold_at,
+    threshold_from_validation,
 )
 from fewlabel.semi.loop import network_groups, trained_heads
 from fewlabel.semi.trinet import TriNet, split_backbone
@@ -74,6 +76,71 @@ def test_schedules():
     assert [sample_size_at(r, 100, 2.0, 500) for r in range(4)] == [100, 200, 400, 500]
     assert [diversity_due(r, 2) for r in range(6)] == [False, False, True, False, True, False]
     assert not any(diversity_due(r, 0) for r in range(6))
+
+
+def test_paper_diversity_rule_starts_when_the_sample_covers_the_pool():
+    assert first_full_round(1000, 2.0, 5000, 12) == 3  # 1000, 2000, 4000, then all 5000
+    assert first_full_round(1000, 2.0, 10**9, 4) == 4  # never within the rounds
+    assert [diversity_due(r, 1, 3) for r in range(6)] == [False, False, False, True, True, True]
+    assert [diversity_due(r, 2, 3) for r in range(6)] == [False, False, False, True, False, True]
+
+
+def _agreeing_probs(confidences: list[float], correct: list[bool], classes: int = 4) -> tuple:
+    """3 x N x C probabilities on which all three modules predict the same class with the given
+    confidence; the class is the true one (0) where ``correct``, else class 1."""
+    n = len(confidences)
+    probs = torch.zeros(3, n, classes)
+    for i, (c, ok) in enumerate(zip(confidences, correct, strict=True)):
+        probs[:, i, :] = (1 - c) / (classes - 1)
+        probs[:, i, 0 if ok else 1] = c
+    return probs, torch.zeros(n, dtype=torch.long)
+
+
+def test_threshold_from_validation_by_hand():
+    # 20 images at 0.9 all right, 10 at 0.7 half right, 10 at 0.55 all wrong; all modules agree
+    confidences = [0.9] * 20 + [0.7] * 10 + [0.55] * 10
+    correct = [True] * 20 + [True, False] * 5 + [False] * 10
+    probs, truth = _agreeing_probs(confidences, correct)
+    candidates = torch.tensor([0.5, 0.6, 0.65, 0.75, 0.95])
+    # at 0.5: (60 + 15) / 120 right; at 0.6 and 0.65: 75 / 90; at 0.75: 60 / 60
+    threshold, record = threshold_from_validation(probs, truth, 0.95, candidates, 10)
+    assert threshold == pytest.approx(0.75) and record == {"validation_precision": 1.0, "validation_support": 60}
+    threshold, _ = threshold_from_validation(probs, truth, 0.8, candidates, 10)
+    assert threshold == pytest.approx(0.6)
+    assert threshold_from_validation(probs, truth, 0.95, candidates, 100)[0] is None  # 90 < 100 from 0.6 on
+
+
+def test_protocols_set_defaults_and_keep_what_is_given():
+    paper = make_config({"data": "x", "method": {"name": "trinet", "protocol": "paper", "edit_passes": 3}}).method
+    assert (paper.rounds, paper.threshold_mode, paper.diversity_start, paper.stage_dropout) == (
+        12,
+        "validation",
+        "full-pool",
+        0.1,
+    )
+    assert paper.edit_passes == 3 and paper.edit_min_agreement == pytest.approx(2 / 3)
+    cpu = make_config({"data": "x", "accelerator": "cpu", "method": "trinet"}).method
+    assert cpu.protocol == "cpu" and cpu.rounds == 4 and cpu.threshold_mode == "schedule"
+    assert make_config({"data": "x", "accelerator": "gpu", "method": "trinet"}).method.protocol == "paper"
+    fixmatch = make_config({"data": "x", "method": {"name": "fixmatch", "protocol": "paper"}}).method
+    assert fixmatch.rounds == 12  # the baselines share the budget
+    with pytest.raises(FewlabelError, match="protocol"):
+        make_config({"data": "x", "method": {"name": "trinet", "protocol": "fast"}})
+
+
+def test_stage_dropout_acts_in_training_only_and_leaves_model_files_alone():
+    torch.manual_seed(0)
+    plain = TriNet(timm.create_model("test_efficientnet", num_classes=0), 3, 16, 0.0, 1)
+    dropped = TriNet(timm.create_model("test_efficientnet", num_classes=0), 3, 16, 0.0, 1, stage_dropout=0.5)
+    assert list(plain.state_dict()) == list(dropped.state_dict())
+    dropped.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    plain.eval(), dropped.eval()
+    assert torch.allclose(plain(x), dropped(x), atol=1e-6)
+    tail = dropped.heads[0].tail
+    tail.dropout.train()
+    features = dropped.shared_features(x)
+    assert not torch.allclose(tail(features), tail(features))
 
 
 def test_two_confident_agreeing_modules_label_the_third():
@@ -356,3 +423,32 @@ def test_semi_command_line_refuses_module_stages_the_backbone_lacks(monkeypatch,
     assert code != 0
     message = [line for line in captured.err.splitlines() if "module_stages" in line]
     assert len(message) == 1 and "test_efficientnet has" in message[0] and "accepted: 0 to" in message[0]
+
+
+def test_trinet_paper_protocol_chooses_thresholds_on_validation_and_edits_with_stage_dropout(
+    semi_folder, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("fewlabel.semi.loop.MIN_VALIDATION_SUPPORT", 1)  # the tiny validation split: 3 images
+    options = OPTIONS | {
+        "method": {
+            "name": "trinet",
+            "protocol": "paper",
+            "rounds": 3,
+            "round_epochs": 1,
+            "sample_first": 6,
+            "edit_passes": 3,
+            "target_precision": 0.1,
+            "audit": True,
+        }
+    }
+    result = fewlabel.train(str(semi_folder), tmp_path / "paper", **options)
+    rounds = json.loads((result.run_dir / "rounds.json").read_text())["rounds"]
+    assert [r["examined"] for r in rounds] == [6, 12, 18]  # 6 x 2^t up to the whole pool of 18
+    assert [r["diversity_fine_tune"] for r in rounds] == [False, False, True]  # from the round that covers it
+    for r in rounds:
+        assert r["threshold_from"].startswith(("validation", "schedule (no candidate"))
+        if r["threshold_from"].startswith("validation"):
+            assert r["validation_precision"] >= 0.1 and r["validation_support"] >= 1
+    assert any(r["threshold_from"] == "validation (3 images)" for r in rounds)
+    config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert config["method"]["protocol"] == "paper" and config["method"]["stage_dropout"] == 0.1

@@ -114,6 +114,8 @@ class TrainConfig(BaseModel):
             accepted = get_method(name).options.model_fields
             for key in [k for k in values if k not in cls.model_fields and k in accepted and k != "name"]:
                 section[key] = values.pop(key)
+            if "protocol" in accepted and section.get("protocol", "auto") == "auto":
+                section["protocol"] = _auto_protocol(values.get("accelerator", "auto"))
         values["method"] = section
         return values
 
@@ -165,6 +167,17 @@ class TrainConfig(BaseModel):
     def to_yaml_dict(self) -> dict:
         """The resolved config as written to config.yaml (options the method ignores left out)."""
         return self.model_dump(mode="json", exclude=set(get_method(self.method.name).ignores))
+
+
+def _auto_protocol(accelerator: Any) -> str:
+    """``protocol: auto``: the paper's schedule when training on a GPU, the CPU budget otherwise."""
+    if accelerator == "cpu":
+        return "cpu"
+    if accelerator in ("gpu", "cuda"):
+        return "paper"
+    import torch
+
+    return "paper" if torch.cuda.is_available() else "cpu"
 
 
 def method_section(value: Any) -> dict:

@@ -32,10 +32,38 @@ def sample_size_at(round_index: int, first: int, growth: float, pool_size: int) 
     return min(pool_size, round(first * growth**round_index))
 
 
-def diversity_due(round_index: int, every: int) -> bool:
+def diversity_due(round_index: int, every: int, first_full: int | None = None) -> bool:
     """Whether round ``round_index`` (0-based) starts with diversity fine-tuning: every
-    ``every``-th round after the first (0: never)."""
-    return bool(every) and round_index > 0 and round_index % every == 0
+    ``every``-th round (counted from round 0, the first excluded; 0: never); with ``first_full`` (the first round whose
+    sample is the whole pool, the paper's rule) every ``every``-th round from that one on."""
+    if not every:
+        return False
+    if first_full is None:
+        return round_index > 0 and round_index % every == 0
+    return round_index >= first_full and (round_index - first_full) % every == 0
+
+
+def first_full_round(first: int, growth: float, pool_size: int, rounds: int) -> int:
+    """The first round (0-based) whose sample is the whole pool; ``rounds`` if none is."""
+    return next((r for r in range(rounds) if sample_size_at(r, first, growth, pool_size) >= pool_size), rounds)
+
+
+def threshold_from_validation(
+    probs: torch.Tensor, truth: torch.Tensor, target_precision: float, candidates: torch.Tensor, min_support: int
+) -> tuple[float | None, dict]:
+    """The lowest candidate threshold at which the agreeing pseudo-labels on labelled
+    validation images (3 x N x C module probabilities, N true labels), over all three
+    modules, are at least ``target_precision`` correct and number at least ``min_support``.
+    Returns (threshold or None when no candidate qualifies, a record of what it rests on)."""
+    for threshold in sorted(candidates.tolist()):
+        labels, mask = agreeing_pseudo_labels(probs, threshold)
+        support = int(mask.sum())
+        if support < min_support:
+            break  # higher thresholds only accept fewer
+        precision = float(((labels == truth) & mask).sum()) / support
+        if precision >= target_precision:
+            return threshold, {"validation_precision": precision, "validation_support": support}
+    return None, {"validation_precision": None, "validation_support": 0}
 
 
 def agreeing_pseudo_labels(probs: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,13 +93,15 @@ def confident_pseudo_labels(probs: torch.Tensor, threshold: float) -> tuple[torc
 def stable_pseudo_labels(passes: torch.Tensor, labels: torch.Tensor, min_agreement: float) -> torch.Tensor:
     """Pseudo-label editing. ``passes`` is P x 3 x N of predicted classes under dropout (P passes),
     ``labels`` 3 x N pseudo-labels for each module; returns a 3 x N mask of labels that both
-    labelling modules (the two other than v) predict in at least ``min_agreement`` of passes."""
+    labelling modules (the two other than v) predict in at least ``min_agreement`` of passes.
+    ``min_agreement`` 2/3 is the paper's rule: a label that changes in more than a third of
+    the passes is unstable."""
     stable = torch.zeros_like(labels, dtype=torch.bool)
     for v in range(MODULES):
         j, k = (m for m in range(MODULES) if m != v)
         share_j = (passes[:, j] == labels[v]).float().mean(0)
         share_k = (passes[:, k] == labels[v]).float().mean(0)
-        stable[v] = (share_j >= min_agreement) & (share_k >= min_agreement)
+        stable[v] = (share_j >= min_agreement - 1e-6) & (share_k >= min_agreement - 1e-6)
     return stable
 
 

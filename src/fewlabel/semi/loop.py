@@ -53,11 +53,13 @@ from .functional import (
     agreeing_pseudo_labels,
     confident_pseudo_labels,
     diversity_due,
+    first_full_round,
     hard_targets,
     sample_size_at,
     smear_labels,
     stable_pseudo_labels,
     threshold_at,
+    threshold_from_validation,
 )
 from .modules import FixMatchModule, HeadOnFeatures, SoftTargetModule
 from .options import PoolOptions
@@ -68,6 +70,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..tasks.base import DataBundle, RunContext
 
 log = logging.getLogger("fewlabel.semi")
+THRESHOLD_CANDIDATES = torch.arange(0.2, 0.995, 0.01)  # threshold_mode validation: the thresholds tried
+MIN_VALIDATION_SUPPORT = 10  # ... and the fewest agreeing validation images a threshold may rest on
 
 
 def train_supervised(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
@@ -156,7 +160,8 @@ def trinet_network(ctx: RunContext) -> tuple[TriNet, BackboneInfo]:
     backbone, info = create_backbone(cfg.model, cfg.pretrained, 0, 0.0, head="new")
     check_image_size(backbone, cfg.img_size, cfg.model)
     opts = cfg.method
-    return TriNet(backbone, len(class_names), opts.head_hidden, opts.head_dropout, opts.module_stages, cfg.model), info
+    parts = (opts.head_hidden, opts.head_dropout, opts.module_stages, cfg.model, opts.stage_dropout)
+    return TriNet(backbone, len(class_names), *parts), info
 
 
 def network_groups(net: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -285,7 +290,7 @@ class SemiRun:
     def self_training(self) -> None:
         """Pseudo-label (one module) or tri-net (three) rounds."""
         for round_index in range(self.opts.rounds):
-            if self.is_trinet and diversity_due(round_index, self.opts.diversity_every):
+            if self.diversity_due(round_index):
                 smeared = self.smeared_targets(round_index)
                 ones = torch.ones(len(self.labelled), MODULES, dtype=torch.bool)
                 self.fit_on_targets(
@@ -297,6 +302,16 @@ class SemiRun:
                     self.labelled.labels,
                 )
             self._round(round_index)
+
+    def diversity_due(self, round_index: int) -> bool:
+        """Whether tri-net's round ``round_index`` starts with diversity fine-tuning."""
+        if not self.is_trinet:
+            return False
+        opts = self.opts
+        first_full = None
+        if opts.diversity_start == "full-pool":
+            first_full = first_full_round(opts.sample_first, opts.sample_growth, len(self.pool), opts.rounds)
+        return diversity_due(round_index, opts.diversity_every, first_full)
 
     def _round(self, round_index: int) -> None:
         started: dict = {}
@@ -391,14 +406,25 @@ class SemiRun:
 
     def module_features(self, images: ImageSet) -> torch.Tensor:
         """M x N x D pooled features of un-augmented images as each module sees them (TriNet: the
-        trunk once, then every module's own stages; eval mode), on the CPU; computed in shares
-        across DDP processes."""
-        net, device = self.net, self.ctx.engine.device
-        net.eval().to(device)
+        trunk once, then every module's own stages; eval mode), on the CPU."""
+        net = self.net
         if isinstance(net, TriNet):
             fn = lambda x: net.modules_pooled(net.shared_features(x)).transpose(0, 1)  # noqa: E731
         else:
             fn = lambda x: pre_logits(net)(x).unsqueeze(1)  # noqa: E731
+        return self.outputs(images, fn).transpose(0, 1)
+
+    def module_probs(self, images: ImageSet) -> torch.Tensor:
+        """M x N x C probabilities of each module (eval mode)."""
+        features = self.module_features(images)
+        with torch.no_grad():
+            return HeadOnFeatures(self.net, self.cfg.dropout).eval()(features).softmax(-1)
+
+    def outputs(self, images: ImageSet, fn) -> torch.Tensor:
+        """``fn`` of the un-augmented images with the network in eval mode on the run's device,
+        gathered on the CPU; computed in shares across DDP processes."""
+        net, device = self.net, self.ctx.engine.device
+        net.eval().to(device)
         transform = self.transform("none", train=False)
 
         def compute(indices: list[int]) -> torch.Tensor | None:
@@ -414,9 +440,10 @@ class SemiRun:
                     merged[indices] = output
             return merged
 
-        features = sharded(len(images), compute, merge)
-        net.to("cpu")
-        return features.transpose(0, 1)
+        try:
+            return sharded(len(images), compute, merge)
+        finally:
+            net.to("cpu")
 
     def propose(self, round_index: int):
         """The pseudo-labels of round ``round_index`` and the training set they make:
@@ -431,19 +458,23 @@ class SemiRun:
         head = HeadOnFeatures(self.net, self.cfg.dropout).eval()
         with torch.no_grad():
             probs = head(features).softmax(-1)
+        chosen_by: dict = {}
         if is_trinet:
-            threshold = threshold_at(round_index, opts.threshold_start, opts.threshold_step, opts.threshold_min)
+            threshold, chosen_by = self.agreement_threshold(round_index)
             labels, mask = agreeing_pseudo_labels(probs, threshold)
         else:
             threshold = opts.threshold
             labels, mask = confident_pseudo_labels(probs, threshold)
         kept = mask
         if is_trinet and opts.edit_passes:
-            passes = self.dropout_passes(head, features, opts.edit_passes)
+            if opts.stage_dropout:
+                passes = self.image_dropout_passes(examined, opts.edit_passes)
+            else:
+                passes = self.dropout_passes(head, features, opts.edit_passes)
             kept = mask & stable_pseudo_labels(passes, labels, opts.edit_min_agreement)
-        record = {"round": round_index + 1, "threshold": threshold, "examined": size, "modules": []}
+        record = {"round": round_index + 1, "threshold": threshold, **chosen_by, "examined": size, "modules": []}
         if is_trinet:
-            record["diversity_fine_tune"] = diversity_due(round_index, opts.diversity_every)
+            record["diversity_fine_tune"] = self.diversity_due(round_index)
         for v in range(self.modules):
             record["modules"].append(module_record(labels[v], mask[v], kept[v], examined, opts.audit))
         chosen = kept.any(0)
@@ -454,6 +485,49 @@ class SemiRun:
         train_mask = torch.cat([torch.ones(len(labelled), self.modules, dtype=torch.bool), kept[:, chosen].T])
         train_labels = torch.cat([labelled.labels, labels[:, chosen].max(0).values])
         return record, images, targets, train_mask, train_labels
+
+    def agreement_threshold(self, round_index: int) -> tuple[float, dict]:
+        """Tri-net's confidence threshold for this round and how it was chosen: the schedule's,
+        or (``threshold_mode: validation``) the lowest candidate whose agreeing pseudo-labels on
+        the validation split reach ``target_precision``, falling back to the schedule's."""
+        opts = self.opts
+        scheduled = threshold_at(round_index, opts.threshold_start, opts.threshold_step, opts.threshold_min)
+        if opts.threshold_mode != "validation":
+            return scheduled, {"threshold_from": "schedule"}
+        val = self.ctx.data.val
+        if val is None or not len(val):
+            log.warning("threshold-mode validation without a validation split: the schedule's threshold is used")
+            return scheduled, {"threshold_from": "schedule (no validation split)"}
+        chosen, record = threshold_from_validation(
+            self.module_probs(val), val.labels, opts.target_precision, THRESHOLD_CANDIDATES, MIN_VALIDATION_SUPPORT
+        )
+        if chosen is None:
+            return scheduled, {"threshold_from": "schedule (no candidate reached target precision)", **record}
+        return round(chosen, 4), {"threshold_from": f"validation ({len(val)} images)", **record}
+
+    def image_dropout_passes(self, images: ImageSet, passes: int) -> torch.Tensor:
+        """P x M x N predicted classes with dropout on in the modules' stages and MLPs (BatchNorm
+        in eval mode), the trunk run once per batch; seeded from (seed, round), on the device."""
+        net = self.net
+        generator = torch.Generator().manual_seed(self.ctx.seed * 31 + len(self.state["rounds"]))
+        seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            for module in net.heads.modules():
+                if isinstance(module, nn.Dropout):
+                    module.train()
+            shared = net.shared_features(x)
+            return torch.stack([net.modules_on_features(shared).argmax(-1).T for _ in range(passes)], 1).float()
+
+        devices = [self.ctx.engine.device] if self.ctx.engine.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            if devices:
+                torch.manual_seed(seed)
+            else:
+                torch.default_generator.manual_seed(seed)
+            predictions = self.outputs(images, fn)  # N x P x M
+        net.eval()
+        return predictions.long().permute(1, 2, 0)
 
     def dropout_passes(self, head: HeadOnFeatures, features: torch.Tensor, passes: int) -> torch.Tensor:
         """P x M x N predicted classes with the modules' dropout on, on the CPU (seeded there)."""
@@ -472,9 +546,7 @@ class SemiRun:
         accuracy and the share of images on which the modules do not all agree (diversity)."""
         if self.probe is None:
             return
-        features = self.module_features(self.probe)
-        with torch.no_grad():
-            probs = HeadOnFeatures(self.net, self.cfg.dropout).eval()(features).softmax(-1)
+        probs = self.module_probs(self.probe)
         truth = self.probe.labels
         record = {
             "after": after,

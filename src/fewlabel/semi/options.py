@@ -6,16 +6,43 @@ tri-net, :mod:`fewlabel.semi.loop` for the shared budget. Light: no torch here.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from ..options import MethodOptions
 
+# Option values of each protocol; an option set explicitly keeps its value. "cpu" is the budget
+# a 2-core CPU trains in minutes (the options' own defaults); "paper" is Chen et al. 2018's
+# schedule: pool sample 1000 x 2^t up to the whole pool, at least 12 rounds, editing by the
+# one-third rule with dropout inside the module stages, diversity fine-tuning once the sample
+# covers the pool, thresholds chosen on the validation split.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "cpu": {},
+    "paper": {
+        "rounds": 12,
+        "round_epochs": 2,
+        "sample_first": 1000,
+        "sample_growth": 2.0,
+        "threshold_mode": "validation",
+        "edit_passes": 6,
+        "edit_min_agreement": 2 / 3,
+        "stage_dropout": 0.1,
+        "diversity_start": "full-pool",
+        "diversity_every": 1,
+    },
+}
+
 
 class SemiOptions(MethodOptions):
     """The budget every semi-supervised method and its supervised baseline share: after the
-    initial fit, ``rounds`` x ``round_epochs`` more epochs."""
+    initial fit, ``rounds`` x ``round_epochs`` more epochs. ``protocol`` sets the defaults of
+    several options at once (:data:`PROTOCOLS`); ``auto`` (resolved when the config is made)
+    is ``paper`` when training on a GPU and ``cpu`` otherwise."""
+
+    protocol: Literal["auto", "paper", "cpu"] = Field(
+        "auto", description="option defaults: paper (Chen et al. 2018's schedule), cpu (minutes on a CPU), auto"
+    )
 
     rounds: int = Field(
         4, ge=0, description="self-training rounds (fixmatch, supervised: rounds x round-epochs epochs)"
@@ -27,6 +54,15 @@ class SemiOptions(MethodOptions):
         "validation set, every round on a seeded draw of probe-size evaluation images",
     )
     probe_size: int = Field(2000, ge=0, description="audit mode without a validation set: images scored per round")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_defaults(cls, values: Any) -> Any:
+        """Fill the options not given from the protocol's values (those this method has)."""
+        if not isinstance(values, dict) or values.get("protocol") not in PROTOCOLS:
+            return values
+        preset = {k: v for k, v in PROTOCOLS[values["protocol"]].items() if k in cls.model_fields}
+        return preset | values
 
 
 class PoolOptions(SemiOptions):
@@ -80,6 +116,21 @@ class TriNetOptions(SelfTrainingOptions):
     edit_passes: int = Field(5, ge=0, description="trinet editing: dropout passes (0: no editing)")
     edit_min_agreement: float = Field(0.8, gt=0, le=1, description="trinet editing: share of passes that must agree")
     diversity_every: int = Field(2, ge=0, description="trinet: fine-tune on smeared labels every N rounds (0: never)")
+    diversity_start: Literal["second-round", "full-pool"] = Field(
+        "second-round",
+        description="trinet: diversity fine-tuning from the second round, or from when the sample is the whole pool",
+    )
+    threshold_mode: Literal["schedule", "validation"] = Field(
+        "schedule",
+        description="trinet: agreement threshold from the start/step/min schedule, or chosen each round on the "
+        "validation split (lowest whose pseudo-labels reach target-precision there)",
+    )
+    target_precision: float = Field(
+        0.95, gt=0, le=1, description="trinet, threshold-mode validation: pseudo-label precision to reach"
+    )
+    stage_dropout: float = Field(
+        0.0, ge=0, lt=1, description="trinet: dropout before each stage a module owns (editing passes use it too)"
+    )
     diversity_epochs: int = Field(1, ge=1, description="trinet: epochs of each diversity fine-tuning")
     module_stages: int = Field(
         1, ge=0, description="trinet: last backbone stages each module owns a copy of (0: MLP modules only)"

@@ -25,9 +25,17 @@ of :mod:`fewlabel.semi.functional`:
 * the number of pool images examined per round grows geometrically, ``sample_first`` times
   ``sample_growth`` to the power of the round (capped by the pool), the paper's 1000 x 2^t;
 * editing: ``edit_passes`` forward passes of the two labelling modules with dropout on; a
-  pseudo-label is kept when at least ``edit_min_agreement`` of each module's passes predict it;
+  pseudo-label is kept when at least ``edit_min_agreement`` of each module's passes predict it
+  (2/3 is the paper's rule: unstable when it changes in more than a third of the passes). With
+  ``stage_dropout`` the modules' stages take dropout on their input too (training and editing);
+  without it, editing runs the MLPs' dropout over features computed once;
+* thresholds: ``threshold_mode: validation`` chooses each round the lowest threshold at which
+  the modules' agreeing pseudo-labels on the labelled validation split are at least
+  ``target_precision`` correct (at least 10 of them; else the schedule's threshold);
 * diversity fine-tuning on freshly smeared labelled data at the start of every
-  ``diversity_every``-th round after the first, before its modules label (:func:`diversity_due`).
+  ``diversity_every``-th round after the first (``diversity_start: full-pool``, the paper's: from
+  the first round whose sample is the whole pool), before its modules label (:func:`diversity_due`).
+* ``protocol: paper`` sets these to the paper's schedule (see :mod:`fewlabel.semi.options`).
   Done at the end of a round instead, it was the last training before evaluation: on
   Fashion-MNIST (100 labels per class, seed 0) one such epoch took the ensemble from 83.4% to
   74.9% and the modules' disagreement from 7% to 21%; the round after repaired it.
@@ -133,13 +141,16 @@ class Module(nn.Sequential):
 
 
 class _StageTail(nn.Module):
-    """Backbone stages of one module: feature map in, pooled features out."""
+    """Backbone stages of one module: feature map in, pooled features out; ``dropout`` on the
+    feature map entering them (no parameters: model files are the same with or without)."""
 
-    def __init__(self, stages: nn.Module) -> None:
+    def __init__(self, stages: nn.Module, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = nn.Dropout(dropout)
         self.stages = stages
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        features = self.dropout(features)
         return self.stages.forward_head(self.stages.forward_features(features), pre_logits=True)
 
 
@@ -159,13 +170,14 @@ class TriNet(nn.Module):
         dropout: float = 0.3,
         module_stages: int = 1,
         model_name: str = "",
+        stage_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.module_stages = module_stages
         width = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # pooled width
         if module_stages:
             self.shared, tail = split_backbone(backbone, module_stages, model_name)
-            tails = [_StageTail(copy.deepcopy(tail)) for _ in range(MODULES)]
+            tails = [_StageTail(copy.deepcopy(tail), stage_dropout) for _ in range(MODULES)]
         else:
             self.shared, tails = backbone, [nn.Identity() for _ in range(MODULES)]
         self.heads = nn.ModuleList(Module(t, width, num_classes, hidden, dropout) for t in tails)
