@@ -1,7 +1,9 @@
 """Semi-supervised methods on Fashion-MNIST: supervised, pseudo-label, FixMatch and tri-net,
 same backbone and budget, over seeds.
 
-Protocol: K labels per class drawn (seeded) from the 60,000 training images; the pool is the
+``--protocol cpu`` (default: the grid a 2-core CPU runs) or ``paper`` (Chen et al.'s schedule
+for every method's budget; 20% of the labelled images held out, on which tri-net chooses its
+thresholds). Protocol: K labels per class drawn (seeded) from the 60,000 training images; the pool is the
 rest of the training images (``--pool-size``: a seeded random subset of it); test accuracy on
 the 10,000 test images. EfficientNet-Lite0 (offline ImageNet weights) at ``--img-size``. Every
 method first trains ``--epochs`` epochs on the labelled images, then ``--rounds`` x
@@ -39,12 +41,18 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--pool-size", type=int, default=None, help="random subset of the pool (default all)")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--round-epochs", type=int, default=2)
-    parser.add_argument("--sample-first", type=int, default=1000)
-    parser.add_argument("--sample-growth", type=float, default=2.0)
+    parser.add_argument(
+        "--protocol", choices=["cpu", "paper"], default="cpu", help="method defaults (see fewlabel.semi.options)"
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="default: the protocol's")
+    parser.add_argument("--round-epochs", type=int, default=None)
+    parser.add_argument("--sample-first", type=int, default=None)
+    parser.add_argument("--sample-growth", type=float, default=None)
+    parser.add_argument(
+        "--val-split", type=float, default=None, help="labelled share held out (default 0.2 with paper: thresholds)"
+    )
     parser.add_argument("--img-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None)
     parser.add_argument(
         "--semi", action="append", default=[], metavar="KEY=VALUE", help="any other method option, e.g. smear_std=0.1"
     )
@@ -53,13 +61,16 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]
-    semi = {
+    given = {
         "pool_size": args.pool_size,
         "rounds": args.rounds,
         "round_epochs": args.round_epochs,
         "sample_first": args.sample_first,
         "sample_growth": args.sample_growth,
-    } | dict(_option(text) for text in args.semi)
+    }
+    semi = {"protocol": args.protocol} | {k: v for k, v in given.items() if v is not None}
+    semi |= dict(_option(text) for text in args.semi)
+    val_split = args.val_split if args.val_split is not None else (0.2 if args.protocol == "paper" else None)
     protocol = {k: v for k, v in vars(args).items() if k not in ("name", "out")}
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,6 +88,7 @@ def main() -> None:
                         model="efficientnet_lite0",
                         img_size=args.img_size,
                         labels_per_class=labels,
+                        val_split=val_split,
                         epochs=args.epochs,
                         seed=seed,
                         workers=args.workers,
