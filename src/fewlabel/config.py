@@ -87,6 +87,10 @@ class TrainConfig(BaseModel):
         "auto", description="keep BatchNorm statistics fixed; auto = yes for pretrained weights"
     )
     early_stopping: int | None = Field(None, ge=1, description="patience in epochs on validation loss (per fit)")
+    keep_best: bool = Field(
+        True,
+        description="end with the weights of the epoch that scored best on validation over all fits of the run",
+    )
     accelerator: str = Field("auto", description="auto | cpu | gpu")
     devices: str = Field("1", description="devices (processes) per machine")
     num_nodes: int = Field(1, ge=1, description="machines; launch with torchrun or srun")

@@ -107,20 +107,52 @@ def train_one_seed(
     writes = is_rank_zero()
     if writes:
         write_splits(run_dir, task.splits_record(data, seed))
-    engine = Engine(cfg, seed, run_dir, callbacks, resume)
+    engine = Engine(cfg, seed, run_dir, callbacks, resume, monitor=task.monitor)
     model, info = method.trainer()(RunContext(cfg, seed, run_dir, data, task, engine))
+    selection = model_selection(engine, cfg, len(data.val) if data.val is not None else 0)
     model.eval()
     fields = task.card_fields(cfg, data, info)
     fields["extras"] = fields.get("extras", {}) | {key: getattr(cfg.method, key) for key in method.card_fields}
     card = ModelCard(arch=cfg.model, pretrained=info.weights, task=cfg.task, method=method.name, **fields)
     metrics, predictions = task.evaluate(model, card, data.eval, cfg.progress)
     metrics |= {"eval_data": data.eval_name, "seed": seed, "task": cfg.task, "method": method.name} | engine.timing()
+    if selection:
+        metrics["model_selection"] = selection
+    metrics["warnings"] = task.learning_warnings(metrics, model, cfg)
+    for warning in metrics["warnings"]:
+        log.warning("%s", warning)
     if writes:
         save_model_files(run_dir, model, card)
         task.write_predictions(run_dir, predictions)
         write_metrics(run_dir, metrics)
         finish(run_dir, cfg)
     return metrics
+
+
+def model_selection(engine: Engine, cfg: TrainConfig, val_images: int) -> dict | None:
+    """With ``keep_best``, restore the best validated epoch of the run (over all its fits) and
+    say which it was, what the last epoch scored and how many validation images the choice
+    rests on; without, only record what the last and the best epoch scored."""
+    best, last = engine.selection.best, engine.selection.last
+    if best is None:
+        return None
+    restored = cfg.keep_best and best != last
+    if restored:
+        engine.restore_best()
+    if restored:
+        log.info(
+            "restored the weights of fit '%s', epoch %d (%s %.4f on %d validation images); the last epoch scored %.4f",
+            best["fit"], best["epoch"], engine.selection.key, best[engine.selection.key], val_images,
+            last[engine.selection.key],
+        )  # fmt: skip
+    return {
+        "monitor": engine.selection.key,
+        "best": best,
+        "last": last,
+        "restored_best": restored,
+        "keep_best": cfg.keep_best,
+        "val_images": val_images,
+    }
 
 
 def finish(run_dir: Path, cfg: TrainConfig) -> None:

@@ -51,6 +51,16 @@ def _metrics_table(metrics: dict, title: str):
     return rows
 
 
+def run_notices(metrics: dict) -> list[str]:
+    """The run's warnings, then which weights the model holds (one line each)."""
+    from ..evaluate.notices import selection_sentence
+
+    lines = [f"WARNING: {w}" for w in metrics.get("warnings", [])]
+    if metrics.get("model_selection"):
+        lines.append(selection_sentence(metrics["model_selection"]))
+    return lines
+
+
 def _train(data, out, config, overwrite, resume, options, default_method) -> None:
     from .. import api
 
@@ -60,6 +70,8 @@ def _train(data, out, config, overwrite, resume, options, default_method) -> Non
     method = result.config.method.name
     out = console()
     out.print(_metrics_table(result.metrics, f"{result.run_dir} ({method}) on {result.metrics.get('eval_data')}"))
+    for line in run_notices(result.metrics):
+        out.print(line, soft_wrap=True, markup=False)
     out.print(f"report: {result.run_dir / 'report.html'}", soft_wrap=True)
 
 

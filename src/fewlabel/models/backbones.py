@@ -215,6 +215,15 @@ def load_compatible(model: nn.Module, state: dict[str, torch.Tensor], origin: st
     model.load_state_dict(keep, strict=False)
 
 
+def final_map_side(model: nn.Module, img_size: int) -> int | None:
+    """The side of the backbone's last feature map at ``img_size`` (from timm's feature_info;
+    a tri-net's from its shared backbone); None when the model does not say."""
+    info = getattr(model, "feature_info", None) or getattr(getattr(model, "shared", None), "feature_info", None)
+    if not info:
+        return None
+    return img_size // max(f.get("reduction", 1) for f in info)
+
+
 def check_image_size(model: nn.Module, img_size: int, arch: str) -> None:
     """Refuse an input size the backbone cannot take: below its total stride (the last feature
     map would vanish), or one a fixed-size model (e.g. a ViT) rejects in a trial forward pass."""

@@ -68,6 +68,8 @@ class Task(ABC):
     metric_keys: ClassVar[tuple[str, ...]]  # the metrics the CLI and the report tabulate
     higher_is_better: ClassVar[bool] = True
     has_feature_head: ClassVar[bool] = False  # a head that can train alone on cached features
+    monitor: ClassVar[tuple[str, bool]] = ("val_loss", False)  # the validation score a run keeps the best of,
+    # and whether higher is better
 
     @abstractmethod
     def prepare_data(self, cfg: TrainConfig, seed: int) -> DataBundle:
@@ -147,6 +149,13 @@ class Task(ABC):
         """Sizes of the splits (splits.json and the report)."""
         sizes = {"train": len(data.train), "val": len(data.val) if data.val is not None else 0, "eval": len(data.eval)}
         return sizes | {"unlabeled_pool": len(data.unlabeled_ids)}
+
+    def learning_warnings(self, metrics: dict, model: nn.Module, cfg: TrainConfig) -> list[str]:
+        """Warnings that the run learned nothing or could not (shown by the CLI and the report)."""
+        from ..evaluate.notices import feature_map_warning
+        from ..models.backbones import final_map_side
+
+        return feature_map_warning(final_map_side(model, cfg.img_size), cfg.img_size)
 
     def report_sections(self, run_dir: Path, metrics: dict) -> list[str]:
         """HTML sections of report.html that belong to this task."""

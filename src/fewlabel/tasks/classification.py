@@ -45,6 +45,7 @@ class ClassificationTask(Task):
     headline = "accuracy"
     metric_keys = METRIC_KEYS
     has_feature_head = True
+    monitor = ("val_acc", True)
 
     def prepare_data(self, cfg: TrainConfig, seed: int) -> DataBundle:
         return prepare_classification_data(cfg, seed)
@@ -142,6 +143,14 @@ class ClassificationTask(Task):
             "unlabeled_pool": len(data.unlabeled_ids),
             "duplicates": duplicates,
         }
+
+    def learning_warnings(self, metrics: dict, model: nn.Module, cfg: TrainConfig) -> list[str]:
+        from ..evaluate.notices import chance_warnings
+
+        counts = [metrics["per_class"][name]["support"] for name in metrics["class_names"]]
+        return chance_warnings(metrics["accuracy"], metrics["nll"], counts) + super().learning_warnings(
+            metrics, model, cfg
+        )
 
     def report_sections(self, run_dir: Path, metrics: dict) -> list[str]:
         from ..report.classification import sections

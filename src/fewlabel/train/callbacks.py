@@ -146,6 +146,65 @@ class LastCheckpoint(L.Callback):
             trainer.save_checkpoint(self.path, weights_only=False)
 
 
+class RunSelection:
+    """The validation record of a whole run, over all its fits: the best epoch by ``key``
+    (``higher`` better; ties go to the lower validation loss), its weights (on the CPU), and
+    the last epoch's record."""
+
+    def __init__(self, key: str = "val_loss", higher: bool = False) -> None:
+        self.key, self.higher = key, higher
+        self.best: dict | None = None
+        self.last: dict | None = None
+        self.weights: dict | None = None
+
+    def _better(self, record: dict) -> bool:
+        if self.best is None:
+            return True
+        score, best = record[self.key], self.best[self.key]
+        if score != best:
+            return score > best if self.higher else score < best
+        return record.get("val_loss", float("inf")) < self.best.get("val_loss", float("inf"))
+
+    def observe(self, record: dict, network: nn.Module) -> None:
+        self.last = record
+        if self._better(record):
+            self.best = record
+            self.weights = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "last": self.last, "weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.last, self.weights = state["best"], state["last"], state["weights"]
+
+
+class SelectionTracker(L.Callback):
+    """Feed every validation epoch of a fit to the run's :class:`RunSelection` (kept in the
+    checkpoint, so a fit resumed in the middle remembers its earlier epochs)."""
+
+    def __init__(self, selection: RunSelection, network: nn.Module, fit: str) -> None:
+        self.selection, self.network, self.fit = selection, network, fit
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        metrics = trainer.callback_metrics
+        if trainer.sanity_checking or self.selection.key not in metrics:
+            return
+        record = {
+            "fit": self.fit,
+            "epoch": trainer.current_epoch,
+            self.selection.key: float(metrics[self.selection.key]),
+        }
+        if "val_loss" in metrics:
+            record["val_loss"] = float(metrics["val_loss"])
+        self.selection.observe(record, self.network)
+
+    def state_dict(self) -> dict:
+        return self.selection.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.selection.load_state_dict(state_dict)
+
+
 class BestWeights(L.Callback):
     """Remember the weights of the epoch with the lowest validation loss; restore them when
     training ends (used with early stopping)."""

@@ -38,6 +38,8 @@ from .callbacks import (
     HistoryWriter,
     LastCheckpoint,
     PhaseTag,
+    RunSelection,
+    SelectionTracker,
     Throughput,
 )
 from .datamodule import EngineDataModule
@@ -137,6 +139,7 @@ class Engine:
         run_dir: Path,
         callbacks: list[L.Callback] | None = None,
         resume: bool = False,
+        monitor: tuple[str, bool] = ("val_loss", False),
     ) -> None:
         self.cfg = cfg
         self.seed = seed
@@ -148,6 +151,7 @@ class Engine:
         self.network: nn.Module | None = None
         self.records: dict[str, dict] = {}  # finished fits: images, seconds, wall, on_features
         self.method_state: dict = {}  # JSON-able state a method keeps across fits (saved with them)
+        self.selection = RunSelection(*monitor)
         self._fits_called = 0
 
     def start(self, network: nn.Module) -> bool:
@@ -166,6 +170,8 @@ class Engine:
             ) from None
         self.records = json.loads(saved["records"])
         self.method_state = json.loads(saved["method_state"])
+        if "selection" in saved:
+            self.selection.load_state_dict(saved["selection"])
         log.info("resuming after %s", ", ".join(self.records) or "nothing")
         return True
 
@@ -209,6 +215,15 @@ class Engine:
             after()
         self._save_state()
 
+    def restore_best(self) -> dict | None:
+        """Load the weights of the best validated epoch of the run into the network. Returns
+        the selection (best and last epoch) or None when no fit was validated."""
+        selection = self.selection
+        if selection.best is None or self.network is None:
+            return None
+        self.network.load_state_dict(selection.weights)
+        return {"best": selection.best, "last": selection.last, "monitor": selection.key}
+
     def timing(self) -> dict:
         """``train_seconds``: every fit's wall time; ``train_images``: images the fits on images
         trained on (every process's; on cached features when no fit ran on images);
@@ -237,6 +252,7 @@ class Engine:
             "weights": {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()},
             "records": json.dumps(self.records),
             "method_state": json.dumps(self.method_state),
+            "selection": self.selection.state_dict(),
         }
         atomic_write(self.run_dir / STATE, lambda tmp: torch.save(state, tmp))
 
@@ -248,6 +264,7 @@ class Engine:
             HistoryWriter(self.run_dir, name),
             PhaseTag(name),
             LastCheckpoint(self.run_dir / LAST_CHECKPOINT),
+            SelectionTracker(self.selection, self.network, name),
             *self.extra_callbacks,
         ]
         if self.cfg.early_stopping and fit.data.has_validation:
