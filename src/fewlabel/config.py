@@ -78,7 +78,12 @@ class TrainConfig(BaseModel):
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up at the start of each fit")
     layer_decay: float = Field(0.7, gt=0, le=1, description="learning-rate factor per layer group, top to bottom")
     dropout: float = Field(0.2, ge=0, lt=1, description="dropout before the classifier")
-    augment: Literal["none", "light", "standard", "randaugment"] = Field("light", description="training augmentation")
+    augment: Literal["auto", "none", "crop", "light", "standard", "randaugment"] = Field(
+        "auto",
+        description="training augmentation; auto: crop, with a horizontal or vertical flip only where a mirror test "
+        "on the labelled images shows the flip keeps classes",
+    )
+    vflip: bool = Field(False, description="also flip training images vertically (augment auto decides it)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the training targets")
     imbalance: Literal["none", "class-weights", "balanced-sampler"] = Field(
         "none", description="class imbalance: weight the loss or sample classes evenly"
@@ -275,7 +280,8 @@ def make_config(values: dict, origin: str = "config") -> TrainConfig:
 
 
 def read_config_file(path: str | Path) -> dict:
-    """Read a YAML mapping, with clear errors for a missing file or bad YAML."""
+    """Read a YAML mapping, with clear errors for a missing file or bad YAML; a run's own
+    ``resolved`` record (see config.yaml of a run) is left out."""
     import yaml  # here: the command line builds its options from this module without reading YAML
 
     path = Path(path)
@@ -287,6 +293,7 @@ def read_config_file(path: str | Path) -> dict:
         raise FewlabelError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}).") from None
     if not isinstance(values, dict):
         raise FewlabelError(f"{path}: expected a mapping of keys to values, got {type(values).__name__}.")
+    values.pop("resolved", None)  # what a run decided for itself (augment auto); a rerun decides again
     return values
 
 

@@ -108,6 +108,9 @@ def train_one_seed(
     if writes:
         write_splits(run_dir, task.splits_record(data, seed))
     engine = Engine(cfg, seed, run_dir, callbacks, resume, monitor=task.monitor)
+    cfg, augment_decision = task.resolve_augment(cfg, data, engine)
+    if writes and augment_decision and read_config(run_dir):  # a single-seed run: its config.yaml says it
+        write_config(run_dir, read_config(run_dir) | {"resolved": {"augment": cfg.augment, "vflip": cfg.vflip}})
     model, info = method.trainer()(RunContext(cfg, seed, run_dir, data, task, engine))
     selection = model_selection(engine, cfg, len(data.val) if data.val is not None else 0)
     model.eval()
@@ -118,6 +121,8 @@ def train_one_seed(
     metrics |= {"eval_data": data.eval_name, "seed": seed, "task": cfg.task, "method": method.name} | engine.timing()
     if selection:
         metrics["model_selection"] = selection
+    if augment_decision:
+        metrics["augment_decision"] = augment_decision
     metrics["warnings"] = task.learning_warnings(metrics, model, cfg)
     for warning in metrics["warnings"]:
         log.warning("%s", warning)

@@ -11,7 +11,8 @@ workers or processes, the device, or a resume in between.
 Presets (training only; evaluation resizes to S x S and normalises):
 
 * ``none``: no augmentation;
-* ``light``: random resized crop (area 0.8-1, aspect 3/4-4/3) and horizontal flip;
+* ``crop``: random resized crop (area 0.8-1, aspect 3/4-4/3), no flip;
+* ``light``: ``crop`` and horizontal flip;
 * ``standard``: crop area 0.5-1, flip, colour jitter (brightness, contrast, saturation, each a
   factor drawn in [0.8, 1.2]; applied in that fixed order, where torchvision draws the order);
 * ``randaugment``: ``standard`` then RandAugment (Cubuk et al. 2020) as torchvision defines
@@ -33,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-AUGMENTATIONS = ("none", "light", "standard", "randaugment")
+AUGMENTATIONS = ("none", "crop", "light", "standard", "randaugment")
+FLIP_TOLERANCE = 0.05  # mirror test: the accuracy a class-preserving flip may cost, at least
 _MASK32 = 0xFFFFFFFF
 _CROP_TRIES = 10
 _RANDAUGMENT_OPS = (
@@ -210,10 +212,13 @@ class BatchTransform:
         std: Sequence[float],
         train: bool = True,
         stream: int = 0,
+        vflip: bool = False,
     ) -> None:
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment '{augment}': accepted {', '.join(AUGMENTATIONS)}")
         self.augment = augment if train else "none"
+        self.hflip = self.augment in ("light", "standard", "randaugment")
+        self.vflip = vflip and self.augment != "none"
         self.img_size = img_size
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -238,23 +243,27 @@ class BatchTransform:
 
     @property
     def draws_needed(self) -> int:
-        return 4 * _CROP_TRIES + 1 + 3 + 4
+        return 4 * _CROP_TRIES + 1 + 3 + 4 + 1
 
     def _augment(self, x: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
         draws = Draws(uniforms)
-        scale = (0.8, 1.0) if self.augment == "light" else (0.5, 1.0)
+        scale = (0.8, 1.0) if self.augment in ("crop", "light") else (0.5, 1.0)
         boxes = crop_boxes(draws, x.shape[-2], x.shape[-1], scale)
-        x = crop_flip_resize(x, boxes, draws.take() < 0.5, self.img_size)
+        flip = draws.take() < 0.5
+        x = crop_flip_resize(x, boxes, flip & self.hflip, self.img_size)
         if self.augment in ("standard", "randaugment"):
             x = color_jitter(x, 0.8 + 0.4 * draws.take(3))
         if self.augment == "randaugment":
             x = randaugment(x, draws)
+        if self.vflip:
+            upside_down = draws.uniforms[:, -1] < 0.5
+            x = torch.where(upside_down.view(-1, 1, 1, 1), x.flip(-2), x)
         return x
 
     def describe(self) -> str:
         """A string that identifies the transform (evaluation: for feature-cache keys)."""
         stats = f"mean{tuple(round(m, 4) for m in self.mean)}-std{tuple(round(s, 4) for s in self.std)}"
-        return f"{self.augment}{self.img_size}-{stats}"
+        return f"{self.augment}{'+vflip' if self.vflip else ''}{self.img_size}-{stats}"
 
     def __repr__(self) -> str:
         return f"BatchTransform({self.describe()}, stream={self.stream})"
@@ -268,3 +277,37 @@ class TwoViews:
 
     def __call__(self, images: torch.Tensor, keys: torch.Tensor | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weak(images, keys, seed), self.strong(images, keys, seed)
+
+
+def mirror_test(original: torch.Tensor, mirrored: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> dict:
+    """Whether mirroring keeps the class, from pooled features of labelled images and of the
+    same images mirrored. A logistic regression is fitted on the original features of one half
+    of the images (stratified, seeded) and predicts the other half, original and mirrored, and
+    the halves swap. A class-preserving flip costs little accuracy; a flip that turns one class
+    into another (b and d, left and right) costs much. The flip is allowed when the mirrored
+    accuracy is within ``FLIP_TOLERANCE`` or two binomial standard errors (the larger) of the
+    original accuracy, and only when the test is conclusive: the original accuracy more than two
+    standard errors above the majority-class share (features that separate nothing say nothing
+    about flips, and then no flip is added)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    x, xm, y = original.double().numpy(), mirrored.double().numpy(), labels.numpy()
+    right_original = right_mirrored = 0
+    for fit_on, score_on in StratifiedKFold(2, shuffle=True, random_state=seed).split(x, y):
+        head = LogisticRegression(max_iter=500).fit(x[fit_on], y[fit_on])
+        right_original += int((head.predict(x[score_on]) == y[score_on]).sum())
+        right_mirrored += int((head.predict(xm[score_on]) == y[score_on]).sum())
+    n = len(y)
+    accuracy, mirrored_accuracy = right_original / n, right_mirrored / n
+    tolerance = max(FLIP_TOLERANCE, 2 * math.sqrt(accuracy * (1 - accuracy) / n))
+    chance = float(labels.bincount().max()) / n
+    conclusive = accuracy > chance + 2 * math.sqrt(chance * (1 - chance) / n)
+    return {
+        "allowed": conclusive and mirrored_accuracy >= accuracy - tolerance,
+        "conclusive": conclusive,
+        "accuracy": accuracy,
+        "mirrored_accuracy": mirrored_accuracy,
+        "tolerance": tolerance,
+        "images": n,
+    }

@@ -28,6 +28,26 @@ def selection_sentence(selection: dict) -> str:
     )
 
 
+def augment_sentence(decision: dict) -> str:
+    """One sentence on what ``augment: auto`` chose and the mirror tests behind it."""
+    chosen = {"light": "crop and horizontal flip", "crop": "crop without horizontal flip"}.get(
+        decision["augment"], decision["augment"]
+    )
+    parts = [f"Augmentation (auto): {chosen}{', plus vertical flip' if decision['vflip'] else ''}."]
+    for name in ("horizontal_flip", "vertical_flip"):
+        test = decision.get(name)
+        if test:
+            verdict = "keeps classes" if test["allowed"] else "changes classes here"
+            if not test.get("conclusive", True):
+                verdict = "left out: the test is inconclusive (the features barely separate the classes)"
+            parts.append(
+                f"{name.replace('_', ' ').capitalize()} {verdict}: mirrored labelled images were predicted "
+                f"{100 * test['mirrored_accuracy']:.0f}% right against {100 * test['accuracy']:.0f}% unmirrored "
+                f"({test['images']} images, tolerance {100 * test['tolerance']:.0f} points)."
+            )
+    return " ".join(parts) + " Choose a preset with --augment to override."
+
+
 def feature_map_warning(map_side: int | None, img_size: int) -> list[str]:
     """A warning when the backbone's last feature map is smaller than 2 x 2 at ``img_size``."""
     if map_side is None or map_side >= 2:

@@ -389,7 +389,8 @@ class SemiRun:
     # --- between fits ---------------------------------------------------------------------
 
     def transform(self, augment: str, train: bool = True, stream: int = 0) -> BatchTransform:
-        return BatchTransform(augment, self.cfg.img_size, self.info.mean, self.info.std, train, stream)
+        vflip = self.cfg.vflip
+        return BatchTransform(augment, self.cfg.img_size, self.info.mean, self.info.std, train, stream, vflip)
 
     def smeared_targets(self, salt: int) -> torch.Tensor:
         """N x 3 x C: each module its own smeared copy of the labels (seeded by seed, module, salt)."""

@@ -96,6 +96,13 @@ class Task(ABC):
     def dataset(self, split: Any, info: BackboneInfo, cfg: TrainConfig, train: bool, seed: int) -> Dataset:
         """A split as a dataset of (image, target), transformed jointly; augmented when ``train``."""
 
+    def resolve_augment(self, cfg: TrainConfig, data: DataBundle, engine: Engine) -> tuple[TrainConfig, dict | None]:
+        """The config with ``augment: auto`` decided for this data, and the decision's record
+        (None when nothing was decided). A task without its own rule takes ``light``."""
+        if cfg.augment != "auto":
+            return cfg, None
+        return cfg.model_copy(update={"augment": "light"}), {"augment": "light", "vflip": cfg.vflip}
+
     def sampler_labels(self, split: Any) -> torch.Tensor:
         """Labels the training sampler shuffles (and balances) by; none for a dense task."""
         return torch.zeros(len(split), dtype=torch.long)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..config import TrainConfig
-from ..data.augment import BatchTransform
+from ..data.augment import BatchTransform, mirror_test
 from ..data.datasets import ImageBatches
 from ..data.duplicates import cross_duplicates
 from ..data.images import ImageDecodeError, decode_image, pil_to_array, resize_to_square
@@ -66,8 +66,31 @@ class ClassificationTask(Task):
         )
 
     def dataset(self, split: ImageSet, info: BackboneInfo, cfg: TrainConfig, train: bool, seed: int) -> ImageBatches:
-        transform = BatchTransform(cfg.augment, cfg.img_size, info.mean, info.std, train=train)
+        transform = BatchTransform(cfg.augment, cfg.img_size, info.mean, info.std, train=train, vflip=cfg.vflip)
         return ImageBatches(split.images, (split.labels,), transform, seed)
+
+    def resolve_augment(self, cfg: TrainConfig, data: DataBundle, engine) -> tuple[TrainConfig, dict | None]:
+        """``augment: auto``: ``crop``, plus a horizontal flip (``light``) and a vertical one
+        (``vflip``) each where :func:`fewlabel.data.augment.mirror_test` on pooled features
+        of the labelled images (the run's pretrained backbone, un-augmented) says the flip
+        keeps classes. A class with fewer than 2 labelled images leaves nothing to test: no flip."""
+        if cfg.augment != "auto":
+            return cfg, None
+        train = data.train
+        if min(train.class_counts()) < 2:
+            log.info("augment auto: a class has fewer than 2 labelled images; no flips")
+            return cfg.model_copy(update={"augment": "crop", "vflip": False}), {"augment": "crop", "vflip": False}
+        with torch.random.fork_rng(devices=[]):  # the network's own initialisation stays as without the test
+            backbone, info = create_backbone(cfg.model, cfg.pretrained, 0, 0.0, head="new")
+        original = cached_features(backbone, train, info, cfg, engine)
+        tests = {}
+        for name, dim in (("horizontal_flip", -1), ("vertical_flip", -2)):
+            mirrored = ImageSet(train.images.flip(dim), train.labels, train.class_names, train.ids, train.source)
+            tests[name] = mirror_test(original, cached_features(backbone, mirrored, info, cfg, engine), train.labels)
+        augment = "light" if tests["horizontal_flip"]["allowed"] else "crop"
+        decision = {"augment": augment, "vflip": tests["vertical_flip"]["allowed"], **tests}
+        log.info("augment auto: %s%s", augment, " with vertical flips" if decision["vflip"] else "")
+        return cfg.model_copy(update={"augment": augment, "vflip": decision["vflip"]}), decision
 
     def sampler_labels(self, split: ImageSet) -> torch.Tensor:
         return split.labels
