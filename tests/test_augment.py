@@ -178,3 +178,11 @@ def test_mixed_precision_inference_matches_float32_within_tolerance():
 def test_workers_follow_the_machine():
     assert default_workers(cuda=False) == 0
     assert 0 <= default_workers(cuda=True) <= 4
+
+
+def test_a_preset_flip_can_be_turned_off():
+    images = torch.zeros(200, 1, 16, 16, dtype=torch.uint8)
+    images[..., 8:] = 255  # right half white
+    out = BatchTransform("standard", 16, (0.0,) * 3, (1.0,) * 3, hflip=False)(images, keys_for(range(200)))
+    assert not bool((out[:, 0, :, 0] > 0.5).all(1).any())  # no image mirrored
+    assert BatchTransform("crop", 16, MEAN, STD).hflip is False and BatchTransform("light", 16, MEAN, STD).hflip

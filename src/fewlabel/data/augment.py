@@ -202,7 +202,8 @@ class BatchTransform:
     """The transform of one preset on whole batches: ``transform(images, keys, seed)`` with
     uint8 N x C x H x W ``images`` and N x 2 (epoch, index) ``keys`` on the same device;
     evaluation (``train=False`` or ``augment='none'``) needs no keys. ``stream`` separates
-    two views of the same images (FixMatch's weak and strong)."""
+    two views of the same images (FixMatch's weak and strong); ``hflip`` overrides the
+    preset's horizontal flip (FixMatch's strong view follows the run's flip decision)."""
 
     def __init__(
         self,
@@ -213,11 +214,13 @@ class BatchTransform:
         train: bool = True,
         stream: int = 0,
         vflip: bool = False,
+        hflip: bool | None = None,
     ) -> None:
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment '{augment}': accepted {', '.join(AUGMENTATIONS)}")
         self.augment = augment if train else "none"
-        self.hflip = self.augment in ("light", "standard", "randaugment")
+        preset_flips = self.augment in ("light", "standard", "randaugment")
+        self.hflip = preset_flips if hflip is None else (hflip and self.augment != "none")
         self.vflip = vflip and self.augment != "none"
         self.img_size = img_size
         self.mean = tuple(float(m) for m in mean)

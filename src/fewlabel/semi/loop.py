@@ -267,7 +267,8 @@ class SemiRun:
 
         def build() -> Fit:
             weak = self.transform(self.cfg.augment)
-            two_views = TwoViews(self.transform(self.cfg.augment, stream=1), self.transform("randaugment", stream=2))
+            strong = self.transform("randaugment", stream=2, hflip=self.cfg.augment not in ("none", "crop"))
+            two_views = TwoViews(self.transform(self.cfg.augment, stream=1), strong)
             views = ImageBatches(self.pool.images, (), two_views, self.ctx.seed)
             targets = hard_targets(self.labelled.labels, self.labelled.num_classes, 1)
             ones = torch.ones(len(self.labelled), 1, dtype=torch.bool)
@@ -388,9 +389,9 @@ class SemiRun:
 
     # --- between fits ---------------------------------------------------------------------
 
-    def transform(self, augment: str, train: bool = True, stream: int = 0) -> BatchTransform:
-        vflip = self.cfg.vflip
-        return BatchTransform(augment, self.cfg.img_size, self.info.mean, self.info.std, train, stream, vflip)
+    def transform(self, augment: str, train: bool = True, stream: int = 0, hflip: bool | None = None) -> BatchTransform:
+        cfg = self.cfg
+        return BatchTransform(augment, cfg.img_size, self.info.mean, self.info.std, train, stream, cfg.vflip, hflip)
 
     def smeared_targets(self, salt: int) -> torch.Tensor:
         """N x 3 x C: each module its own smeared copy of the labels (seeded by seed, module, salt)."""
