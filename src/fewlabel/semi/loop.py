@@ -507,12 +507,15 @@ class SemiRun:
             return scheduled, {"threshold_from": "schedule (no candidate reached target precision)", **record}
         return round(chosen, 4), {"threshold_from": f"validation ({len(val)} images)", **record}
 
+    def editing_seed(self) -> int:
+        """The seed of this round's editing passes, from (seed, round)."""
+        generator = torch.Generator().manual_seed(self.ctx.seed * 31 + len(self.state["rounds"]))
+        return int(torch.randint(0, 2**31, (1,), generator=generator))
+
     def image_dropout_passes(self, images: ImageSet, passes: int) -> torch.Tensor:
         """P x M x N predicted classes with dropout on in the modules' stages and MLPs (BatchNorm
         in eval mode), the trunk run once per batch; seeded from (seed, round), on the device."""
-        net = self.net
-        generator = torch.Generator().manual_seed(self.ctx.seed * 31 + len(self.state["rounds"]))
-        seed = int(torch.randint(0, 2**31, (1,), generator=generator))
+        net, seed = self.net, self.editing_seed()
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             for module in net.heads.modules():
@@ -533,12 +536,11 @@ class SemiRun:
 
     def dropout_passes(self, head: HeadOnFeatures, features: torch.Tensor, passes: int) -> torch.Tensor:
         """P x M x N predicted classes with the modules' dropout on, on the CPU (seeded there)."""
-        generator = torch.Generator().manual_seed(self.ctx.seed * 31 + len(self.state["rounds"]))
         for module in head.modules():
             if isinstance(module, nn.Dropout):
                 module.train()
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+            torch.default_generator.manual_seed(self.editing_seed())
             predictions = [head(features).argmax(-1) for _ in range(passes)]
         head.eval()
         return torch.stack(predictions)
