@@ -215,14 +215,11 @@ class Engine:
             after()
         self._save_state()
 
-    def restore_best(self) -> dict | None:
-        """Load the weights of the best validated epoch of the run into the network. Returns
-        the selection (best and last epoch) or None when no fit was validated."""
-        selection = self.selection
-        if selection.best is None or self.network is None:
-            return None
-        self.network.load_state_dict(selection.weights)
-        return {"best": selection.best, "last": selection.last, "monitor": selection.key}
+    def restore_best(self) -> None:
+        """Load the weights of the best validated epoch of the run into the network (nothing
+        when no fit was validated); the runner records which epoch that was."""
+        if self.selection.best is not None and self.network is not None:
+            self.network.load_state_dict(self.selection.weights)
 
     def timing(self) -> dict:
         """``train_seconds``: every fit's wall time; ``train_images``: images the fits on images
