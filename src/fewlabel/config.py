@@ -96,6 +96,11 @@ class TrainConfig(BaseModel):
         True,
         description="end with the weights of the epoch that scored best on validation over all fits of the run",
     )
+    refit: bool | None = Field(
+        None,
+        description="after choosing on validation held out of the labelled images, retrain the chosen plan on all of "
+        "them (default: on below 50 labelled images per class)",
+    )
     accelerator: str = Field("auto", description="auto | cpu | gpu")
     devices: str = Field("1", description="devices (processes) per machine")
     num_nodes: int = Field(1, ge=1, description="machines; launch with torchrun or srun")
@@ -163,6 +168,10 @@ class TrainConfig(BaseModel):
         if not method.supports(self.task):
             raise ValueError(
                 f"method '{method.name}' does not train task '{self.task}' (it supports: {', '.join(method.tasks)})"
+            )
+        if self.refit and method.refit is None:
+            raise ValueError(
+                f"refit: method '{method.name}' cannot retrain its choice on all labelled images; remove it"
             )
         for key, why in method.ignores.items():
             if getattr(self, key) != type(self).model_fields[key].default:

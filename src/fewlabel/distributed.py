@@ -59,3 +59,15 @@ def sharded(n: int, compute: Callable[[list[int]], Any], merge: Callable[[list[A
     gathered: list[Any] = [None] * world
     dist.all_gather_object(gathered, local)
     return merge(gathered, shares)
+
+
+def same_on_every_process(value: Any) -> Any:
+    """Process 0's ``value`` on every process (a decision, such as skipping a fit, that every
+    process must take alike); ``value`` itself outside a process group."""
+    if not _group_ready():
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

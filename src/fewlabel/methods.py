@@ -10,6 +10,8 @@ semi-supervised method. Its registration holds, in one place:
 * ``build_model``: the function that rebuilds its network from model.json (default: the task's
   own builder) and ``card_fields``, the options model.json records for it;
 * ``report_section``: a function ``(run_dir) -> html or None`` adding its part to report.html;
+* ``refit``: a function ``(RunContext) -> (model, BackboneInfo)`` that retrains what ``train``
+  chose on all labelled images (``--refit``; None: the method cannot);
 * metadata: the tasks it supports, whether it needs unlabeled images, and the common options
   it does not use (``ignores``: option -> why), which are refused when set.
 
@@ -46,6 +48,7 @@ class Method:
     build_model: str | None = None
     card_fields: tuple[str, ...] = ()
     report_section: str | None = None
+    refit: str | None = None
     tasks: tuple[str, ...] = ("classification",)
     needs_unlabeled: bool = False
     ignores: dict[str, str] = field(default_factory=dict)
@@ -133,6 +136,7 @@ register_method(
         "finetune",
         FinetuneOptions,
         train="fewlabel.train.finetune:train",
+        refit="fewlabel.train.finetune:refit",
         summary="supervised fine-tuning by strategy (linear-probe, freeze-unfreeze, full, layer-decay, partial:N)",
         tasks=("*",),
     )

@@ -16,3 +16,9 @@ class MethodOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
+
+    @property
+    def needs_validation(self) -> bool:
+        """Whether the method chooses on validation images, so a run without a val split
+        must hold some out (``finetune`` with ``strategy: auto``)."""
+        return False

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +17,7 @@ import lightning as L
 from .config import TrainConfig
 from .distributed import is_rank_zero
 from .errors import FewlabelError
-from .methods import get_method
+from .methods import get_method, load_object
 from .models import ModelCard, save_model_files
 from .rundir import read_config, seed_dir, write_config, write_metrics, write_splits
 from .tasks import get_task
@@ -26,6 +26,7 @@ from .train.engine import Engine, check_logger_available
 
 log = logging.getLogger("fewlabel")
 CONFIG_KEYS_FREE_ON_RESUME = {"progress", "workers", "accelerator", "devices", "logger"}
+REFIT_BELOW = 50  # labelled images per class under which a held-out fifth is worth taking back
 
 
 @dataclass
@@ -111,18 +112,23 @@ def train_one_seed(
     cfg, augment_decision = task.resolve_augment(cfg, data, engine)
     if writes and augment_decision and read_config(run_dir):  # a single-seed run: its config.yaml says it
         write_config(run_dir, read_config(run_dir) | {"resolved": {"augment": cfg.augment, "vflip": cfg.vflip}})
-    model, info = method.trainer()(RunContext(cfg, seed, run_dir, data, task, engine))
+    ctx = RunContext(cfg, seed, run_dir, data, task, engine)
+    model, info = method.trainer()(ctx)
     selection = model_selection(engine, cfg, len(data.val) if data.val is not None else 0)
-    model.eval()
-    fields = task.card_fields(cfg, data, info)
-    fields["extras"] = fields.get("extras", {}) | {key: getattr(cfg.method, key) for key in method.card_fields}
-    card = ModelCard(arch=cfg.model, pretrained=info.weights, task=cfg.task, method=method.name, **fields)
-    metrics, predictions = task.evaluate(model, card, data.eval, cfg.progress)
+    refit = refit_decision(cfg, data, method)
+    if refit["refit"]:
+        model, info, refit_record = refit_model(ctx, model, info, method)
+        refit |= refit_record
+    card = model_card(cfg, data, info, method, task)
+    metrics, predictions = task.evaluate(model.eval(), card, data.eval, cfg.progress)
     metrics |= {"eval_data": data.eval_name, "seed": seed, "task": cfg.task, "method": method.name} | engine.timing()
     if selection:
         metrics["model_selection"] = selection
     if augment_decision:
         metrics["augment_decision"] = augment_decision
+    if "search" in engine.method_state:
+        metrics["strategy_search"] = engine.method_state["search"]
+    metrics["refit"] = refit
     metrics["warnings"] = task.learning_warnings(metrics, model, cfg)
     for warning in metrics["warnings"]:
         log.warning("%s", warning)
@@ -132,6 +138,70 @@ def train_one_seed(
         write_metrics(run_dir, metrics)
         finish(run_dir, cfg)
     return metrics
+
+
+def model_card(cfg: TrainConfig, data, info, method, task) -> ModelCard:
+    """model.json of the trained network: the task's fields and the method's own options."""
+    fields = task.card_fields(cfg, data, info)
+    fields["extras"] = fields.get("extras", {}) | {key: getattr(cfg.method, key) for key in method.card_fields}
+    return ModelCard(arch=cfg.model, pretrained=info.weights, task=cfg.task, method=method.name, **fields)
+
+
+def refit_decision(cfg: TrainConfig, data, method) -> dict:
+    """Whether to retrain the chosen plan on all labelled images, and why (for the report):
+    ``refit`` when set, else on below REFIT_BELOW labelled images per class; only when the
+    validation images were held out of the labelled ones and the method can refit."""
+    asked = cfg.refit
+    record = {"refit": False, "asked": asked, "threshold_per_class": REFIT_BELOW}
+    if data.val is None:
+        return record | {"why": "no validation images were held out"}
+    if not data.val_held_out:
+        why = "validation is DATA's own val split, not held out of the labelled images: the model trained on the "
+        why += "training images only" + (", as --refit asks" if asked else "")
+        if asked:
+            log.info("--refit: %s", why)
+        return record | {"why": why}
+    if method.refit is None:
+        return record | {"why": f"method '{method.name}' does not refit"}
+    per_class = _smallest_class(data)
+    if asked is None:
+        on = bool(per_class) and per_class < REFIT_BELOW
+        why = f"{per_class} labelled images in the smallest class, {'below' if on else 'not below'} {REFIT_BELOW}"
+        return record | {"refit": on, "why": f"default: {why}" + ("" if on else "; turn on with --refit")}
+    return record | {"refit": asked, "why": "--refit" if asked else "--no-refit"}
+
+
+def _smallest_class(data) -> int:
+    """Labelled images (training and held-out validation) of the smallest class; of all, for a
+    task without classes."""
+    if not hasattr(data.train, "class_counts"):
+        return len(data.train) + len(data.val)
+    counts = [a + b for a, b in zip(data.train.class_counts(), data.val.class_counts(), strict=True)]
+    return min(c for c in counts if c)
+
+
+def refit_model(ctx: RunContext, model, info, method) -> tuple:
+    """Score the chosen model on the evaluation data, then retrain its plan on all labelled
+    images. Returns (model, info, the refit's record: the pre-refit metrics, the plan, the
+    number of images, and whether the evaluation images were among them)."""
+    cfg, task, data, engine = ctx.cfg, ctx.task, ctx.data, ctx.engine
+    pre = engine.method_state.get("pre_refit")
+    if pre is None:  # not yet scored (a resumed refit scored it before its first fit)
+        card = model_card(cfg, data, info, method, task)
+        metrics, _ = task.evaluate(model.eval(), card, data.eval, cfg.progress)
+        pre = {k: metrics[k] for k in task.metric_keys if isinstance(metrics.get(k), (int, float))}
+        pre |= {"eval_data": data.eval_name, "n_samples": metrics.get("n_samples")}
+        engine.method_state["pre_refit"] = pre
+    joined = task.refit_data(data)
+    log.info("refit: retraining the chosen plan on all %d labelled images", len(joined.train))
+    model, info = load_object(method.refit)(replace(ctx, data=joined))
+    record = {
+        "pre_refit": pre,
+        "images": len(joined.train),
+        "plan": engine.method_state.get("plan", []),
+        "eval_trained_on": data.eval_name == "validation",
+    }
+    return model, info, record
 
 
 def model_selection(engine: Engine, cfg: TrainConfig, val_images: int) -> dict | None:

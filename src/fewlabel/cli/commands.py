@@ -52,15 +52,10 @@ def _metrics_table(metrics: dict, title: str):
 
 
 def run_notices(metrics: dict) -> list[str]:
-    """The run's warnings, then which weights the model holds (one line each)."""
-    from ..evaluate.notices import augment_sentence, selection_sentence
+    """The run's warnings, then what it decided for itself (one line each)."""
+    from ..evaluate.notices import run_sentences
 
-    lines = [f"WARNING: {w}" for w in metrics.get("warnings", [])]
-    if metrics.get("augment_decision"):
-        lines.append(augment_sentence(metrics["augment_decision"]))
-    if metrics.get("model_selection"):
-        lines.append(selection_sentence(metrics["model_selection"]))
-    return lines
+    return [f"WARNING: {w}" for w in metrics.get("warnings", [])] + run_sentences(metrics)
 
 
 def _train(data, out, config, overwrite, resume, options, default_method) -> None:

@@ -52,6 +52,24 @@ class ImageSet:
             [self.original_sizes[i] for i in idx] if self.original_sizes is not None else None,
         )
 
+    def join(self, other: ImageSet) -> ImageSet:
+        """This set followed by ``other`` (same classes, same image shape)."""
+        if other.class_names != self.class_names:
+            raise ValueError("only image sets with the same classes can be joined")
+        sizes = (
+            self.original_sizes + other.original_sizes
+            if self.original_sizes is not None and other.original_sizes is not None
+            else None
+        )
+        return ImageSet(
+            torch.cat([self.images, other.images]),
+            torch.cat([self.labels, other.labels]),
+            list(self.class_names),
+            self.ids + other.ids,
+            self.source,
+            sizes,
+        )
+
     def fingerprint(self) -> str:
         """A hash of the pixels, labels and class names: the data part of a feature-cache key."""
         if self._fingerprint is None:

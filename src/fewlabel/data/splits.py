@@ -38,6 +38,22 @@ def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tupl
     return _chosen_and_rest(torch.cat(held), len(labels))
 
 
+def check_holdout(labels: torch.Tensor, fraction: float, class_names: list[str], asked: bool) -> None:
+    """Refuse a validation split that would hold out less than one image of some class (or
+    leave it none to train on), naming the class, its count and what would work."""
+    counts = torch.bincount(labels, minlength=len(class_names)).tolist()
+    smallest = min(range(len(counts)), key=counts.__getitem__)
+    n = counts[smallest]
+    if n >= 2 and fraction * n >= 0.5:
+        return
+    flag = f"--val-split {fraction:g}" if asked else f"the default validation split ({fraction:g})"
+    need = f"--val-split {min(0.5, 0.5 / n):.2g} or more" if n >= 2 else "more labelled images of that class"
+    raise FewlabelError(
+        f"{flag} holds out {fraction * n:.1f} of the {n} labelled image(s) of class '{class_names[smallest]}': "
+        f"less than one image per class. Use {need}, or give DATA a val/ folder."
+    )
+
+
 def _chosen_and_rest(chosen: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     mask = torch.zeros(n, dtype=torch.bool)
     mask[chosen] = True

@@ -1,6 +1,7 @@
 """Sentences a run says about itself, shown by the command line and at the top of the report:
-which epoch's weights the model holds, and warnings that a run learned nothing (pure
-functions of numbers; the task gathers them)."""
+what the automatic choices decided (augmentation, strategy, refit), which epoch's weights the
+model holds, and warnings that a run learned nothing (pure functions of metrics.json's
+records; :func:`run_sentences` gathers them for both the CLI and the report)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ import math
 FEW_VALIDATION_IMAGES = 50  # below this, a choice made on validation is called noisy
 
 
-def selection_sentence(selection: dict) -> str:
-    """One sentence on the weights the model holds (``metrics['model_selection']``)."""
+def selection_sentence(selection: dict, refitted: bool = False) -> str:
+    """One sentence on the weights the model holds (``metrics['model_selection']``), or with
+    ``refitted`` on the epoch the refit's plan was cut at."""
     key, best, last = selection["monitor"], selection["best"], selection["last"]
     images = selection["val_images"]
     basis = f"{images} validation images" + (" (few: the choice is noisy)" if images < FEW_VALIDATION_IMAGES else "")
     where = f"fit '{best['fit']}', epoch {best['epoch']}"
+    if refitted and selection["keep_best"]:
+        return f"Chosen: {where} ({key} {best[key]:.4f}), the best on {basis}; the refit trains up to it."
     if selection["restored_best"]:
         return (
             f"Model: the weights of {where} ({key} {best[key]:.4f}), the best on {basis}, restored; the last epoch "
@@ -26,6 +30,57 @@ def selection_sentence(selection: dict) -> str:
         f"Model: the last epoch's weights ({key} {last[key]:.4f}; --no-keep-best); the best on {basis} was {where} "
         f"({key} {best[key]:.4f})."
     )
+
+
+def run_sentences(metrics: dict) -> list[str]:
+    """What the run decided for itself, in the order it decided it (metrics.json's records)."""
+    sentences = []
+    if metrics.get("augment_decision"):
+        sentences.append(augment_sentence(metrics["augment_decision"]))
+    if metrics.get("strategy_search"):
+        sentences.append(search_sentence(metrics["strategy_search"]))
+    refit = metrics.get("refit") or {}
+    if metrics.get("model_selection"):
+        sentences.append(selection_sentence(metrics["model_selection"], refitted=bool(refit.get("refit"))))
+    if refit and (refit.get("refit") or refit.get("asked") is not None or metrics.get("model_selection")):
+        sentences.append(refit_sentence(refit))
+    return sentences
+
+
+def search_sentence(search: dict) -> str:
+    """One sentence on what ``--strategy auto`` tried and chose (``metrics['strategy_search']``)."""
+    key = search["monitor"]
+    ran = [c for c in search["candidates"] if c["status"] != "skipped"]
+    skipped = [c for c in search["candidates"] if c["status"] == "skipped"]
+    winner = next((c for c in ran if c["status"] == "winner"), None)
+    text = f"Strategy (auto): tried {len(ran)} candidates in {search['spent_seconds'] / 60:.1f} of "
+    text += f"{search['budget_seconds'] / 60:.0f} budgeted minutes"
+    if winner:
+        text += f"; {winner['strategy']} at lr {winner['lr']:.3g} won ({key} {winner['score'][key]:.4f})"
+    if skipped:
+        text += f"; skipped for the budget: {', '.join(c['fit'] for c in skipped)}"
+    if search.get("probes_exceeded_budget"):
+        text += "; the budget was too small even for the linear probes, which ran anyway"
+    return text + ". Choose one with --strategy, or give more time with --budget-minutes."
+
+
+def refit_sentence(refit: dict) -> str:
+    """One sentence on whether the chosen plan was retrained on all labelled images, and what
+    that means for the evaluation score (``metrics['refit']``)."""
+    if not refit.get("refit"):
+        return f"No refit ({refit.get('why', '')})."
+    pre = refit["pre_refit"]
+    text = (
+        f"Refit ({refit['why']}): the chosen plan was retrained on all {refit['images']} labelled images, validation "
+        f"included, so the validation score above is of the model before the refit; before the refit the model "
+        f"scored accuracy {100 * pre['accuracy']:.1f}% on the {pre['eval_data']} data."
+    )
+    if refit.get("eval_trained_on"):
+        text += (
+            " The evaluation images are the held-out validation images, which the final model trained on: its score "
+            "on them is not an unbiased estimate; the pre-refit score is."
+        )
+    return text + " Turn off with --no-refit."
 
 
 def augment_sentence(decision: dict) -> str:

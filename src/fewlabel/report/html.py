@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from ..evaluate.notices import augment_sentence, selection_sentence
+from ..evaluate.notices import run_sentences
 from ..fileio import read_json, write_text
 from ..methods import get_method, list_methods, load_object
 from ..rundir import CARD, REPORT, read_config, read_history, read_metrics
@@ -41,8 +41,8 @@ def write_report(run_dir: str | Path) -> Path:
         ],
         "per_seed": metrics.get("per_seed"),
         "warnings": metrics.get("warnings", []),
-        "selection": selection_sentence(metrics["model_selection"]) if metrics.get("model_selection") else None,
-        "augmentation": augment_sentence(metrics["augment_decision"]) if metrics.get("augment_decision") else None,
+        "notices": run_sentences(metrics),
+        "search": metrics.get("strategy_search"),
         "task_sections": task.report_sections(run_dir, metrics),
         "method_sections": method_sections(run_dir, metrics.get("method")),
         "curves": learning_curves_figure(read_history(run_dir)),

@@ -41,6 +41,7 @@ class DataBundle:
     eval_name: str
     unlabeled_ids: list[str] = field(default_factory=list)
     unlabeled: Any | None = None  # the images of unlabeled_ids, kept for semi-supervised methods
+    val_held_out: bool = False  # val was held out of the labelled images (a refit may take it back)
 
     @property
     def class_names(self) -> list[str]:
@@ -102,6 +103,11 @@ class Task(ABC):
         if cfg.augment != "auto":
             return cfg, None
         return cfg.model_copy(update={"augment": "light"}), {"augment": "light", "vflip": cfg.vflip}
+
+    def refit_data(self, data: DataBundle) -> DataBundle:
+        """The splits of a refit: training = the labelled images and the validation held out of
+        them, no validation, the same evaluation."""
+        raise FewlabelError(f"task '{self.name}' cannot join its validation images back into training (--refit).")
 
     def sampler_labels(self, split: Any) -> torch.Tensor:
         """Labels the training sampler shuffles (and balances) by; none for a dense task."""

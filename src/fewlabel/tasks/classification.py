@@ -25,7 +25,7 @@ from ..data.duplicates import cross_duplicates
 from ..data.images import ImageDecodeError, decode_image, pil_to_array, resize_to_square
 from ..data.imageset import ImageSet
 from ..data.sources import load_data, parse_data_spec
-from ..data.splits import align_classes, per_class_subset, stratified_holdout
+from ..data.splits import align_classes, check_holdout, per_class_subset, stratified_holdout
 from ..errors import FewlabelError
 from ..evaluate.metrics import METRIC_KEYS, aggregate_seeds, classification_metrics
 from ..evaluate.predictions import Predictions, write_predictions
@@ -91,6 +91,10 @@ class ClassificationTask(Task):
         decision = {"augment": augment, "vflip": tests["vertical_flip"]["allowed"], **tests}
         log.info("augment auto: %s%s", augment, " with vertical flips" if decision["vflip"] else "")
         return cfg.model_copy(update={"augment": augment, "vflip": decision["vflip"]}), decision
+
+    def refit_data(self, data: DataBundle) -> DataBundle:
+        joined = data.train.join(data.val)
+        return DataBundle(joined, None, data.eval, data.eval_name, data.unlabeled_ids, data.unlabeled)
 
     def sampler_labels(self, split: ImageSet) -> torch.Tensor:
         return split.labels
@@ -197,7 +201,7 @@ def prepare_classification_data(cfg: TrainConfig, seed: int) -> DataBundle:
         if wants_pool:
             unlabeled = full_train.subset(rest)
     splits = spec.available_splits() if spec.split is None else ()
-    labeled, val = _validation(cfg, spec, splits, labeled, seed)
+    labeled, val, held_out = _validation(cfg, spec, splits, labeled, seed)
     if cfg.eval_data:
         evaluation, name = load_data(cfg.eval_data, cfg.img_size, cfg.strict, cfg.progress), cfg.eval_data
     elif "test" in splits:
@@ -205,25 +209,29 @@ def prepare_classification_data(cfg: TrainConfig, seed: int) -> DataBundle:
     else:
         evaluation, name = val, "validation"
     evaluation = align_classes(evaluation, labeled.class_names, "Evaluation")
-    return DataBundle(labeled, val, evaluation, name, unlabeled_ids, unlabeled)
+    return DataBundle(labeled, val, evaluation, name, unlabeled_ids, unlabeled, val_held_out=held_out)
 
 
 def _validation(cfg: TrainConfig, spec, splits: tuple[str, ...], labeled: ImageSet, seed: int):
-    """(labelled, validation): DATA's val split; else ``val_split`` of the labelled images held
-    out; else, when nothing else could score the model, DEFAULT_VAL_SPLIT held out."""
+    """(labelled, validation, whether it was held out of the labelled images): DATA's val split;
+    else ``val_split`` of the labelled images held out; else, when nothing else could score the
+    model or the method chooses on validation (strategy auto), DEFAULT_VAL_SPLIT held out."""
     if "val" in splits and not cfg.val_split:
         val = load_data(spec.with_split("val"), cfg.img_size, cfg.strict, cfg.progress)
-        return labeled, align_classes(val, labeled.class_names, "Validation")
+        return labeled, align_classes(val, labeled.class_names, "Validation"), False
     fraction = cfg.val_split
-    if not fraction and "test" not in splits and cfg.eval_data is None:
+    nothing_else_scores = "test" not in splits and cfg.eval_data is None
+    if not fraction and (nothing_else_scores or cfg.method.needs_validation):
         fraction = DEFAULT_VAL_SPLIT
-        log.info("DATA has no val or test split: holding out %.0f%% of it for validation", 100 * fraction)
+        why = "to choose the strategy on" if cfg.method.needs_validation else "as DATA has no val or test split"
+        log.info("holding out %.0f%% of the labelled images for validation, %s", 100 * fraction, why)
     if not fraction:
-        return labeled, None
+        return labeled, None, False
+    check_holdout(labeled.labels, fraction, labeled.class_names, cfg.val_split is not None)
     held, kept = stratified_holdout(labeled.labels, fraction, seed)
     val = labeled.subset(held)
     val.source = f"{labeled.source} (held out)"
-    return labeled.subset(kept), val
+    return labeled.subset(kept), val, True
 
 
 def class_weights(train: ImageSet, imbalance: str) -> torch.Tensor | None:

@@ -147,35 +147,52 @@ class LastCheckpoint(L.Callback):
 
 
 class RunSelection:
-    """The validation record of a whole run, over all its fits: the best epoch by ``key``
-    (``higher`` better; ties go to the lower validation loss), its weights (on the CPU), and
-    the last epoch's record."""
+    """The validation record of a whole run, over all its fits: every validated epoch
+    (``history``), the best by ``key`` (``higher`` better; ties go to the lower validation
+    loss) with its weights (on the CPU), and the last epoch's record."""
 
     def __init__(self, key: str = "val_loss", higher: bool = False) -> None:
         self.key, self.higher = key, higher
         self.best: dict | None = None
         self.last: dict | None = None
         self.weights: dict | None = None
+        self.history: list[dict] = []
 
-    def _better(self, record: dict) -> bool:
-        if self.best is None:
+    def beats(self, record: dict, other: dict | None) -> bool:
+        """Whether ``record`` scores better than ``other`` (None: nothing to beat)."""
+        if other is None:
             return True
-        score, best = record[self.key], self.best[self.key]
-        if score != best:
-            return score > best if self.higher else score < best
-        return record.get("val_loss", float("inf")) < self.best.get("val_loss", float("inf"))
+        score, before = record[self.key], other[self.key]
+        if score != before:
+            return score > before if self.higher else score < before
+        return record.get("val_loss", float("inf")) < other.get("val_loss", float("inf"))
+
+    def best_of(self, fits: set[str]) -> dict | None:
+        """The best validated epoch among the fits named ``fits`` (None when none was validated)."""
+        best = None
+        for record in self.history:
+            if record["fit"] in fits and self.beats(record, best):
+                best = record
+        return best
+
+    def last_of(self, fits: set[str]) -> dict | None:
+        """The last validated epoch among the fits named ``fits``."""
+        return next((r for r in reversed(self.history) if r["fit"] in fits), None)
 
     def observe(self, record: dict, network: nn.Module) -> None:
         self.last = record
-        if self._better(record):
+        self.history = [r for r in self.history if (r["fit"], r["epoch"]) != (record["fit"], record["epoch"])]
+        self.history.append(record)
+        if self.beats(record, self.best):
             self.best = record
             self.weights = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "last": self.last, "weights": self.weights}
+        return {"best": self.best, "last": self.last, "weights": self.weights, "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.last, self.weights = state["best"], state["last"], state["weights"]
+        self.history = list(state.get("history", []))
 
 
 class SelectionTracker(L.Callback):

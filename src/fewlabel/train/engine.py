@@ -151,29 +151,42 @@ class Engine:
         self.network: nn.Module | None = None
         self.records: dict[str, dict] = {}  # finished fits: images, seconds, wall, on_features
         self.method_state: dict = {}  # JSON-able state a method keeps across fits (saved with them)
+        self.saved_weights: dict[str, dict[str, torch.Tensor]] = {}  # weights a method keeps (saved with them)
         self.selection = RunSelection(*monitor)
         self._fits_called = 0
+        self._state_restored = False
 
-    def start(self, network: nn.Module) -> bool:
-        """Attach the run's network; with ``resume``, restore the weights and the state saved
-        after the last finished fit. Returns whether anything was restored."""
+    def start(self, network: nn.Module, fits_prefix: str = "") -> bool:
+        """Attach the run's network; with ``resume``, restore the state saved after the last
+        finished fit (once per run: a second network, a refit's, keeps the state in memory),
+        and its weights when that fit's name starts with ``fits_prefix`` (a refit's new network
+        takes only its own fits' weights). Returns whether weights were restored."""
         self.network = network
         path = self.run_dir / STATE
         if not (self.resume and path.is_file()):
             return False
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
-            network.load_state_dict(saved["weights"])
+            last_fit = list(json.loads(saved["records"]))[-1:]
+            restores = bool(last_fit) and last_fit[0].startswith(fits_prefix)
+            if restores:
+                network.load_state_dict(saved["weights"])
         except Exception as exc:
             raise FewlabelError(
                 f"Checkpoint '{path}' cannot be used ({type(exc).__name__}); rerun with --overwrite."
             ) from None
+        if not self._state_restored:
+            self._restore_state(saved)
+        return restores
+
+    def _restore_state(self, saved: dict) -> None:
+        self._state_restored = True
         self.records = json.loads(saved["records"])
         self.method_state = json.loads(saved["method_state"])
+        self.saved_weights = saved.get("saved_weights", {})
         if "selection" in saved:
             self.selection.load_state_dict(saved["selection"])
         log.info("resuming after %s", ", ".join(self.records) or "nothing")
-        return True
 
     def finished(self, name: str) -> bool:
         return name in self.records
@@ -215,6 +228,10 @@ class Engine:
             after()
         self._save_state()
 
+    def fit_seconds(self, names: list[str]) -> float:
+        """Wall seconds of the finished fits among ``names``."""
+        return sum(self.records[n]["wall"] for n in names if n in self.records)
+
     def restore_best(self) -> None:
         """Load the weights of the best validated epoch of the run into the network (nothing
         when no fit was validated); the runner records which epoch that was."""
@@ -250,6 +267,7 @@ class Engine:
             "records": json.dumps(self.records),
             "method_state": json.dumps(self.method_state),
             "selection": self.selection.state_dict(),
+            "saved_weights": self.saved_weights,
         }
         atomic_write(self.run_dir / STATE, lambda tmp: torch.save(state, tmp))
 

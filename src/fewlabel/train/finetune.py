@@ -1,33 +1,81 @@
 """The ``finetune`` method: the strategy's phases (see :mod:`fewlabel.train.strategies`), each
-one fit through the engine, on any task."""
+one fit through the engine, on any task; ``auto`` searches over the strategies (see
+:mod:`fewlabel.train.search`). Either way the phases that made the final weights are recorded
+(``engine.method_state["plan"]``), so :func:`refit` can retrain them on all labelled images."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from functools import partial
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from ..errors import FewlabelError
 from .datamodule import datamodule
 from .engine import Fit, eval_mode_modules, freezes_batchnorm
-from .functional import decayed_param_groups, freeze_all_but_last_blocks
-from .strategies import Phase, plan_phases
+from .functional import decayed_param_groups, freeze_all_but_last_blocks, layer_groups
+from .strategies import AUTO, Phase, plan_phases
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..models import BackboneInfo
     from ..tasks.base import RunContext
 
+REFIT_PREFIX = "refit-"
+
 
 def train(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
-    """Build the task's network and run the strategy's phases on it."""
+    """Build the task's network and run the strategy's phases on it (or search, for ``auto``)."""
+    model, info = ctx.task.build_model(ctx.cfg, ctx.data)
+    if ctx.cfg.method.strategy == AUTO:
+        from .search import search
+
+        initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        ctx.engine.start(model)
+        blocks = len(layer_groups(model, coarse=False)) - 1
+        search(ctx, model, info, initial, partial(run_phase, ctx, model, info), blocks)
+        return model, info
     phases = [p for p in plan_phases(ctx.cfg) if p.epochs > 0]
     ctx.task.check_phases(phases, ctx.cfg.method.strategy)
-    model, info = ctx.task.build_model(ctx.cfg, ctx.data)
     ctx.engine.start(model)
     for phase in phases:
-        build = partial(phase_fit, ctx, phase, model, info)
-        ctx.engine.fit(phase.name, phase.epochs, build, on_features=phase.on_features)
+        run_phase(ctx, model, info, phase)
+    ctx.engine.method_state["plan"] = ran_plan(phases, ctx.engine.selection.best, ctx.cfg.keep_best)
+    return model, info
+
+
+def run_phase(ctx: RunContext, model: nn.Module, info: BackboneInfo, phase: Phase, prefix: str = "") -> None:
+    """One phase as one fit of the engine, named ``prefix`` + the phase's name."""
+    build = partial(phase_fit, ctx, phase, model, info)
+    ctx.engine.fit(prefix + phase.name, phase.epochs, build, on_features=phase.on_features)
+
+
+def ran_plan(phases: list[Phase], best: dict | None, keep_best: bool) -> list[dict]:
+    """The phases that made the final weights: with keep_best, those up to the fit of the best
+    epoch, that one cut at the epoch."""
+    plan = [asdict(p) for p in phases]
+    if not keep_best or best is None:
+        return plan
+    names = [p["name"] for p in plan]
+    if best["fit"] not in names:
+        return plan
+    plan = plan[: names.index(best["fit"]) + 1]
+    plan[-1]["epochs"] = best["epoch"] + 1
+    return plan
+
+
+def refit(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
+    """Retrain the recorded plan (``engine.method_state["plan"]``) on ``ctx.data`` (all
+    labelled images, no validation) from new initial weights (seeded by the run's seed alone,
+    so a resumed run builds the same); fits named ``refit-<phase>``."""
+    phases = [Phase(**p) for p in ctx.engine.method_state["plan"] if p["epochs"] > 0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.seed)
+        model, info = ctx.task.build_model(ctx.cfg, ctx.data)
+    ctx.engine.start(model, fits_prefix=REFIT_PREFIX)
+    for phase in phases:
+        run_phase(ctx, model, info, phase, prefix=REFIT_PREFIX)
     return model, info
 
 

@@ -3,7 +3,9 @@
 A phase either trains the head on cached backbone features (fast: the backbone runs once) or
 trains the whole network on images, with some layers frozen and per-layer learning rates.
 ``FinetuneOptions`` is the config section of the ``finetune`` method, which runs these plans.
-This module stays light (no torch): the command line reads the strategy names from it.
+``auto`` (the default) is not a plan but a search over them within a time budget (see
+:mod:`fewlabel.train.search`). This module stays light (no torch): the command line reads the
+strategy names from it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..errors import did_you_mean
 from ..options import MethodOptions
@@ -36,6 +38,8 @@ class Phase:
 
 _STRATEGIES: dict[str, Callable[[TrainConfig, int | None], list[Phase]]] = {}
 _TAKES_NUMBER: set[str] = set()
+AUTO = "auto"  # a search over the registered plans, not a plan itself
+DEFAULT_BUDGET_MINUTES = 30.0  # a laptop's coffee break: enough for every candidate on a few hundred images
 
 
 def register_strategy(name: str, takes_number: bool = False):
@@ -52,12 +56,14 @@ def register_strategy(name: str, takes_number: bool = False):
 
 def list_strategies() -> list[str]:
     """Registered strategy names as a user types them (``partial:N`` for numbered ones)."""
-    return [f"{name}:N" if name in _TAKES_NUMBER else name for name in _STRATEGIES]
+    return [AUTO] + [f"{name}:N" if name in _TAKES_NUMBER else name for name in _STRATEGIES]
 
 
 def parse_strategy(value: str) -> tuple[str, int | None]:
     """Split ``partial:2`` into ("partial", 2); raise ValueError naming the accepted forms."""
     name, _, number = value.partition(":")
+    if value == AUTO:
+        return AUTO, None
     if name in _STRATEGIES and (name in _TAKES_NUMBER) == bool(number) and (not number or number.isdigit()):
         return name, int(number) if number else None
     accepted = list_strategies()
@@ -69,7 +75,12 @@ class FinetuneOptions(MethodOptions):
 
     name: Literal["finetune"] = "finetune"
     strategy: str = Field(
-        "freeze-unfreeze", description="linear-probe | freeze-unfreeze | full | layer-decay | partial:N"
+        AUTO,
+        description="auto (try linear-probe, freeze-unfreeze and partial:N within --budget-minutes, keep the best "
+        "on validation) | linear-probe | freeze-unfreeze | full | layer-decay | partial:N",
+    )
+    budget_minutes: float | None = Field(
+        None, gt=0, description=f"time for --strategy auto's candidates (default {DEFAULT_BUDGET_MINUTES:g})"
     )
 
     @field_validator("strategy")
@@ -78,9 +89,23 @@ class FinetuneOptions(MethodOptions):
         parse_strategy(value)
         return value
 
+    @model_validator(mode="after")
+    def _budget_for_auto(self) -> FinetuneOptions:
+        if self.budget_minutes is not None and self.strategy != AUTO:
+            raise ValueError(f"budget_minutes: only --strategy auto uses it (the strategy is '{self.strategy}')")
+        return self
 
-def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    name, number = parse_strategy(cfg.method.strategy)
+    @property
+    def needs_validation(self) -> bool:
+        """``auto`` chooses on validation, so a run without a val split holds one out."""
+        return self.strategy == AUTO
+
+
+def plan_phases(cfg: TrainConfig, strategy: str | None = None) -> list[Phase]:
+    """The phases of ``strategy`` (default: the config's; not ``auto``, which searches)."""
+    name, number = parse_strategy(strategy or cfg.method.strategy)
+    if name == AUTO:
+        raise ValueError("strategy auto is a search, not a plan of phases")
     return _STRATEGIES[name](cfg, number)
 
 

@@ -1,0 +1,212 @@
+"""Do the defaults hold on data nobody tuned them on? (issue 12)
+
+On small image sets that differ as users' data differ (colour or grayscale, texture or shape,
+mirror-image classes or not, 10 to 50 labels per class), built offline from Fashion-MNIST,
+rendered fonts and scikit-image's photographs, train three ways with the same network and
+image size, and score each on the set's test images:
+
+* ``linear-probe``: today's linear probe (the head on cached features, 30 epochs);
+* ``freeze-unfreeze``: today's default before issue 12 (augment light = crop and horizontal
+  flip, the last epoch's weights, no validation held out when DATA has a test split);
+* ``auto``: the new defaults, nothing set (augment auto, strategy auto, keep-best, refit).
+
+Writes bench/results/defaults.json: per set, config and seed the test accuracy and the wall
+seconds of the call; per set and config the mean and sd over seeds; and the issue's goals
+checked (auto >= the best fixed strategy - 1 point on every set; auto >= freeze-unfreeze + 10
+points on the mirror set; auto's wall time <= 3x freeze-unfreeze's).
+
+    python bench/defaults.py [--sets letters,colour] [--seeds 0,1,2] [--img-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+import fewlabel
+from _common import RESULTS, save
+
+DATA = Path(__file__).parent / ".data"
+FONTS = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSerif-Regular.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+]
+CONFIGS = {
+    "linear-probe": dict(strategy="linear-probe", epochs=30),
+    "freeze-unfreeze": dict(strategy="freeze-unfreeze", augment="light", keep_best=False),
+    "auto": {},
+}
+
+
+def letters(root: Path, seed: int = 0) -> None:
+    """b, d, p, q: every class is a mirror image of two others (grayscale shapes). Glyphs in six
+    fonts, random size, position, rotation (±12°) and noise; test glyphs from the same fonts."""
+    rng = np.random.default_rng(seed)
+    fonts = [f for f in FONTS if Path(f).is_file()] or [None]
+    for split, per_class in (("train", 60), ("test", 150)):
+        for letter in "bdpq":
+            folder = root / split / letter
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                size = int(rng.integers(30, 46))
+                font = ImageFont.truetype(fonts[i % len(fonts)], size) if fonts[0] else ImageFont.load_default(size)
+                canvas = Image.new("L", (64, 64), int(rng.integers(0, 60)))
+                xy = (int(rng.integers(8, 26)), int(rng.integers(-4, 12)))
+                ImageDraw.Draw(canvas).text(xy, letter, fill=int(rng.integers(180, 256)), font=font)
+                canvas = canvas.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR)
+                pixels = np.clip(np.asarray(canvas, dtype=np.int16) + rng.integers(-25, 26, (64, 64)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+
+
+def _crops(images: dict[str, np.ndarray], root: Path, per_class: dict[str, int], seed: int) -> None:
+    """Random square crops (a tenth to a third of the shorter side), resized to 64 px; the
+    training crops from the left 60% of each photograph, the test crops from the right 40%."""
+    rng = np.random.default_rng(seed)
+    for name, image in images.items():
+        height, width = image.shape[:2]
+        for split, count in per_class.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            x0, x1 = (0, int(0.6 * width)) if split == "train" else (int(0.6 * width), width)
+            for i in range(count):
+                side = int(rng.uniform(0.1, 0.33) * min(height, width))
+                side = min(side, x1 - x0)
+                x, y = int(rng.integers(x0, x1 - side + 1)), int(rng.integers(0, height - side + 1))
+                crop = Image.fromarray(image[y : y + side, x : x + side]).resize((64, 64), Image.BILINEAR)
+                crop.save(folder / f"{i}.png")
+
+
+def colour(root: Path) -> None:
+    """Which photograph a crop comes from: seven colour images of scikit-image (microscopy,
+    retina, deep field, coffee, astronaut, rocket, cat), colour and texture."""
+    from skimage import data
+
+    names = ("immunohistochemistry", "retina", "hubble_deep_field", "coffee", "astronaut", "rocket", "chelsea")
+    _crops({n: getattr(data, n)() for n in names}, root, {"train": 80, "test": 100}, seed=1)
+
+
+def textures(root: Path) -> None:
+    """Which grayscale texture a crop comes from: brick, grass, gravel, cells, coins, moon."""
+    from skimage import data
+
+    names = ("brick", "grass", "gravel", "cell", "coins", "moon")
+    _crops({n: getattr(data, n)() for n in names}, root, {"train": 80, "test": 100}, seed=2)
+
+
+SETS = {  # name: (DATA spec or builder, labels per class, what it is)
+    "fashion10": ("fashion-mnist-small", 10, "grayscale shape, mirror-symmetric classes, 10 per class"),
+    "fashion50": ("fashion-mnist-small", 50, "grayscale shape, mirror-symmetric classes, 50 per class"),
+    "letters": (letters, 15, "grayscale shape, mirror-image classes (b d p q), 15 per class"),
+    "colour": (colour, 30, "colour texture (photograph crops), 30 per class"),
+    "textures": (textures, 20, "grayscale texture, 20 per class"),
+}
+
+
+def dataset(name: str) -> str:
+    """The DATA spec of a set, building its folder on first use."""
+    source = SETS[name][0]
+    if isinstance(source, str):
+        return source
+    root = DATA / name
+    if not (root / "test").is_dir():
+        source(root)
+    return str(root)
+
+
+def run(set_name: str, config: str, seed: int, img_size: int, out: Path) -> dict:
+    per_class = SETS[set_name][1]
+    started = time.perf_counter()
+    result = fewlabel.train(
+        dataset(set_name),
+        out / f"{set_name}-{config}-{seed}",
+        overwrite=True,
+        labels_per_class=per_class,
+        seed=seed,
+        img_size=img_size,
+        progress=False,
+        **CONFIGS[config],
+    )
+    m = result.metrics
+    row = {"accuracy": m["accuracy"], "seconds": time.perf_counter() - started}
+    if "strategy_search" in m:
+        row["winner"] = m["strategy_search"]["winner"]
+    if m.get("augment_decision"):
+        row["augment"] = m["augment_decision"]["augment"] + ("+vflip" if m["augment_decision"]["vflip"] else "")
+    if m.get("refit", {}).get("refit"):
+        row["pre_refit_accuracy"] = m["refit"]["pre_refit"]["accuracy"]
+    return row
+
+
+def summarise(rows: dict) -> dict:
+    """Mean and sd over seeds per set and config, and the issue's goals."""
+    summary, goals = {}, {}
+    for set_name, configs in rows.items():
+        summary[set_name] = {}
+        for config, seeds in configs.items():
+            acc = [r["accuracy"] for r in seeds.values()]
+            sec = [r["seconds"] for r in seeds.values()]
+            summary[set_name][config] = {
+                "accuracy_mean": statistics.mean(acc),
+                "accuracy_sd": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                "seconds_mean": statistics.mean(sec),
+                "seeds": len(acc),
+            }
+        s = summary[set_name]
+        if {"auto", "linear-probe", "freeze-unfreeze"} <= set(s):
+            best_fixed = max(s["linear-probe"]["accuracy_mean"], s["freeze-unfreeze"]["accuracy_mean"])
+            goals[set_name] = {
+                "auto_minus_best_fixed_points": 100 * (s["auto"]["accuracy_mean"] - best_fixed),
+                "auto_within_1_point": s["auto"]["accuracy_mean"] >= best_fixed - 0.01,
+                "auto_minus_freeze_unfreeze_points": 100
+                * (s["auto"]["accuracy_mean"] - s["freeze-unfreeze"]["accuracy_mean"]),
+                "auto_time_ratio": s["auto"]["seconds_mean"] / s["freeze-unfreeze"]["seconds_mean"],
+            }
+    return {"summary": summary, "goals": goals}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default=",".join(SETS))
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--img-size", type=int, default=64)
+    parser.add_argument("--name", default="defaults")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-defaults"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows: dict = {}
+    for set_name in args.sets.split(","):
+        for seed in seeds:
+            for config in args.configs.split(","):
+                row = run(set_name, config, seed, args.img_size, args.out)
+                rows.setdefault(set_name, {}).setdefault(config, {})[str(seed)] = row
+                print(set_name, config, seed, row, file=sys.stderr, flush=True)
+                save(args.name, partial_result(args, rows))
+    save(args.name, partial_result(args, rows) | summarise(rows))
+
+
+def partial_result(args, rows: dict) -> dict:
+    return {
+        "model": "efficientnet_lite0 (ImageNet, offline)",
+        "img_size": args.img_size,
+        "sets": {name: {"labels_per_class": SETS[name][1], "what": SETS[name][2]} for name in rows},
+        "configs": {name: CONFIGS[name] or "defaults" for name in args.configs.split(",")},
+        "runs": rows,
+    }
+
+
+if __name__ == "__main__":
+    assert RESULTS.is_dir()
+    main()
