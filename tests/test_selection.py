@@ -62,7 +62,7 @@ def test_chance_and_feature_map_warnings_by_hand():
 
 @pytest.fixture
 def run_options():
-    return FAST | {"strategy": "freeze-unfreeze", "val_split": 0.3, "head_epochs": 3, "epochs": 2}
+    return FAST | {"strategy": "freeze-unfreeze", "val_split": 0.3, "head_epochs": 3, "epochs": 2, "refit": False}
 
 
 def test_a_run_that_fine_tuning_wrecks_ends_with_the_head_phase_weights(split_folder, tmp_path, run_options):

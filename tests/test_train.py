@@ -258,5 +258,5 @@ def test_strategy_names_are_parsed_from_the_registry(bad):
 
     assert parse_strategy("partial:3") == ("partial", 3) and parse_strategy("full") == ("full", None)
     assert "partial:N" in list_strategies()
-    with pytest.raises(ValueError, match=f"unknown strategy '{bad}'; accepted: linear-probe.*partial:N"):
+    with pytest.raises(ValueError, match=f"unknown strategy '{bad}'; accepted: auto, linear-probe.*partial:N"):
         parse_strategy(bad)

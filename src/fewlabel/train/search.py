@@ -95,8 +95,9 @@ def search(ctx: RunContext, model: nn.Module, info: BackboneInfo, initial: dict,
             model.load_state_dict(initial)
         else:
             if start is None:  # the probes are done: every image candidate starts from the best one
-                if feature_head:
-                    best_probe, engine.saved_weights["start"] = leader, _leader_weights(engine, keep_best)
+                if feature_head:  # (no probe validated, e.g. with 0 head epochs: from the initial network)
+                    best_probe = leader
+                    engine.saved_weights["start"] = _leader_weights(engine, keep_best) if leader else initial
                 start = engine.saved_weights["start"]
             estimate = same_on_every_process(last_on_images or _estimate_seconds(ctx, model, info, phase))
             if not engine.finished(phase.name) and spent + estimate > budget:
