@@ -34,6 +34,7 @@ import fewlabel
 from _common import RESULTS, save
 
 DATA = Path(__file__).parent / ".data"
+LETTERS = "bdpqaehknr"
 FONTS = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/truetype/dejavu/DejaVuSerif.ttf",
@@ -50,39 +51,46 @@ CONFIGS = {
 
 
 def letters(root: Path, seed: int = 0) -> None:
-    """b, d, p, q: every class is a mirror image of two others (grayscale shapes). Glyphs in six
-    fonts, random size, position, rotation (±12°) and noise; test glyphs from the same fonts."""
+    """Ten lower-case letters, among them b, d, p and q: each of those four is the mirror image
+    of two others, so a flip turns one class into another (grayscale shapes). Glyphs in six
+    fonts, random size, position, a slight rotation (±5°) and noise; test glyphs alike."""
     rng = np.random.default_rng(seed)
     fonts = [f for f in FONTS if Path(f).is_file()] or [None]
-    for split, per_class in (("train", 60), ("test", 150)):
-        for letter in "bdpq":
+    for split, per_class in (("train", 60), ("test", 100)):
+        for letter in LETTERS:
             folder = root / split / letter
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):
-                size = int(rng.integers(30, 46))
+                size = int(rng.integers(34, 46))
                 font = ImageFont.truetype(fonts[i % len(fonts)], size) if fonts[0] else ImageFont.load_default(size)
-                canvas = Image.new("L", (64, 64), int(rng.integers(0, 60)))
-                xy = (int(rng.integers(8, 26)), int(rng.integers(-4, 12)))
+                background = int(rng.integers(0, 60))
+                canvas = Image.new("L", (64, 64), background)
+                xy = (int(rng.integers(14, 26)), int(rng.integers(0, 10)))
                 ImageDraw.Draw(canvas).text(xy, letter, fill=int(rng.integers(180, 256)), font=font)
-                canvas = canvas.rotate(float(rng.uniform(-12, 12)), resample=Image.BILINEAR)
+                canvas = canvas.rotate(float(rng.uniform(-5, 5)), resample=Image.BILINEAR, fillcolor=background)
                 pixels = np.clip(np.asarray(canvas, dtype=np.int16) + rng.integers(-25, 26, (64, 64)), 0, 255)
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
 
 
 def _crops(images: dict[str, np.ndarray], root: Path, per_class: dict[str, int], seed: int) -> None:
-    """Random square crops (a tenth to a third of the shorter side), resized to 64 px; the
-    training crops from the left 60% of each photograph, the test crops from the right 40%."""
+    """Texture-benchmark protocol: each photograph cut into a 6 x 6 grid of cells, the cells
+    shuffled and split between training and test (no pixel in both), and square crops (half to
+    all of a cell's shorter side) taken inside the cells of each split, resized to 64 px."""
     rng = np.random.default_rng(seed)
     for name, image in images.items():
         height, width = image.shape[:2]
+        cells = [(r, c) for r in range(6) for c in range(6)]
+        order = rng.permutation(len(cells))
+        parts = {"train": [cells[i] for i in order[:18]], "test": [cells[i] for i in order[18:]]}
+        ch, cw = height // 6, width // 6
         for split, count in per_class.items():
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)
-            x0, x1 = (0, int(0.6 * width)) if split == "train" else (int(0.6 * width), width)
             for i in range(count):
-                side = int(rng.uniform(0.1, 0.33) * min(height, width))
-                side = min(side, x1 - x0)
-                x, y = int(rng.integers(x0, x1 - side + 1)), int(rng.integers(0, height - side + 1))
+                r, c = parts[split][int(rng.integers(len(parts[split])))]
+                side = int(rng.uniform(0.5, 1.0) * min(ch, cw))
+                y = r * ch + int(rng.integers(0, ch - side + 1))
+                x = c * cw + int(rng.integers(0, cw - side + 1))
                 crop = Image.fromarray(image[y : y + side, x : x + side]).resize((64, 64), Image.BILINEAR)
                 crop.save(folder / f"{i}.png")
 
@@ -107,7 +115,7 @@ def textures(root: Path) -> None:
 SETS = {  # name: (DATA spec or builder, labels per class, what it is)
     "fashion10": ("fashion-mnist-small", 10, "grayscale shape, mirror-symmetric classes, 10 per class"),
     "fashion50": ("fashion-mnist-small", 50, "grayscale shape, mirror-symmetric classes, 50 per class"),
-    "letters": (letters, 15, "grayscale shape, mirror-image classes (b d p q), 15 per class"),
+    "letters": (letters, 20, "grayscale shape, mirror-image classes (b d p q among 10 letters), 20 per class"),
     "colour": (colour, 30, "colour texture (photograph crops), 30 per class"),
     "textures": (textures, 20, "grayscale texture, 20 per class"),
 }
@@ -186,7 +194,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows: dict = {}
+    rows = previous_runs(args)
     for set_name in args.sets.split(","):
         for seed in seeds:
             for config in args.configs.split(","):
@@ -197,12 +205,27 @@ def main() -> None:
     save(args.name, partial_result(args, rows) | summarise(rows))
 
 
+def previous_runs(args) -> dict:
+    """Runs already in the results file at the same image size (a rerun of some sets replaces
+    only theirs)."""
+    import json
+
+    path = RESULTS / f"{args.name}.json"
+    if not path.is_file():
+        return {}
+    previous = json.loads(path.read_text())
+    if previous.get("img_size") != args.img_size:
+        return {}
+    rebuilt = set(args.sets.split(","))
+    return {name: runs for name, runs in previous.get("runs", {}).items() if name not in rebuilt}
+
+
 def partial_result(args, rows: dict) -> dict:
     return {
         "model": "efficientnet_lite0 (ImageNet, offline)",
         "img_size": args.img_size,
         "sets": {name: {"labels_per_class": SETS[name][1], "what": SETS[name][2]} for name in rows},
-        "configs": {name: CONFIGS[name] or "defaults" for name in args.configs.split(",")},
+        "configs": {name: CONFIGS[name] or "defaults" for name in CONFIGS},
         "runs": rows,
     }
 

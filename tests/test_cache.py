@@ -26,3 +26,22 @@ def test_features_are_cached_and_keyed_by_weights(image_folder, tmp_path):
     assert second.misses == 1 and not torch.equal(a, c)
     second.features(model, images, BatchTransform("none", 32, [0.4] * 3, [0.5] * 3, train=False), "cpu", False)
     assert second.misses == 2
+
+
+def test_pooled_features_do_not_depend_on_the_classifier_so_its_weights_do_not_key_them(image_folder, tmp_path):
+    images = load_data(str(image_folder), 32)
+    model = timm.create_model("test_efficientnet", num_classes=3).eval()
+    tf = BatchTransform("none", 32, [0.5] * 3, [0.5] * 3, train=False)
+    cache = FeatureCache("memory", tmp_path)
+    a = cache.features(model, images, tf, "cpu", False)
+    with torch.no_grad():
+        model.get_classifier().weight.add_(1.0)  # a trained head: the embeddings are the same
+    b = cache.features(model, images, tf, "cpu", False)
+    assert cache.hits == 1 and torch.equal(a, b)
+    headless = timm.create_model("test_efficientnet", num_classes=0).eval()
+    headless.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("classifier")})
+    assert torch.equal(cache.features(headless, images, tf, "cpu", False), a) and cache.hits == 2
+    logits = cache.features(model, images, tf, "cpu", False, fn=model)  # another function: keyed by every weight
+    with torch.no_grad():
+        model.get_classifier().weight.add_(1.0)
+    assert not torch.equal(cache.features(model, images, tf, "cpu", False, fn=model), logits)

@@ -94,9 +94,18 @@ def pre_logits(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: model.forward_head(model.forward_features(x), pre_logits=True)
 
 
-def weights_fingerprint(model: nn.Module) -> str:
+def weights_fingerprint(model: nn.Module, without_classifier: bool = False) -> str:
+    """A hash of the model's weights; ``without_classifier`` leaves out the classifier's, which
+    pooled embeddings do not depend on (so the mirror test's backbone, a probe's and a
+    fine-tuning run's head phase share their cached features)."""
+    skip = ()
+    if without_classifier and hasattr(model, "get_classifier"):
+        head = model.get_classifier()
+        skip = tuple(f"{name}." for name, module in model.named_modules() if module is head and name)
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
+        if skip and name.startswith(skip):
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:24]
@@ -126,8 +135,9 @@ class FeatureCache:
         transform, the model's weights and the precision they are computed in."""
         fn_name = f"|{getattr(fn, '__name__', repr(fn))}" if fn else ""
         precision = autocast_dtype(torch.device(device), None)
+        weights = weights_fingerprint(model, without_classifier=fn is None)
         key = hashlib.sha256(
-            f"{images.fingerprint()}|{transform.describe()}|{weights_fingerprint(model)}{fn_name}|{precision}".encode()
+            f"{images.fingerprint()}|{transform.describe()}|{weights}{fn_name}|{precision}".encode()
         ).hexdigest()[:32]
         if key in self._memory:
             self.hits += 1
