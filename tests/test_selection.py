@@ -46,7 +46,9 @@ def test_selection_sentences():
     off = selection_sentence(common | {"restored_best": False, "keep_best": False, "val_images": 500})
     assert "--no-keep-best" in off and "noisy" not in off and "0.7700" in off
     same = selection_sentence(common | {"last": best, "restored_best": False, "keep_best": True})
-    assert "the last epoch's weights, also the best" in same
+    assert "fit 'head', epoch 3, also the best" in same
+    close = selection_sentence(common | {"restored_best": False, "keep_best": True, "margin": 0.3})
+    assert "within noise of it (±0.3000)" in close and "later weights were kept" in close
 
 
 def test_chance_and_feature_map_warnings_by_hand():
@@ -77,7 +79,10 @@ def test_a_run_that_fine_tuning_wrecks_ends_with_the_head_phase_weights(split_fo
     assert selection["last"] == {"fit": rows[-1]["phase"], "epoch": int(rows[-1]["epoch"])} | {
         k: pytest.approx(float(rows[-1][k]), abs=1e-5) for k in ("val_acc", "val_loss")
     }
-    assert selection["restored_best"] == (selection["best"] != selection["last"])
+    gap = selection["best"]["val_acc"] - selection["last"]["val_acc"]
+    assert selection["restored_best"] == (gap > selection["margin"] > 0)
+    n, acc = selection["val_images"], selection["last"]["val_acc"]
+    assert selection["margin"] == pytest.approx(math.sqrt(acc * (1 - acc) / n))  # one binomial standard error
     report = (result.run_dir / "report.html").read_text()
     assert selection_sentence(selection).split(";")[0].replace("'", "&#39;") in report
     off = fewlabel.train(str(split_folder), tmp_path / "last", keep_best=False, **wrecking)

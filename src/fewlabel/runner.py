@@ -114,7 +114,7 @@ def train_one_seed(
         write_config(run_dir, read_config(run_dir) | {"resolved": {"augment": cfg.augment, "vflip": cfg.vflip}})
     ctx = RunContext(cfg, seed, run_dir, data, task, engine)
     model, info = method.trainer()(ctx)
-    selection = model_selection(engine, cfg, len(data.val) if data.val is not None else 0)
+    selection = model_selection(engine, cfg, task, len(data.val) if data.val is not None else 0)
     refit = refit_decision(cfg, data, method)
     if refit["refit"]:
         model, info, refit_record = refit_model(ctx, model, info, method)
@@ -204,29 +204,33 @@ def refit_model(ctx: RunContext, model, info, method) -> tuple:
     return model, info, record
 
 
-def model_selection(engine: Engine, cfg: TrainConfig, val_images: int) -> dict | None:
-    """With ``keep_best``, restore the best validated epoch of the run (over all its fits) and
-    say which it was, what the last epoch scored and how many validation images the choice
-    rests on; without, only record what the last and the best epoch scored."""
-    best, last = engine.selection.best, engine.selection.last
+def model_selection(engine: Engine, cfg: TrainConfig, task, val_images: int) -> dict | None:
+    """With ``keep_best``, restore the best validated epoch of the run (over all its fits) when
+    it is clearly better than the epoch the network holds (the last, or the winner's under
+    strategy auto): by more than the task's noise margin on ``val_images`` images. Record which
+    epochs these were, the margin, and what the network holds (``engine.method_state['held']``,
+    what a refit retrains up to)."""
+    selection = engine.selection
+    best, last = selection.best, selection.last
     if best is None:
         return None
-    restored = cfg.keep_best and best != last
+    margin = task.selection_margin(last[selection.key], val_images)
+    restored = cfg.keep_best and best != last and selection.clearly_beats(best, last, margin)
     if restored:
         engine.restore_best()
-    if restored:
         log.info(
             "restored the weights of fit '%s', epoch %d (%s %.4f on %d validation images); the last epoch scored %.4f",
-            best["fit"], best["epoch"], engine.selection.key, best[engine.selection.key], val_images,
-            last[engine.selection.key],
+            best["fit"], best["epoch"], selection.key, best[selection.key], val_images, last[selection.key],
         )  # fmt: skip
+    engine.method_state["held"] = best if restored else last
     return {
-        "monitor": engine.selection.key,
+        "monitor": selection.key,
         "best": best,
         "last": last,
         "restored_best": restored,
         "keep_best": cfg.keep_best,
         "val_images": val_images,
+        "margin": margin,
     }
 
 

@@ -14,22 +14,25 @@ def selection_sentence(selection: dict, refitted: bool = False) -> str:
     """One sentence on the weights the model holds (``metrics['model_selection']``), or with
     ``refitted`` on the epoch the refit's plan was cut at."""
     key, best, last = selection["monitor"], selection["best"], selection["last"]
-    images = selection["val_images"]
+    images, margin = selection["val_images"], selection.get("margin", 0.0)
     basis = f"{images} validation images" + (" (few: the choice is noisy)" if images < FEW_VALIDATION_IMAGES else "")
     where = f"fit '{best['fit']}', epoch {best['epoch']}"
-    if refitted and selection["keep_best"]:
-        return f"Chosen: {where} ({key} {best[key]:.4f}), the best on {basis}; the refit trains up to it."
+    held = f"fit '{last['fit']}', epoch {last['epoch']}"
     if selection["restored_best"]:
-        return (
-            f"Model: the weights of {where} ({key} {best[key]:.4f}), the best on {basis}, restored; the last epoch "
-            f"(fit '{last['fit']}', epoch {last['epoch']}) scored {last[key]:.4f}. Turn off with --no-keep-best."
+        text = (
+            f"Model: the weights of {where} ({key} {best[key]:.4f}), the best on {basis}, restored: clearly better "
+            f"than the {held} ({key} {last[key]:.4f})."
         )
-    if selection["keep_best"] or best == last:
-        return f"Model: the last epoch's weights, also the best on {basis} ({key} {last[key]:.4f})."
-    return (
-        f"Model: the last epoch's weights ({key} {last[key]:.4f}; --no-keep-best); the best on {basis} was {where} "
-        f"({key} {best[key]:.4f})."
-    )
+        return text + (" The refit trains up to that epoch." if refitted else " Turn off with --no-keep-best.")
+    if best == last:
+        return f"Model: {held}, also the best on {basis} ({key} {last[key]:.4f})."
+    if selection["keep_best"]:
+        return (
+            f"Model: {held} ({key} {last[key]:.4f}); the best on {basis}, {where} ({key} {best[key]:.4f}), was within "
+            f"noise of it (±{margin:.4f}), so the later weights were kept."
+        )
+    kept = f"Model: {held} ({key} {last[key]:.4f}; --no-keep-best)"
+    return f"{kept}; the best on {basis} was {where} ({key} {best[key]:.4f})."
 
 
 def run_sentences(metrics: dict) -> list[str]:
@@ -56,7 +59,11 @@ def search_sentence(search: dict) -> str:
     text = f"Strategy (auto): tried {len(ran)} candidates in {search['spent_seconds'] / 60:.1f} of "
     text += f"{search['budget_seconds'] / 60:.0f} budgeted minutes"
     if winner:
-        text += f"; {winner['strategy']} at lr {winner['lr']:.3g} won ({key} {winner['score'][key]:.4f})"
+        text += f"; {winner['strategy']} at lr {winner['lr']:.3g} won ({key} {winner['score'][key]:.4f}"
+        if search.get("margin"):
+            text += f"; candidates within ±{search['margin']:.4f} of the top score on {search['val_images']} "
+            text += "validation images count as tied, and the preferred one wins"
+        text += ")"
     if skipped:
         text += f"; skipped for the budget: {', '.join(c['fit'] for c in skipped)}"
     if search.get("probes_exceeded_budget"):

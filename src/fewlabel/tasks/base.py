@@ -104,6 +104,11 @@ class Task(ABC):
             return cfg, None
         return cfg.model_copy(update={"augment": "light"}), {"augment": "light", "vflip": cfg.vflip}
 
+    def selection_margin(self, score: float, images: int) -> float:
+        """How far apart two validation scores (``monitor``) on ``images`` images must be to
+        count as different rather than noise (0: any difference counts)."""
+        return 0.0
+
     def refit_data(self, data: DataBundle) -> DataBundle:
         """The splits of a refit: training = the labelled images and the validation held out of
         them, no validation, the same evaluation."""

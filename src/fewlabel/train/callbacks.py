@@ -167,6 +167,14 @@ class RunSelection:
             return score > before if self.higher else score < before
         return record.get("val_loss", float("inf")) < other.get("val_loss", float("inf"))
 
+    def clearly_beats(self, record: dict, other: dict, margin: float) -> bool:
+        """Whether ``record`` beats ``other`` by more than ``margin`` (with no margin, as
+        :meth:`beats`): a difference within the noise of the validation images does not count."""
+        if margin <= 0:
+            return self.beats(record, other)
+        gap = record[self.key] - other[self.key]
+        return gap > margin if self.higher else -gap > margin
+
     def best_of(self, fits: set[str]) -> dict | None:
         """The best validated epoch among the fits named ``fits`` (None when none was validated)."""
         best = None

@@ -1,7 +1,7 @@
 """The ``finetune`` method: the strategy's phases (see :mod:`fewlabel.train.strategies`), each
 one fit through the engine, on any task; ``auto`` searches over the strategies (see
 :mod:`fewlabel.train.search`). Either way the phases that made the final weights are recorded
-(``engine.method_state["plan"]``), so :func:`refit` can retrain them on all labelled images."""
+(``engine.method_state["chains"]``), so :func:`refit` can retrain them on all labelled images."""
 
 from __future__ import annotations
 
@@ -41,35 +41,44 @@ def train(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
     ctx.engine.start(model)
     for phase in phases:
         run_phase(ctx, model, info, phase)
-    ctx.engine.method_state["plan"] = ran_plan(phases, ctx.engine.selection.best, ctx.cfg.keep_best)
+    ctx.engine.method_state["chains"] = phase_chains(phases)
+    ctx.engine.method_state["final_fit"] = phases[-1].name if phases else None
     return model, info
 
 
-def run_phase(ctx: RunContext, model: nn.Module, info: BackboneInfo, phase: Phase, prefix: str = "") -> None:
-    """One phase as one fit of the engine, named ``prefix`` + the phase's name."""
+def run_phase(ctx: RunContext, model: nn.Module, info: BackboneInfo, phase: Phase, prefix: str = "", after=None):
+    """One phase as one fit of the engine, named ``prefix`` + the phase's name (``after`` runs
+    once it finished, before its state is saved)."""
     build = partial(phase_fit, ctx, phase, model, info)
-    ctx.engine.fit(prefix + phase.name, phase.epochs, build, on_features=phase.on_features)
+    ctx.engine.fit(prefix + phase.name, phase.epochs, build, after=after, on_features=phase.on_features)
 
 
-def ran_plan(phases: list[Phase], best: dict | None, keep_best: bool) -> list[dict]:
-    """The phases that made the final weights: with keep_best, those up to the fit of the best
-    epoch, that one cut at the epoch."""
-    plan = [asdict(p) for p in phases]
-    if not keep_best or best is None:
-        return plan
-    names = [p["name"] for p in plan]
-    if best["fit"] not in names:
-        return plan
-    plan = plan[: names.index(best["fit"]) + 1]
-    plan[-1]["epochs"] = best["epoch"] + 1
+def phase_chains(phases: list[Phase]) -> dict[str, list[dict]]:
+    """For a fixed strategy, the phases that made each phase's weights: it and those before."""
+    return {p.name: [asdict(q) for q in phases[: i + 1]] for i, p in enumerate(phases)}
+
+
+def refit_plan(chains: dict[str, list[dict]], held: dict | None, final_fit: str | None) -> list[dict]:
+    """The phases that made the weights the model holds: the chain of the fit of the held epoch
+    (``held``: the selection's record), that fit cut at the epoch; without a validated epoch,
+    the chain of ``final_fit`` whole."""
+    fit = held["fit"] if held else final_fit
+    if fit not in chains:
+        return []
+    plan = [dict(p) for p in chains[fit]]
+    if held:
+        plan[-1]["epochs"] = held["epoch"] + 1
     return plan
 
 
 def refit(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
-    """Retrain the recorded plan (``engine.method_state["plan"]``) on ``ctx.data`` (all
-    labelled images, no validation) from new initial weights (seeded by the run's seed alone,
-    so a resumed run builds the same); fits named ``refit-<phase>``."""
-    phases = [Phase(**p) for p in ctx.engine.method_state["plan"] if p["epochs"] > 0]
+    """Retrain the plan that made the chosen weights (:func:`refit_plan`; recorded as
+    ``engine.method_state["plan"]``) on ``ctx.data`` (all labelled images, no validation) from
+    new initial weights (seeded by the run's seed alone, so a resumed run builds the same);
+    fits named ``refit-<phase>``."""
+    state = ctx.engine.method_state
+    state["plan"] = refit_plan(state.get("chains", {}), state.get("held"), state.get("final_fit"))
+    phases = [Phase(**p) for p in state["plan"] if p["epochs"] > 0]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed)
         model, info = ctx.task.build_model(ctx.cfg, ctx.data)

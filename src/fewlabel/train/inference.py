@@ -94,17 +94,23 @@ def pre_logits(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: model.forward_head(model.forward_features(x), pre_logits=True)
 
 
+def classifier_keys(model: nn.Module) -> list[str]:
+    """The state-dict keys of a timm model's classifier (none for a model without one)."""
+    if not hasattr(model, "get_classifier"):
+        return []
+    head = model.get_classifier()
+    prefixes = tuple(f"{name}." for name, module in model.named_modules() if module is head and name)
+    return [k for k in model.state_dict() if prefixes and k.startswith(prefixes)]
+
+
 def weights_fingerprint(model: nn.Module, without_classifier: bool = False) -> str:
     """A hash of the model's weights; ``without_classifier`` leaves out the classifier's, which
     pooled embeddings do not depend on (so the mirror test's backbone, a probe's and a
     fine-tuning run's head phase share their cached features)."""
-    skip = ()
-    if without_classifier and hasattr(model, "get_classifier"):
-        head = model.get_classifier()
-        skip = tuple(f"{name}." for name, module in model.named_modules() if module is head and name)
+    skip = set(classifier_keys(model)) if without_classifier else set()
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
-        if skip and name.startswith(skip):
+        if name in skip:
             continue
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())

@@ -5,21 +5,28 @@ Candidates, cheapest first, each one fit through the engine named after it:
 1. linear probes on cached features at ``head_lr`` x :data:`PROBE_LR_FACTORS` (the backbone
    runs once for all of them: the feature cache);
 2. freeze-unfreeze's whole-network phase at ``lr`` x :data:`FINETUNE_LR_FACTORS`, each from the
-   best probe's head (that probe is its head phase: nothing is recomputed);
+   chosen probe's head (that probe is its head phase: nothing is recomputed);
 3. ``partial:N`` (:data:`PARTIAL_BLOCKS`) at ``lr`` from the same head, where the backbone has
    more blocks than N.
 
 A task without a head on cached features (dense tasks) has no probes: ``full`` at the same
 learning rates and ``partial:N``, from the initial network.
 
-A candidate scores its best validated epoch (its last without ``keep_best``), compared as the
-run's model selection compares epochs; ties go to the cheaper candidate. Before a candidate on
-images its time is estimated (the previous candidate on images, else one timed training step)
-and it is skipped when the rest of ``budget_minutes`` cannot hold it. The probes always run,
-even when they alone spend the budget (the record says so). The search leaves the winner's
-weights in the network, its record in ``engine.method_state["search"]`` (metrics.json's
-``strategy_search``) and the phases that made the winner in ``engine.method_state["plan"]``
-(what a refit retrains).
+A candidate scores its last validated epoch (what it converged to; the run's keep-best may
+still restore an earlier epoch that is clearly better, see :mod:`fewlabel.runner`). With a few
+dozen validation images most differences are noise (20 images at 60% are ±11 points), so the
+winner is not simply the top score: it is the candidate first in :data:`PREFERENCE` among those
+within the task's noise margin (one binomial standard error, for accuracy) of the top score —
+whole-network fine-tuning at the configured learning rate unless another candidate is clearly
+better. The image candidates start from the probe chosen the same way among the probes.
+
+Before a candidate on images its time is estimated (the previous candidate on images, else one
+timed training step) and it is skipped when the rest of ``budget_minutes`` cannot hold it. The
+probes always run, even when they alone spend the budget (the record says so). The search
+leaves the winner's weights in the network (and its last validated epoch as the run
+selection's ``last``), its record in ``engine.method_state["search"]`` (metrics.json's
+``strategy_search``) and, per candidate, the phases that made it in
+``engine.method_state["chains"]`` (what a refit retrains).
 """
 
 from __future__ import annotations
@@ -27,13 +34,16 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..distributed import same_on_every_process
+from .inference import classifier_keys
 from .strategies import DEFAULT_BUDGET_MINUTES, Phase
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,96 +54,136 @@ log = logging.getLogger("fewlabel.train")
 PROBE_LR_FACTORS = (0.3, 1.0, 3.0)  # of head_lr: the probe's loss surface is convex, a decade covers it
 FINETUNE_LR_FACTORS = (1.0, 1 / 3)  # of lr: whole-network steps above lr wrecked the features (see config.lr)
 PARTIAL_BLOCKS = 3  # partial:3: the last blocks (about the top stage) and the classifier
+# Which candidate wins among those within noise of the top score, first first: whole-network
+# fine-tuning at the configured rate (the best fixed strategy on average), then the gentler
+# ones, then the probes (the configured head rate first).
+PREFERENCE = (
+    "freeze-unfreeze@1", "freeze-unfreeze@0.333", "full@1", "full@0.333", "partial@1", "probe@1", "probe@0.3",
+    "probe@3",
+)  # fmt: skip
+KEPT = "candidate:"  # prefix of a candidate's kept weights among the engine's saved weights
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One plan tried: its strategy as a user would name it, and the fit it adds."""
+    """One plan tried: its strategy as a user would name it, the fit it adds, where it starts,
+    and its place in :data:`PREFERENCE`."""
 
     strategy: str
     phase: Phase
-    from_probe: bool  # starts from the best probe's weights (else from the initial network)
+    from_probe: bool  # starts from the chosen probe's weights (else from the initial network)
+    rank: int
 
 
 def candidates(cfg, blocks: int, feature_head: bool = True) -> list[Candidate]:
     """The candidates in the order they run (``blocks``: the backbone's blocks below its head;
     ``feature_head``: whether the task's head can train alone on cached features)."""
-    probe_lrs = [cfg.head_lr * f for f in PROBE_LR_FACTORS]
     probes = [
-        Candidate("linear-probe", Phase(f"probe-lr{lr:.3g}", True, cfg.head_epochs, lr), False) for lr in probe_lrs
-    ]
+        Candidate("linear-probe", Phase(f"probe-lr{cfg.head_lr * f:.3g}", True, cfg.head_epochs, cfg.head_lr * f),
+                  False, _rank("probe", f))
+        for f in PROBE_LR_FACTORS
+    ]  # fmt: skip
     whole = "freeze-unfreeze" if feature_head else "full"
     decay = cfg.layer_decay if feature_head else 1.0
     tuned = [
-        Candidate(
-            whole,
-            Phase(f"{whole}-lr{cfg.lr * f:.3g}", False, cfg.epochs, cfg.lr * f, decay, coarse_groups=True),
-            True,
-        )
+        Candidate(whole, Phase(f"{whole}-lr{cfg.lr * f:.3g}", False, cfg.epochs, cfg.lr * f, decay, coarse_groups=True),
+                  True, _rank(whole, f))
         for f in FINETUNE_LR_FACTORS
-    ]
+    ]  # fmt: skip
     top = Phase(f"partial{PARTIAL_BLOCKS}-lr{cfg.lr:.3g}", False, cfg.epochs, cfg.lr, trainable_blocks=PARTIAL_BLOCKS)
-    partial = [Candidate(f"partial:{PARTIAL_BLOCKS}", top, True)]
-    return (probes if feature_head else []) + tuned + (partial if blocks > PARTIAL_BLOCKS else [])
+    partial_top = [Candidate(f"partial:{PARTIAL_BLOCKS}", top, True, _rank("partial", 1.0))]
+    return (probes if feature_head else []) + tuned + (partial_top if blocks > PARTIAL_BLOCKS else [])
+
+
+def _rank(kind: str, factor: float) -> int:
+    return PREFERENCE.index(f"{kind}@{factor:.3g}")
+
+
+def choose(rows: list[dict], selection, margin: Callable[[dict], float]) -> dict | None:
+    """The row first in preference among the rows whose score is within ``margin(top)`` of the
+    top score (None when none was validated)."""
+    scored = [r for r in rows if r.get("score")]
+    if not scored:
+        return None
+    top = scored[0]
+    for row in scored[1:]:
+        if selection.beats(row["score"], top["score"]):
+            top = row
+    close = [r for r in scored if not selection.clearly_beats(top["score"], r["score"], margin(top["score"]))]
+    return min(close, key=lambda r: r["rank"])
 
 
 def search(ctx: RunContext, model: nn.Module, info: BackboneInfo, initial: dict, run_phase, blocks: int) -> None:
-    """Run the candidates within the budget (``run_phase(phase)`` runs one fit through the
-    engine); leave the winner in ``model`` and the record in the engine's method state."""
-    cfg, engine = ctx.cfg, ctx.engine
+    """Run the candidates within the budget (``run_phase(phase, after=...)`` runs one fit
+    through the engine); leave the winner in ``model`` and the record in the engine's method
+    state."""
+    cfg, engine, selection = ctx.cfg, ctx.engine, ctx.engine.selection
     budget = 60 * (cfg.method.budget_minutes or DEFAULT_BUDGET_MINUTES)
-    selection, keep_best = engine.selection, cfg.keep_best
+    val_images = len(ctx.data.val) if ctx.data.val is not None else 0
+    margin = partial(_margin, ctx.task, selection.key, val_images)
+    kept = engine.saved_weights  # each candidate's last weights (a probe's: its classifier), kept over resumes
     rows: list[dict] = []
-    leader = best_probe = start = last_on_images = None
-    feature_head = ctx.task.has_feature_head
-    if not feature_head:
-        engine.saved_weights["start"] = initial
-    for candidate in candidates(cfg, blocks, feature_head):
+    chains: dict[str, list[dict]] = {}
+    start = last_on_images = probe = None
+    for candidate in candidates(cfg, blocks, ctx.task.has_feature_head):
         phase = candidate.phase
-        spent = engine.fit_seconds([r["fit"] for r in rows])
-        if not candidate.from_probe:
-            model.load_state_dict(initial)
-        else:
-            if start is None:  # the probes are done: every image candidate starts from the best one
-                if feature_head:  # (no probe validated, e.g. with 0 head epochs: from the initial network)
-                    best_probe = leader
-                    engine.saved_weights["start"] = _leader_weights(engine, keep_best) if leader else initial
-                start = engine.saved_weights["start"]
+        if candidate.from_probe:
+            if start is None:  # the probes are done: every image candidate starts from the chosen one
+                probe = choose(rows, selection, margin)
+                start = _weights(kept, probe["fit"], initial) if probe else initial
+            spent = engine.fit_seconds([r["fit"] for r in rows])
             estimate = same_on_every_process(last_on_images or _estimate_seconds(ctx, model, info, phase))
             if not engine.finished(phase.name) and spent + estimate > budget:
                 rows.append(_row(candidate, "skipped", estimate=estimate, budget_left=budget - spent))
                 continue
-            model.load_state_dict(start)
-        run_phase(phase)
-        score = selection.best_of({phase.name}) if keep_best else selection.last_of({phase.name})
-        row = _row(candidate, "ran", score=score, seconds=engine.fit_seconds([phase.name]))
-        rows.append(row)
+        model.load_state_dict(start if candidate.from_probe else initial)
+        run_phase(phase, after=partial(_keep, kept, model, phase))
+        score, seconds = selection.last_of({phase.name}), engine.fit_seconds([phase.name])
+        rows.append(_row(candidate, "ran", score=score, seconds=seconds))
+        chains[phase.name] = ([dict(probe["phase"])] if candidate.from_probe and probe else []) + [asdict(phase)]
         if not phase.on_features:
-            last_on_images = engine.fit_seconds([phase.name])
-        if score is not None and (leader is None or selection.beats(score, leader["score"])):
-            leader = row
-            if not keep_best:
-                engine.saved_weights["leader"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    chain = [leader] if best_probe is None or leader is best_probe else [best_probe, leader]
-    finish(engine, model, rows, leader, budget, [_ran_phase(row, keep_best) for row in chain if row])
+            last_on_images = seconds
+    winner = choose(rows, selection, margin)
+    if winner is not None:
+        winner["status"] = "winner"
+        model.load_state_dict(_weights(kept, winner["fit"], initial))
+        selection.last = winner["score"]  # the epoch the network now holds
+    _record(engine, rows, winner, budget, chains, val_images, margin)
 
 
-def finish(engine, model: nn.Module, rows: list[dict], leader: dict | None, budget: float, plan: list[dict]) -> None:
-    """Load the winner into ``model``; record the search and the winner's plan."""
-    keep_best = engine.cfg.keep_best
-    if leader is not None:
-        leader["status"] = "winner"
-        model.load_state_dict(_leader_weights(engine, keep_best))
+def _margin(task, key: str, images: int, record: dict) -> float:
+    return task.selection_margin(record[key], images)
+
+
+def _keep(kept: dict, model: nn.Module, phase: Phase) -> None:
+    """Keep what a finished candidate changed (saved with the fit): a probe its classifier, any
+    other the whole network."""
+    state = model.state_dict()
+    names = classifier_keys(model) if phase.on_features else list(state)
+    kept[f"{KEPT}{phase.name}"] = {k: state[k].detach().to("cpu", copy=True) for k in names}
+
+
+def _weights(kept: dict, fit: str, initial: dict) -> dict:
+    """A candidate's last weights as a whole state dict (a probe's: the initial network with its
+    classifier)."""
+    return initial | kept[f"{KEPT}{fit}"]
+
+
+def _record(engine, rows: list[dict], winner: dict | None, budget: float, chains: dict, images: int, margin) -> None:
+    """The search's record (metrics.json's ``strategy_search``) and each candidate's phases."""
     probes_seconds = sum(r.get("seconds", 0.0) for r in rows if r["strategy"] == "linear-probe")
     engine.method_state["search"] = {
         "budget_seconds": budget,
         "spent_seconds": sum(r.get("seconds", 0.0) for r in rows),
         "probes_exceeded_budget": probes_seconds > budget,
         "monitor": engine.selection.key,
+        "val_images": images,
+        "margin": margin(winner["score"]) if winner else None,
         "candidates": rows,
-        "winner": leader["fit"] if leader else None,
+        "winner": winner["fit"] if winner else None,
     }
-    engine.method_state["plan"] = plan
+    engine.method_state["chains"] = chains
+    engine.method_state["final_fit"] = winner["fit"] if winner else (rows[-1]["fit"] if rows else None)
     if probes_seconds > budget:
         log.warning(
             "strategy auto: the linear probes alone took %.1f min, more than --budget-minutes %.1f; they ran "
@@ -141,24 +191,10 @@ def finish(engine, model: nn.Module, rows: list[dict], leader: dict | None, budg
         )  # fmt: skip
 
 
-def _ran_phase(row: dict, keep_best: bool) -> dict:
-    """A candidate's phase with the epochs that made the weights it passed on (to its best
-    epoch with keep_best)."""
-    phase = dict(row["phase"])
-    if keep_best and row.get("score"):
-        phase["epochs"] = row["score"]["epoch"] + 1
-    return phase
-
-
-def _leader_weights(engine, keep_best: bool) -> dict:
-    """Weights of the candidate leading so far: the run's best epoch (keep_best) or the kept
-    last weights of the best-scoring candidate."""
-    return engine.selection.weights if keep_best else engine.saved_weights["leader"]
-
-
 def _row(candidate: Candidate, status: str, score=None, seconds=None, estimate=None, budget_left=None) -> dict:
     phase = candidate.phase
-    row = {"fit": phase.name, "strategy": candidate.strategy, "lr": phase.lr, "status": status, "phase": asdict(phase)}
+    row = {"fit": phase.name, "strategy": candidate.strategy, "lr": phase.lr, "status": status, "rank": candidate.rank}
+    row["phase"] = asdict(phase)
     if score is not None:
         row["score"] = score
     if seconds is not None:
