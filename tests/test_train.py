@@ -58,8 +58,8 @@ def history_phases(run_dir) -> list[str]:
 )
 def test_each_strategy_writes_a_complete_run_directory(split_folder, tmp_path, strategy, phases):
     result = fewlabel.train(str(split_folder), tmp_path / "run", strategy=strategy, **FAST)
-    for name in RUN_FILES:
-        assert (result.run_dir / name).is_file(), name
+    for name in RUN_FILES:  # a fit on cached features writes no per-epoch checkpoint
+        assert (result.run_dir / name).is_file() == (name != "checkpoints/last.ckpt" or "finetune" in phases), name
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert all(key in metrics for key in METRIC_KEYS)
     assert metrics["n_samples"] == 12 and metrics["eval_data"] == "test"

@@ -292,25 +292,34 @@ def mirror_test(original: torch.Tensor, mirrored: torch.Tensor, labels: torch.Te
     original accuracy, and only when the test is conclusive: the original accuracy more than two
     standard errors above the majority-class share (features that separate nothing say nothing
     about flips, and then no flip is added)."""
+    return mirror_tests(original, {"mirror": mirrored}, labels, seed)["mirror"]
+
+
+def mirror_tests(original: torch.Tensor, mirrored: dict[str, torch.Tensor], labels: torch.Tensor, seed: int = 0):
+    """:func:`mirror_test` for several mirrors of the same images at once (horizontal and
+    vertical): the two halves' regressions are fitted once and predict every mirror."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    x, xm, y = original.double().numpy(), mirrored.double().numpy(), labels.numpy()
-    right_original = right_mirrored = 0
+    x, y = original.float().numpy(), labels.numpy()
+    right = dict.fromkeys(["original", *mirrored], 0)
     for fit_on, score_on in StratifiedKFold(2, shuffle=True, random_state=seed).split(x, y):
         head = LogisticRegression(max_iter=500).fit(x[fit_on], y[fit_on])
-        right_original += int((head.predict(x[score_on]) == y[score_on]).sum())
-        right_mirrored += int((head.predict(xm[score_on]) == y[score_on]).sum())
+        for name, features in {"original": original, **mirrored}.items():
+            right[name] += int((head.predict(features.float().numpy()[score_on]) == y[score_on]).sum())
     n = len(y)
-    accuracy, mirrored_accuracy = right_original / n, right_mirrored / n
+    accuracy = right["original"] / n
     tolerance = max(FLIP_TOLERANCE, 2 * math.sqrt(accuracy * (1 - accuracy) / n))
     chance = float(labels.bincount().max()) / n
     conclusive = accuracy > chance + 2 * math.sqrt(chance * (1 - chance) / n)
     return {
-        "allowed": conclusive and mirrored_accuracy >= accuracy - tolerance,
-        "conclusive": conclusive,
-        "accuracy": accuracy,
-        "mirrored_accuracy": mirrored_accuracy,
-        "tolerance": tolerance,
-        "images": n,
+        name: {
+            "allowed": conclusive and right[name] / n >= accuracy - tolerance,
+            "conclusive": conclusive,
+            "accuracy": accuracy,
+            "mirrored_accuracy": right[name] / n,
+            "tolerance": tolerance,
+            "images": n,
+        }
+        for name in mirrored
     }

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from ..config import TrainConfig
-from ..data.augment import BatchTransform, mirror_test
+from ..data.augment import BatchTransform, mirror_tests
 from ..data.datasets import ImageBatches
 from ..data.duplicates import cross_duplicates
 from ..data.images import ImageDecodeError, decode_image, pil_to_array, resize_to_square
@@ -84,10 +84,11 @@ class ClassificationTask(Task):
         with torch.random.fork_rng(devices=[]):  # the network's own initialisation stays as without the test
             backbone, info = create_backbone(cfg.model, cfg.pretrained, 0, 0.0, head="new")
         original = cached_features(backbone, train, info, cfg, engine)
-        tests = {}
+        mirrors = {}
         for name, dim in (("horizontal_flip", -1), ("vertical_flip", -2)):
             mirrored = ImageSet(train.images.flip(dim), train.labels, train.class_names, train.ids, train.source)
-            tests[name] = mirror_test(original, cached_features(backbone, mirrored, info, cfg, engine), train.labels)
+            mirrors[name] = cached_features(backbone, mirrored, info, cfg, engine)
+        tests = mirror_tests(original, mirrors, train.labels)
         augment = "light" if tests["horizontal_flip"]["allowed"] else "crop"
         decision = {"augment": augment, "vflip": tests["vertical_flip"]["allowed"], **tests}
         log.info("augment auto: %s%s", augment, " with vertical flips" if decision["vflip"] else "")

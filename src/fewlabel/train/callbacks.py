@@ -134,12 +134,22 @@ class HistoryWriter(L.Callback):
 
 
 class LastCheckpoint(L.Callback):
-    """Save ``checkpoints/last.ckpt`` atomically at the end of every training epoch."""
+    """Save ``checkpoints/last.ckpt`` atomically at the end of the fit's first epoch and then of
+    every epoch that ends ``every_seconds`` or more after the last save: an interruption loses
+    at most that much training (a resumed fit redoes the epochs since, to the same result), and
+    short epochs do not spend their time writing checkpoints. Process 0's clock decides for all."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, every_seconds: float = 30.0) -> None:
         self.path = path
+        self.every_seconds = every_seconds
+        self._saved_at: float | None = None
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        now = time.perf_counter()
+        due = self._saved_at is None or now - self._saved_at >= self.every_seconds
+        if not trainer.strategy.broadcast(due, src=0):
+            return
+        self._saved_at = now
         if trainer.is_global_zero:
             atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
         else:  # every process must call it (it ends in a barrier); only process 0 writes
@@ -224,10 +234,16 @@ class SelectionTracker(L.Callback):
         self.selection.observe(record, self.network)
 
     def state_dict(self) -> dict:
-        return self.selection.state_dict()
+        """The run's selection; its weights only when this fit holds the best epoch (else they
+        are the engine's, saved after an earlier fit), which keeps every epoch's checkpoint small."""
+        state = self.selection.state_dict()
+        if not (self.selection.best and self.selection.best["fit"] == self.fit):
+            state["weights"] = None
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.selection.load_state_dict(state_dict)
+        weights = state_dict["weights"] if state_dict["weights"] is not None else self.selection.weights
+        self.selection.load_state_dict(state_dict | {"weights": weights})
 
 
 class BestWeights(L.Callback):

@@ -214,7 +214,7 @@ class Engine:
         fit.module.phase = name
         ckpt = self._resume_checkpoint(name)
         meter = Throughput()
-        trainer = self._trainer(name, index, epochs, fit, meter)
+        trainer = self._trainer(name, index, epochs, fit, meter, checkpoints=not on_features)
         fit.module.train()  # whatever ran before (inference) left; EvalModeModules then fixes the frozen
         trainer.fit(fit.module, datamodule=fit.data, ckpt_path=ckpt, weights_only=True if ckpt else None)
         fit.module.to("cpu")
@@ -271,14 +271,16 @@ class Engine:
         }
         atomic_write(self.run_dir / STATE, lambda tmp: torch.save(state, tmp))
 
-    def _trainer(self, name: str, index: int, epochs: int, fit: Fit, meter: Throughput) -> L.Trainer:
+    def _trainer(self, name: str, index: int, epochs: int, fit: Fit, meter: Throughput, checkpoints: bool) -> L.Trainer:
+        """The fit's Trainer. A fit on cached features (seconds long) writes no per-epoch
+        checkpoint: interrupted, it reruns from its start, to the same result."""
         callbacks = [
             BatchSeed(self.seed, index),
             EvalModeModules(fit.eval_modules),
             meter,
             HistoryWriter(self.run_dir, name),
             PhaseTag(name),
-            LastCheckpoint(self.run_dir / LAST_CHECKPOINT),
+            *([LastCheckpoint(self.run_dir / LAST_CHECKPOINT)] if checkpoints else []),
             SelectionTracker(self.selection, self.network, name),
             *self.extra_callbacks,
         ]
