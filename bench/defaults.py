@@ -47,6 +47,7 @@ CONFIGS = {
     "linear-probe": dict(strategy="linear-probe", epochs=30),
     "freeze-unfreeze": dict(strategy="freeze-unfreeze", augment="light", keep_best=False),
     "auto": {},
+    "auto+refit": {"refit": True},  # the defaults with the refit forced on (at 50 per class it is off)
 }
 
 
@@ -153,7 +154,19 @@ def run(set_name: str, config: str, seed: int, img_size: int, out: Path) -> dict
         row["augment"] = m["augment_decision"]["augment"] + ("+vflip" if m["augment_decision"]["vflip"] else "")
     if m.get("refit", {}).get("refit"):
         row["pre_refit_accuracy"] = m["refit"]["pre_refit"]["accuracy"]
+    row["refit_seconds"] = refit_seconds(result.run_dir)
     return row
+
+
+def refit_seconds(run_dir: Path) -> float:
+    """Wall seconds of a run's refit fits (from checkpoints/state.pt), so the strategy search's
+    own time can be told from the refit's."""
+    import json
+
+    import torch
+
+    records = json.loads(torch.load(Path(run_dir) / "checkpoints/state.pt", weights_only=True)["records"])
+    return sum(r["wall"] for name, r in records.items() if name.startswith("refit-"))
 
 
 def summarise(rows: dict) -> dict:
@@ -173,12 +186,15 @@ def summarise(rows: dict) -> dict:
         s = summary[set_name]
         if {"auto", "linear-probe", "freeze-unfreeze"} <= set(s):
             best_fixed = max(s["linear-probe"]["accuracy_mean"], s["freeze-unfreeze"]["accuracy_mean"])
-            goals[set_name] = {
+            auto_runs = configs["auto"].values()
+            search_only = statistics.mean(r["seconds"] - r.get("refit_seconds", 0.0) for r in auto_runs)
+            goals[set_name] = {  # auto+refit, where run, is reported in the summary only
                 "auto_minus_best_fixed_points": 100 * (s["auto"]["accuracy_mean"] - best_fixed),
                 "auto_within_1_point": s["auto"]["accuracy_mean"] >= best_fixed - 0.01,
                 "auto_minus_freeze_unfreeze_points": 100
                 * (s["auto"]["accuracy_mean"] - s["freeze-unfreeze"]["accuracy_mean"]),
                 "auto_time_ratio": s["auto"]["seconds_mean"] / s["freeze-unfreeze"]["seconds_mean"],
+                "auto_without_refit_fits_time_ratio": search_only / s["freeze-unfreeze"]["seconds_mean"],
             }
     return {"summary": summary, "goals": goals}
 
@@ -186,12 +202,15 @@ def summarise(rows: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default=",".join(SETS))
-    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--configs", default="linear-probe,freeze-unfreeze,auto")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument("--name", default="defaults")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-defaults"))
+    parser.add_argument("--summarise", action="store_true", help="only re-summarise the results file")
     args = parser.parse_args()
+    if args.summarise:
+        return resummarise(args)
     logging.basicConfig(level=logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = previous_runs(args)
@@ -205,9 +224,22 @@ def main() -> None:
     save(args.name, partial_result(args, rows) | summarise(rows))
 
 
+def resummarise(args) -> None:
+    """Recompute the summary of the results file (filling refit seconds from the run folders)."""
+    import json
+
+    result = json.loads((RESULTS / f"{args.name}.json").read_text())
+    for set_name, configs in result["runs"].items():
+        for config, seeds in configs.items():
+            for seed, row in seeds.items():
+                if "refit_seconds" not in row:
+                    row["refit_seconds"] = refit_seconds(args.out / f"{set_name}-{config}-{seed}")
+    save(args.name, {k: v for k, v in result.items() if k not in ("benchmark", "machine")} | summarise(result["runs"]))
+
+
 def previous_runs(args) -> dict:
-    """Runs already in the results file at the same image size (a rerun of some sets replaces
-    only theirs)."""
+    """Runs already in the results file at the same image size (a rerun replaces only the
+    (set, config) pairs it runs)."""
     import json
 
     path = RESULTS / f"{args.name}.json"
@@ -216,8 +248,11 @@ def previous_runs(args) -> dict:
     previous = json.loads(path.read_text())
     if previous.get("img_size") != args.img_size:
         return {}
-    rebuilt = set(args.sets.split(","))
-    return {name: runs for name, runs in previous.get("runs", {}).items() if name not in rebuilt}
+    rerun = {(name, config) for name in args.sets.split(",") for config in args.configs.split(",")}
+    return {
+        name: {config: seeds for config, seeds in configs.items() if (name, config) not in rerun}
+        for name, configs in previous.get("runs", {}).items()
+    }
 
 
 def partial_result(args, rows: dict) -> dict:
