@@ -73,3 +73,19 @@ def test_semi_supervised_rounds_under_two_process_ddp_match_one_process(method, 
         share = rounds["rounds"][0]["fixmatch_confident_share"]
         assert 0 < share < 1 and share == pytest.approx(expected["rounds"][0]["fixmatch_confident_share"])
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in single.run_dir.iterdir())
+
+
+def test_strategy_auto_and_refit_under_two_process_ddp_match_one_process(tmp_path):
+    """The search's candidates, its choice (skips decided by process 0) and the refit run alike
+    on two processes; only process 0 writes."""
+    data = make_image_folder(tmp_path / "data", per_class=10)  # no val/ or test/: 20% held out, refit on
+    options = {k: v for k, v in EXACT.items() if k != "strategy"} | {"epochs": 2, "head_epochs": 3}
+    single = fewlabel.train(str(data), tmp_path / "single", **options | {"batch_size": 8})
+    completed = torchrun("train", data, tmp_path / "ddp", options | {"batch_size": 4})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    for key in ("winner", "val_images"):
+        assert ddp["strategy_search"][key] == single.metrics["strategy_search"][key]
+    assert ddp["refit"]["refit"] and ddp["refit"]["plan"] == single.metrics["refit"]["plan"]
+    assert ddp["confusion_matrix"] == single.metrics["confusion_matrix"]
+    assert ddp["nll"] == pytest.approx(single.metrics["nll"], rel=1e-3, abs=1e-4)
