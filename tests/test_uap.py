@@ -1,0 +1,98 @@
+"""Universal adversarial perturbations (issue 13, parts 1-2): the batched FGSM loop, the ball,
+the radius relative to the images' norm, and the random control, on a model whose universal
+direction is known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fewlabel.audit.uap import (
+    check_zeta,
+    lp_norms,
+    pixel_forward,
+    predict,
+    project,
+    radius_for,
+    random_control,
+    sphere_rate,
+    universal_perturbation,
+)
+
+
+def _left_right_model() -> nn.Module:
+    """Two classes by which half of an 8 x 8 image is brighter: class 0 left, class 1 right.
+    Brightening the right half and darkening the left one moves every image towards class 1."""
+    weights = torch.zeros(2, 1, 8, 8)
+    weights[0, :, :, :4], weights[1, :, :, 4:] = 1.0, 1.0
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2, bias=False))
+    model[1].weight.data = weights.flatten(1)
+    return model.eval()
+
+
+def _images(n: int = 200, seed: int = 0) -> torch.Tensor:
+    return 0.2 + 0.6 * torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_norms_radius_ball_and_random_control():
+    ones = torch.ones(4, 3, 4, 4)  # 1 on [0, 1] is 1 on [-1, 1]: L2 norm sqrt(48)
+    assert radius_for(ones, "l2", 0.04) == pytest.approx(0.04 * math.sqrt(48) / 2)
+    assert radius_for(ones, "linf", 0.1) == pytest.approx(0.05)
+    v = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert float(project(v, "l2", 0.5).norm()) == pytest.approx(0.5)
+    assert float(project(v, "linf", 0.1).abs().max()) == pytest.approx(0.1)
+    small = v * 1e-3
+    assert torch.equal(project(small, "l2", 0.5), small)
+    generator = torch.Generator().manual_seed(1)
+    assert float(random_control((3, 4, 4), "l2", 0.7, generator).norm()) == pytest.approx(0.7)
+    assert torch.allclose(random_control((3, 4, 4), "linf", 0.2, generator).abs(), torch.full((3, 4, 4), 0.2))
+    assert lp_norms(torch.stack([v, 2 * v]), "l2")[1] == pytest.approx(2 * float(v.norm()))
+    with pytest.raises(ValueError, match="norm must be one of l2, linf"):
+        project(v, "l1", 1.0)
+
+
+def test_a_targeted_uap_sends_most_images_to_the_target_and_the_random_control_does_not():
+    forward, images = pixel_forward(_left_right_model(), [0.0], [1.0]), _images()
+    uap = universal_perturbation(forward, images, norm="l2", zeta=0.2, step=0.002, target=1, delta=0.05)
+    assert float(uap.perturbation.norm()) <= uap.radius + 1e-6
+    assert uap.fooling_rate >= 0.9 and uap.history[-1] == uap.fooling_rate and uap.passes <= 10
+    left, right = uap.perturbation[..., :4].mean(), uap.perturbation[..., 4:].mean()
+    assert right > 0 > left  # the known universal direction
+    control = random_control(uap.perturbation.shape, "l2", uap.radius, torch.Generator().manual_seed(0))
+    natural = float((predict(forward, images) == 1).float().mean())
+    assert sphere_rate(forward, images, control, target=1) < natural + 0.1 < uap.fooling_rate
+    held_out = _images(seed=1)  # universal: it transfers to images it was not built from
+    assert sphere_rate(forward, held_out, uap.perturbation, target=1) >= 0.85
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_an_untargeted_uap_fools_far_more_than_the_random_control_at_the_same_norm(norm):
+    forward = pixel_forward(_left_right_model(), [0.0], [1.0])
+    images = _images()
+    images[..., :4] += 0.2  # all predicted class 0: one direction (to class 1) fools them all
+    assert bool((predict(forward, images) == 0).all())
+    uap = universal_perturbation(forward, images, norm=norm, zeta=1.0, step=0.004, delta=0.05, max_passes=5)
+    control = random_control(uap.perturbation.shape, norm, uap.radius, torch.Generator().manual_seed(0))
+    assert float(lp_norms(uap.perturbation[None], norm)[0]) <= uap.radius + 1e-6
+    assert uap.fooling_rate >= 0.9
+    assert sphere_rate(forward, images, control) <= 0.1
+    perturbed = (images + uap.perturbation).clamp(0, 1)
+    assert perturbed.min() >= 0 and perturbed.max() <= 1
+
+
+def test_the_batched_loop_fools_as_many_as_the_per_image_loop():
+    forward, images = pixel_forward(_left_right_model(), [0.0], [1.0]), _images(100)
+    options = dict(norm="l2", zeta=0.2, step=0.002, target=1, delta=0.0, max_passes=2)
+    batched = universal_perturbation(forward, images, batch_size=50, **options)
+    one_by_one = universal_perturbation(forward, images, batch_size=1, **options)  # ART's loop
+    assert batched.fooling_rate >= one_by_one.fooling_rate - 0.02
+
+
+def test_zeta_outside_its_range_is_refused():
+    assert check_zeta(0.04) == 0.04
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"zeta must be in \(0, 1\]"):
+            check_zeta(bad)
