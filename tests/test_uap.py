@@ -96,3 +96,32 @@ def test_zeta_outside_its_range_is_refused():
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"zeta must be in \(0, 1\]"):
             check_zeta(bad)
+
+
+@pytest.mark.parametrize(("zeta", "fgsm_eps"), [(0.5, 0.1), (0.7, 0.002)])
+def test_at_the_same_norm_budget_ours_fools_at_least_as_many_images_as_arts_universal_perturbation(zeta, fgsm_eps):
+    """ART's UniversalPerturbation with its FGSM attacker (one image per attack call), on the
+    same model, images, radius, FGSM step, passes and stopping rule. ART folds a step in only
+    when that one step flips the image: with large steps both fool the same share, with a step
+    as small as the paper's (0.002 here) ART's perturbation never moves."""
+    import numpy as np
+    from art.attacks.evasion import UniversalPerturbation
+    from art.estimators.classification import PyTorchClassifier
+
+    model = _left_right_model()
+    images = _images(120)
+    images[..., :4] += 0.2  # all predicted class 0
+    forward = pixel_forward(model, [0.0], [1.0])
+    ours = universal_perturbation(forward, images, norm="l2", zeta=zeta, step=2 * fgsm_eps, delta=0.05, max_passes=3)
+    classifier = PyTorchClassifier(
+        model, nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=2, clip_values=(0.0, 1.0)
+    )
+    attack = UniversalPerturbation(
+        classifier, attacker="fgsm", attacker_params={"eps": fgsm_eps, "norm": np.inf}, delta=0.05, max_iter=3,
+        eps=ours.radius, norm=2, verbose=False,
+    )  # fmt: skip
+    np.random.seed(0)
+    attack.generate(images.numpy())
+    art_noise = torch.from_numpy(attack.noise[0]).float()
+    assert float(art_noise.norm()) <= ours.radius + 1e-4  # the same budget
+    assert ours.fooling_rate >= sphere_rate(forward, images, art_noise) and ours.fooling_rate >= 0.7

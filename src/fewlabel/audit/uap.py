@@ -18,7 +18,10 @@ before one projection. To first order in the step this is the per-image loop (AR
 images see a perturbation that moved by a few steps of size 0.0005, ours see the one before
 the batch), and the projection onto a convex ball applied once to the sum never leaves the
 ball either. What changes is the cost: one forward-backward pass per batch instead of one per
-image, which is why ART is slow.
+image, which is why ART is slow. ART also folds an image's step in only when that one step
+changes the image's label; the paper's loop (and this one) folds in every step of a
+not-yet-fooled image — with the paper's small FGSM step a single step rarely flips a label, and
+stock ART's perturbation then barely moves (tests/test_uap.py compares both).
 """
 
 from __future__ import annotations
