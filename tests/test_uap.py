@@ -125,3 +125,110 @@ def test_at_the_same_norm_budget_ours_fools_at_least_as_many_images_as_arts_univ
     art_noise = torch.from_numpy(attack.noise[0]).float()
     assert float(art_noise.norm()) <= ours.radius + 1e-4  # the same budget
     assert ours.fooling_rate >= sphere_rate(forward, images, art_noise) and ours.fooling_rate >= 0.7
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    import fewlabel
+    from conftest import FAST, make_image_folder
+
+    root = tmp_path_factory.mktemp("uap")
+    data = root / "data"
+    make_image_folder(data / "train", per_class=8, seed=1)
+    make_image_folder(data / "test", per_class=4, seed=2)
+    fewlabel.train(str(data), root / "run", strategy="full", **FAST)
+    return root, data
+
+
+def _photos(folder, seed: int = 0):
+    """Photos of any size and mode, one smaller than the model's input, and one corrupt file."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / "wide.png")
+    Image.fromarray(rng.integers(0, 255, (70, 50), dtype=np.uint8), mode="L").save(folder / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (20, 20, 4), dtype=np.uint8), mode="RGBA").save(folder / "small.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    return folder
+
+
+def test_the_audit_writes_uap_json_and_the_perturbation_from_natural_photos(trained_run, caplog):
+    import json
+    import logging
+
+    import numpy as np
+
+    import fewlabel
+
+    root, data = trained_run
+    photos = _photos(root / "photos")
+    with caplog.at_level(logging.INFO, logger="fewlabel.data"):
+        record = fewlabel.audit_uap(root / "run", natural=photos, images=24, zeta=0.08, step=0.01, max_passes=2)
+    assert "broken.jpg" in caplog.text and "enlarged" in caplog.text
+    saved = json.loads((root / "run" / "audit" / "uap" / "uap.json").read_text())
+    assert saved == json.loads(json.dumps(record))
+    assert record["building_images"] == 24 and record["eval_images"] == 12 and record["eval_data"] == f"{data}:test"
+    for split in ("building", "evaluation"):
+        assert {"fooling_rate", "random_control_fooling_rate"} == set(record[split])
+        assert all(0.0 <= rate <= 1.0 for rate in record[split].values())
+    assert set(record["per_class"]) == {"red", "green", "blue"}
+    v = np.load(root / "run" / "audit" / "uap" / "perturbation.npy")
+    assert v.shape == (3, 32, 32) and float(np.linalg.norm(v)) <= record["radius_pixels"] + 1e-5
+
+
+def test_the_white_box_variant_and_a_target_class(trained_run, tmp_path):
+    import fewlabel
+
+    root, data = trained_run
+    record = fewlabel.audit_uap(
+        root / "run", source=f"{data}:train", target="blue", zeta=0.1, step=0.01, max_passes=2, out=tmp_path / "t"
+    )
+    assert record["built_from"] == f"DATA {data}:train" and record["building_images"] == 24
+    assert "targeted_success_rate" in record["evaluation"] and (tmp_path / "t" / "uap.json").is_file()
+
+
+def test_bad_audit_inputs_are_one_clear_line(trained_run, tmp_path):
+    import fewlabel
+    from fewlabel.errors import FewlabelError
+
+    root, _ = trained_run
+    photos = _photos(tmp_path / "photos")
+    cases = [
+        (dict(natural=photos, zeta=0.0), r"--zeta: zeta must be in \(0, 1\]"),
+        (dict(natural=photos, zeta=3.0), r"--zeta: zeta must be in \(0, 1\]"),
+        (dict(natural=photos, target="purple"), r"--target 'purple' is not a class of this model; its classes: blue, "),
+        (dict(natural=tmp_path / "nowhere"), r"Photo folder '.*nowhere' does not exist"),
+        (dict(), r"either --natural PHOTOS \(a folder\) or --source DATA"),
+    ]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "unreadable").mkdir()
+    (tmp_path / "unreadable" / "x.png").write_bytes(b"junk")
+    cases += [
+        (dict(natural=tmp_path / "empty"), r"holds no image files"),
+        (dict(natural=tmp_path / "unreadable"), r"none of its 1 image files could be read"),
+    ]
+    for options, message in cases:
+        with pytest.raises(FewlabelError, match=message) as info:
+            fewlabel.audit_uap(root / "run", out=tmp_path / "out", **options)
+        assert "\n" not in str(info.value)
+    (tmp_path / "incomplete").mkdir()
+    with pytest.raises(FewlabelError):
+        fewlabel.audit_uap(tmp_path / "incomplete", natural=photos)
+    assert not (tmp_path / "out").exists()  # nothing written by a refused audit
+
+
+def test_the_audit_command_prints_the_rates(trained_run, tmp_path, monkeypatch, capsys):
+    from fewlabel.cli import main
+
+    root, _ = trained_run
+    photos = _photos(tmp_path / "photos")
+    args = ["audit", "uap", str(root / "run"), "--natural", str(photos), "--images", "8", "--max-passes", "1",
+            "--out", str(tmp_path / "cli")]  # fmt: skip
+    monkeypatch.setattr("sys.argv", ["fewlabel", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "random control" in out and "evaluation" in out and (tmp_path / "cli" / "uap.json").is_file()

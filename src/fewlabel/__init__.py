@@ -23,6 +23,7 @@ __all__ = [
     "Predictor",
     "TrainResult",
     "__version__",
+    "audit_uap",
     "evaluate",
     "list_datasets",
     "list_models",
@@ -41,6 +42,13 @@ def train(*args: Any, **kwargs: Any):
 def evaluate(*args: Any, **kwargs: Any) -> dict:
     """See :func:`fewlabel.api.evaluate`."""
     from .api import evaluate as run
+
+    return run(*args, **kwargs)
+
+
+def audit_uap(*args: Any, **kwargs: Any) -> dict:
+    """See :func:`fewlabel.audit.uap_audit.audit_uap`."""
+    from .audit.uap_audit import audit_uap as run
 
     return run(*args, **kwargs)
 

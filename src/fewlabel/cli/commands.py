@@ -227,3 +227,41 @@ def methods() -> None:
         options = ", ".join(k for k in method.options.model_fields if k != "name")
         rows.add_row(name, method.summary, ", ".join(method.tasks), "yes" if method.needs_unlabeled else "no", options)
     console().print(rows)
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="Audit a trained model (robustness).")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("uap")
+def audit_uap(
+    run: Annotated[Path, typer.Argument(help="run directory of a classifier")],
+    natural: Annotated[Path | None, typer.Option(help="folder of natural photos to build the UAP from")] = None,
+    source: Annotated[str | None, typer.Option(help="DATA to build from instead (white-box), e.g. data:train")] = None,
+    eval_data: Annotated[
+        str | None, typer.Option("--eval", help="DATA to score on (default: the run's DATA test split)")
+    ] = None,
+    norm: Annotated[str, typer.Option(help="l2 | linf")] = "l2",
+    zeta: Annotated[float, typer.Option(help="radius as a share of the mean image norm, in (0, 1]")] = 0.04,
+    target: Annotated[str | None, typer.Option(help="a class to send images to (targeted UAP)")] = None,
+    step: Annotated[float, typer.Option(help="FGSM step on the [-1, 1] pixel scale")] = 0.0005,
+    max_passes: Annotated[int, typer.Option(help="passes over the building images at most")] = 10,
+    images: Annotated[int | None, typer.Option(help="building images (default: one crop per photo)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the crops and of the pass order")] = 0,
+    out: Annotated[Path | None, typer.Option(help="folder for uap.json (default RUN/audit/uap)")] = None,
+) -> None:
+    """Universal adversarial perturbation (Minagi et al. 2022): fooling rate against a random control."""
+    from ..audit.uap_audit import audit_uap as run_audit
+
+    record = run_audit(
+        run, natural=natural, source=source, eval_data=eval_data, norm=norm, zeta=zeta, target=target, step=step,
+        max_passes=max_passes, images=images, seed=seed, out=out,
+    )  # fmt: skip
+    key = "fooling_rate" if target is None else "targeted_success_rate"
+    rows = table("images", "UAP", "random control", title=f"{run}: {key.replace('_', ' ')} ({norm}, zeta {zeta:g})")
+    for name in ("evaluation", "building"):
+        rates = record[name]
+        rows.add_row(name, f"{rates[key]:.3f}", f"{rates['random_control_' + key]:.3f}")
+    printer = console()
+    printer.print(rows)
+    printer.print(f"uap.json: {(out or run / 'audit' / 'uap') / 'uap.json'}", soft_wrap=True)

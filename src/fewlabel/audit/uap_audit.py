@@ -1,0 +1,146 @@
+"""``fewlabel audit uap``: build a universal perturbation against a trained classifier from
+natural photos (black-box data: the paper's setting) or from the task's own images, and score
+it and its random control on evaluation images; write ``uap.json`` and ``perturbation.npy``.
+
+The figures (perturbation, examples, per-class rates), the report section, ``--compare`` and
+``bench/uap.py`` are not built yet (issue 13).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import FewlabelError
+from ..fileio import write_json
+from .uap import check_zeta, fooling_rate, pixel_forward, predict, random_control, universal_perturbation
+
+log = logging.getLogger("fewlabel.audit")
+UAP_FILE, PERTURBATION_FILE = "uap.json", "perturbation.npy"
+
+
+def audit_uap(
+    run: str | Path,
+    *,
+    natural: str | Path | None = None,
+    source: str | None = None,
+    eval_data: str | None = None,
+    norm: str = "l2",
+    zeta: float = 0.04,
+    target: str | None = None,
+    step: float = 0.0005,
+    delta: float = 0.2,
+    max_passes: int = 10,
+    images: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    out: str | Path | None = None,
+) -> dict:
+    """Build the UAP of ``run``'s model from the photos in ``natural`` (or from DATA ``source``),
+    score it and a random perturbation of the same norm on ``eval_data`` (default: the run's
+    DATA test split), write ``out`` (default ``RUN/audit/uap``) and return the record."""
+    from ..methods import load_network
+    from ..rundir import model_dir, read_config
+    from ..tasks import get_task
+
+    zeta = _checked(zeta, natural, source, norm)
+    model, card = load_network(model_dir(run))
+    if card.task != "classification":
+        raise FewlabelError(f"'{run}' is a {card.task} run; the UAP audit takes classification runs.")
+    task, target_index = get_task(card.task), _target_index(target, card.class_names)
+    eval_spec = eval_data or _default_eval(read_config(run), run)
+    evaluation = task.load_split(eval_spec, card)
+    eval_pixels = evaluation.images.float() / 255
+    building, built_from = _building_images(task, card, natural, source, eval_pixels.shape[1], images, seed)
+    forward = pixel_forward(model.eval(), card.mean, card.std)
+    started = time.perf_counter()
+    uap = universal_perturbation(
+        forward, building, norm=norm, zeta=zeta, step=step, target=target_index, delta=delta,
+        max_passes=max_passes, batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+    control = random_control(uap.perturbation.shape, norm, uap.radius, torch.Generator().manual_seed(seed))
+    record = {
+        "norm": norm,
+        "zeta": zeta,
+        "radius_pixels": uap.radius,
+        "radius_scale": "[0, 1] pixels (the paper's [-1, 1] scale: twice this)",
+        "target": target,
+        "step": step,
+        "built_from": built_from,
+        "building_images": len(building),
+        "passes": uap.passes,
+        "eval_data": eval_spec,
+        "eval_images": len(evaluation),
+        "building": _rates(forward, building, uap.perturbation, control, target_index),
+        "evaluation": _rates(forward, eval_pixels, uap.perturbation, control, target_index),
+        "per_class": _per_class(forward, eval_pixels, evaluation.labels, uap.perturbation, card.class_names),
+        "seconds": time.perf_counter() - started,
+    }
+    folder = Path(out) if out is not None else Path(run) / "audit" / "uap"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / PERTURBATION_FILE, uap.perturbation.numpy())
+    write_json(folder / UAP_FILE, record)
+    return record
+
+
+def _checked(zeta: float, natural, source, norm: str) -> float:
+    try:
+        zeta = check_zeta(zeta)
+    except ValueError as exc:
+        raise FewlabelError(f"--zeta: {exc}.") from None
+    if (natural is None) == (source is None):
+        raise FewlabelError("Give the building images: either --natural PHOTOS (a folder) or --source DATA, not both.")
+    if norm not in ("l2", "linf"):
+        raise FewlabelError(f"--norm must be l2 or linf, got '{norm}'.")
+    return zeta
+
+
+def _default_eval(config: dict, run) -> str:
+    data = config.get("data")
+    if not data:
+        raise FewlabelError(f"'{run}' has no config.yaml naming its DATA: pass --eval DATA:split.")
+    return data if ":" in str(data) else f"{data}:test"
+
+
+def _building_images(task, card, natural, source, channels: int, count: int | None, seed: int):
+    """([0, 1] pixels to build from, what they are)."""
+    if natural is not None:
+        from ..data.natural import natural_crops
+
+        return natural_crops(natural, card.img_size, channels, count, seed), f"natural photos in {natural}"
+    images = task.load_split(source, card)
+    pixels = images.images.float() / 255
+    if count is not None and count < len(pixels):
+        pixels = pixels[torch.randperm(len(pixels), generator=torch.Generator().manual_seed(seed))[:count]]
+    return pixels, f"DATA {source}"
+
+
+def _target_index(target: str | None, class_names: list[str]) -> int | None:
+    if target is None:
+        return None
+    if target not in class_names:
+        raise FewlabelError(f"--target '{target}' is not a class of this model; its classes: {', '.join(class_names)}.")
+    return class_names.index(target)
+
+
+def _rates(forward, pixels: torch.Tensor, v: torch.Tensor, control: torch.Tensor, target: int | None) -> dict:
+    """Fooling rate (targeted: success rate) of the UAP and of the random control on ``pixels``."""
+    clean = predict(forward, pixels)
+    key = "fooling_rate" if target is None else "targeted_success_rate"
+    return {
+        key: fooling_rate(clean, predict(forward, pixels, v), target),
+        f"random_control_{key}": fooling_rate(clean, predict(forward, pixels, control), target),
+    }
+
+
+def _per_class(forward, pixels: torch.Tensor, labels: torch.Tensor, v: torch.Tensor, class_names: list[str]):
+    """The untargeted fooling rate among the evaluation images of each true class."""
+    clean, perturbed = predict(forward, pixels), predict(forward, pixels, v)
+    return {
+        name: fooling_rate(clean[labels == c], perturbed[labels == c]) if bool((labels == c).any()) else None
+        for c, name in enumerate(class_names)
+    }
