@@ -1,15 +1,22 @@
-"""Universal adversarial perturbations (issue 13, parts 1-2): the batched FGSM loop, the ball,
-the radius relative to the images' norm, and the random control, on a model whose universal
-direction is known."""
+"""Universal adversarial perturbations (issue 13): the batched FGSM loop, the ball, the radius
+relative to the images' norm and the random control on a model whose universal direction is
+known; against ART's UniversalPerturbation; and the audit (natural photos, white-box, targeted,
+transfer to another run, bad inputs, the command)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+import fewlabel
+from conftest import FAST, make_image_folder
 from fewlabel.audit.uap import (
     check_zeta,
     lp_norms,
@@ -21,6 +28,7 @@ from fewlabel.audit.uap import (
     sphere_rate,
     universal_perturbation,
 )
+from fewlabel.errors import FewlabelError
 
 
 def _left_right_model() -> nn.Module:
@@ -104,7 +112,6 @@ def test_at_the_same_norm_budget_ours_fools_at_least_as_many_images_as_arts_univ
     same model, images, radius, FGSM step, passes and stopping rule. ART folds a step in only
     when that one step flips the image: with large steps both fool the same share, with a step
     as small as the paper's (0.002 here) ART's perturbation never moves."""
-    import numpy as np
     from art.attacks.evasion import UniversalPerturbation
     from art.estimators.classification import PyTorchClassifier
 
@@ -129,8 +136,6 @@ def test_at_the_same_norm_budget_ours_fools_at_least_as_many_images_as_arts_univ
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    import fewlabel
-    from conftest import FAST, make_image_folder
 
     root = tmp_path_factory.mktemp("uap")
     data = root / "data"
@@ -142,8 +147,6 @@ def trained_run(tmp_path_factory):
 
 def _photos(folder, seed: int = 0):
     """Photos of any size and mode, one smaller than the model's input, and one corrupt file."""
-    import numpy as np
-    from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -155,12 +158,6 @@ def _photos(folder, seed: int = 0):
 
 
 def test_the_audit_writes_uap_json_and_the_perturbation_from_natural_photos(trained_run, caplog):
-    import json
-    import logging
-
-    import numpy as np
-
-    import fewlabel
 
     root, data = trained_run
     photos = _photos(root / "photos")
@@ -179,7 +176,6 @@ def test_the_audit_writes_uap_json_and_the_perturbation_from_natural_photos(trai
 
 
 def test_the_white_box_variant_and_a_target_class(trained_run, tmp_path):
-    import fewlabel
 
     root, data = trained_run
     record = fewlabel.audit_uap(
@@ -190,8 +186,6 @@ def test_the_white_box_variant_and_a_target_class(trained_run, tmp_path):
 
 
 def test_bad_audit_inputs_are_one_clear_line(trained_run, tmp_path):
-    import fewlabel
-    from fewlabel.errors import FewlabelError
 
     root, _ = trained_run
     photos = _photos(tmp_path / "photos")
@@ -232,3 +226,19 @@ def test_the_audit_command_prints_the_rates(trained_run, tmp_path, monkeypatch, 
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
     assert "random control" in out and "evaluation" in out and (tmp_path / "cli" / "uap.json").is_file()
+
+
+def test_compare_scores_the_same_perturbation_against_another_architecture(trained_run, tmp_path):
+
+    root, data = trained_run
+    options = FAST | {"model": "resnet10t", "img_size": 48}
+    other = fewlabel.train(str(data), tmp_path / "other", strategy="full", **options)
+    photos = _photos(tmp_path / "photos")
+    record = fewlabel.audit_uap(
+        root / "run", natural=photos, images=16, max_passes=1, out=tmp_path / "a", compare=[other.run_dir]
+    )
+    transfer = record["compare"][str(other.run_dir)]
+    assert transfer["arch"] == "resnet10t" and "resized to 48 px" in transfer["resized"]
+    assert 0 <= transfer["fooling_rate"] <= 1 and 0 <= transfer["random_control_fooling_rate"] <= 1
+    assert json.loads((tmp_path / "a" / "uap.json").read_text())["compare"] == json.loads(json.dumps(record["compare"]))
+    assert np.load(tmp_path / "a" / "perturbation.npy").shape == (3, 32, 32)  # this run's perturbation, unchanged

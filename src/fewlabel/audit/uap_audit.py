@@ -2,8 +2,10 @@
 natural photos (black-box data: the paper's setting) or from the task's own images, and score
 it and its random control on evaluation images; write ``uap.json`` and ``perturbation.npy``.
 
-The figures (perturbation, examples, per-class rates), the report section, ``--compare`` and
-``bench/uap.py`` are not built yet (issue 13).
+``compare`` scores the same perturbation against other runs' models (transfer, the paper's
+question: another architecture, or the same one trained from scratch). The figures
+(perturbation, examples, per-class rates), the report section and ``bench/uap.py`` are not
+built yet (issue 13).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def audit_uap(
     batch_size: int = 64,
     seed: int = 0,
     out: str | Path | None = None,
+    compare: list[str | Path] | None = None,
 ) -> dict:
     """Build the UAP of ``run``'s model from the photos in ``natural`` (or from DATA ``source``),
     score it and a random perturbation of the same norm on ``eval_data`` (default: the run's
@@ -80,6 +83,9 @@ def audit_uap(
         "per_class": _per_class(forward, eval_pixels, evaluation.labels, uap.perturbation, card.class_names),
         "seconds": time.perf_counter() - started,
     }
+    if compare:
+        v = uap.perturbation
+        record["compare"] = {str(other): _transfer(other, v, control, eval_pixels, target) for other in compare}
     folder = Path(out) if out is not None else Path(run) / "audit" / "uap"
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / PERTURBATION_FILE, uap.perturbation.numpy())
@@ -135,6 +141,32 @@ def _rates(forward, pixels: torch.Tensor, v: torch.Tensor, control: torch.Tensor
         key: fooling_rate(clean, predict(forward, pixels, v), target),
         f"random_control_{key}": fooling_rate(clean, predict(forward, pixels, control), target),
     }
+
+
+def _transfer(other, v: torch.Tensor, control: torch.Tensor, pixels: torch.Tensor, target: str | None) -> dict:
+    """The rates of the same perturbation and control against another run's model on the same
+    evaluation images (both resized when its input size differs, which the record says)."""
+    import torch.nn.functional as F
+
+    from ..methods import load_network
+    from ..rundir import model_dir
+
+    model, card = load_network(model_dir(other))
+    if card.task != "classification":
+        raise FewlabelError(f"--compare '{other}' is a {card.task} run; the UAP audit compares classifiers.")
+    record = {"arch": card.arch, "pretrained": card.pretrained, "img_size": card.img_size}
+    if card.img_size != pixels.shape[-1]:
+
+        def resize(x: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(x, size=(card.img_size,) * 2, mode="bilinear", align_corners=False)
+
+        pixels, v, control = resize(pixels), resize(v[None])[0], resize(control[None])[0]
+        record["resized"] = f"images and perturbation resized to {card.img_size} px"
+    target_index = card.class_names.index(target) if target in card.class_names else None
+    if target is not None and target_index is None:
+        record["note"] = f"class '{target}' is not one of this model's: untargeted rates"
+    forward = pixel_forward(model.eval(), card.mean, card.std)
+    return record | _rates(forward, pixels, v, control, target_index)
 
 
 def _per_class(forward, pixels: torch.Tensor, labels: torch.Tensor, v: torch.Tensor, class_names: list[str]):

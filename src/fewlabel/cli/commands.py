@@ -249,19 +249,25 @@ def audit_uap(
     images: Annotated[int | None, typer.Option(help="building images (default: one crop per photo)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the crops and of the pass order")] = 0,
     out: Annotated[Path | None, typer.Option(help="folder for uap.json (default RUN/audit/uap)")] = None,
+    compare: Annotated[
+        list[Path] | None, typer.Option(help="another run to score the same perturbation against (repeatable)")
+    ] = None,
 ) -> None:
     """Universal adversarial perturbation (Minagi et al. 2022): fooling rate against a random control."""
     from ..audit.uap_audit import audit_uap as run_audit
 
     record = run_audit(
         run, natural=natural, source=source, eval_data=eval_data, norm=norm, zeta=zeta, target=target, step=step,
-        max_passes=max_passes, images=images, seed=seed, out=out,
+        max_passes=max_passes, images=images, seed=seed, out=out, compare=compare,
     )  # fmt: skip
     key = "fooling_rate" if target is None else "targeted_success_rate"
     rows = table("images", "UAP", "random control", title=f"{run}: {key.replace('_', ' ')} ({norm}, zeta {zeta:g})")
     for name in ("evaluation", "building"):
         rates = record[name]
         rows.add_row(name, f"{rates[key]:.3f}", f"{rates['random_control_' + key]:.3f}")
+    for other, rates in record.get("compare", {}).items():
+        other_key = key if key in rates else "fooling_rate"
+        rows.add_row(f"evaluation, {other}", f"{rates[other_key]:.3f}", f"{rates['random_control_' + other_key]:.3f}")
     printer = console()
     printer.print(rows)
     printer.print(f"uap.json: {(out or run / 'audit' / 'uap') / 'uap.json'}", soft_wrap=True)
