@@ -173,6 +173,10 @@ def test_the_audit_writes_uap_json_and_the_perturbation_from_natural_photos(trai
     assert set(record["per_class"]) == {"red", "green", "blue"}
     v = np.load(root / "run" / "audit" / "uap" / "perturbation.npy")
     assert v.shape == (3, 32, 32) and float(np.linalg.norm(v)) <= record["radius_pixels"] + 1e-5
+    assert (root / "run" / "audit" / "uap" / "uap.png").read_bytes()[:4] == b"\x89PNG"
+    report = (root / "run" / "report.html").read_text()  # the run's report gained its robustness section
+    assert "Robustness: universal adversarial perturbation" in report
+    assert f"{record['evaluation']['fooling_rate']:.3f}" in report and 'alt="universal perturbation"' in report
 
 
 def test_the_white_box_variant_and_a_target_class(trained_run, tmp_path):

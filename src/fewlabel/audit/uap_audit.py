@@ -22,7 +22,8 @@ from ..fileio import write_json
 from .uap import check_zeta, fooling_rate, pixel_forward, predict, random_control, universal_perturbation
 
 log = logging.getLogger("fewlabel.audit")
-UAP_FILE, PERTURBATION_FILE = "uap.json", "perturbation.npy"
+UAP_FILE, PERTURBATION_FILE, FIGURE_FILE = "uap.json", "perturbation.npy", "uap.png"
+EXAMPLES = 4
 
 
 def audit_uap(
@@ -90,7 +91,30 @@ def audit_uap(
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / PERTURBATION_FILE, uap.perturbation.numpy())
     write_json(folder / UAP_FILE, record)
+    _write_figure(folder / FIGURE_FILE, forward, eval_pixels, uap.perturbation, card.class_names, record["per_class"])
+    if folder.resolve() == (Path(run) / "audit" / "uap").resolve() and (Path(run) / "report.html").is_file():
+        from ..report import write_report
+
+        write_report(run)  # the report gains its robustness section
     return record
+
+
+def _write_figure(path: Path, forward, pixels: torch.Tensor, v: torch.Tensor, class_names, per_class) -> None:
+    """uap.png: the perturbation, a few evaluation images clean and perturbed, the rate per class."""
+    import base64
+
+    from ..fileio import atomic_write
+    from ..report.figures import uap_figure
+
+    shown = pixels[torch.linspace(0, len(pixels) - 1, min(EXAMPLES, len(pixels))).long()]  # spread over the set
+    perturbed = (shown + v).clamp(0, 1)
+    before, after = predict(forward, shown).tolist(), predict(forward, perturbed).tolist()
+    examples = [
+        (c.permute(1, 2, 0).numpy(), p.permute(1, 2, 0).numpy(), class_names[b], class_names[a])
+        for c, p, b, a in zip(shown, perturbed, before, after, strict=True)
+    ]
+    png = base64.b64decode(uap_figure(v.numpy(), examples, per_class))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(png))
 
 
 def _checked(zeta: float, natural, source, norm: str) -> float:

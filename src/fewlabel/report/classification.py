@@ -35,7 +35,22 @@ def sections(run_dir: Path, metrics: dict) -> list[str]:
     }
     if (run_dir / PREDICTIONS).is_file():
         context |= _prediction_sections(run_dir, read_predictions(run_dir / PREDICTIONS))
-    return [_environment().get_template("classification.html").render(**context)]
+    return [_environment().get_template("classification.html").render(**context), *_robustness(run_dir)]
+
+
+def _robustness(run_dir: Path) -> list[str]:
+    """The UAP audit's section, when ``fewlabel audit uap`` wrote its results into the run."""
+    import base64
+
+    from ..fileio import read_json
+
+    folder = run_dir / "audit" / "uap"
+    if not (folder / "uap.json").is_file():
+        return []
+    uap = read_json(folder / "uap.json")
+    key = "fooling_rate" if uap.get("target") is None else "targeted_success_rate"
+    figure = base64.b64encode((folder / "uap.png").read_bytes()).decode() if (folder / "uap.png").is_file() else None
+    return [_environment().get_template("robustness.html").render(uap=uap, key=key, figure=figure)]
 
 
 def _prediction_sections(run_dir: Path, predictions: Predictions) -> dict:

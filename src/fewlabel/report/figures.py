@@ -146,3 +146,29 @@ def image_strip_png(images: list, size: int = 56) -> str:
     buffer = io.BytesIO()
     strip.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def uap_figure(perturbation: np.ndarray, examples: list[tuple], per_class: dict[str, float | None]) -> str:
+    """A universal perturbation (C x H x W, stretched to the full grey range to be seen), evaluation
+    images clean and perturbed with both predictions (``examples``: (clean, perturbed, clean
+    class, perturbed class), images H x W x C in [0, 1]), and the fooling rate per class."""
+    columns = max(2, len(examples))
+    fig, axes = plt.subplots(3, columns, figsize=(2.2 * columns, 7.2), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    v = perturbation.transpose(1, 2, 0)
+    spread = float(v.max() - v.min()) or 1.0
+    axes[0, 0].imshow(((v - v.min()) / spread).squeeze(), cmap="gray", vmin=0, vmax=1)
+    axes[0, 0].set_title("perturbation (stretched)", fontsize=8)
+    bars = axes[0, 1]
+    bars.axis("on")
+    names = [n for n, rate in per_class.items() if rate is not None]
+    bars.barh(names, [per_class[n] for n in names], color="#c62828")
+    bars.set_xlim(0, 1)
+    bars.set_title("fooling rate per class", fontsize=8)
+    bars.tick_params(labelsize=7)
+    for i, (clean, perturbed, before, after) in enumerate(examples):
+        for row, image, label in ((1, clean, f"clean: {before}"), (2, perturbed, f"perturbed: {after}")):
+            axes[row, i].imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=1)
+            axes[row, i].set_title(label, fontsize=8, color="#c62828" if row == 2 and before != after else "black")
+    return _encode(fig)
