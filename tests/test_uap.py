@@ -246,3 +246,14 @@ def test_compare_scores_the_same_perturbation_against_another_architecture(train
     assert 0 <= transfer["fooling_rate"] <= 1 and 0 <= transfer["random_control_fooling_rate"] <= 1
     assert json.loads((tmp_path / "a" / "uap.json").read_text())["compare"] == json.loads(json.dumps(record["compare"]))
     assert np.load(tmp_path / "a" / "perturbation.npy").shape == (3, 32, 32)  # this run's perturbation, unchanged
+
+
+def test_images_stored_smaller_than_the_model_input_are_resized_as_the_model_sees_them():
+    from fewlabel.audit.uap_audit import model_pixels
+    from fewlabel.data.augment import BatchTransform
+
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixels = model_pixels(images, 32)
+    assert pixels.shape == (3, 1, 32, 32) and 0 <= float(pixels.min()) and float(pixels.max()) <= 1
+    seen = BatchTransform("none", 32, [0.0] * 3, [1.0] * 3, train=False)(images)  # the model's own transform
+    assert torch.allclose(pixels.expand(-1, 3, -1, -1), seen, atol=1e-5)

@@ -58,7 +58,7 @@ def audit_uap(
     task, target_index = get_task(card.task), _target_index(target, card.class_names)
     eval_spec = eval_data or _default_eval(read_config(run), run)
     evaluation = task.load_split(eval_spec, card)
-    eval_pixels = evaluation.images.float() / 255
+    eval_pixels = model_pixels(evaluation.images, card.img_size)
     building, built_from = _building_images(task, card, natural, source, eval_pixels.shape[1], images, seed)
     forward = pixel_forward(model.eval(), card.mean, card.std)
     started = time.perf_counter()
@@ -142,11 +142,21 @@ def _building_images(task, card, natural, source, channels: int, count: int | No
         from ..data.natural import natural_crops
 
         return natural_crops(natural, card.img_size, channels, count, seed), f"natural photos in {natural}"
-    images = task.load_split(source, card)
-    pixels = images.images.float() / 255
+    pixels = model_pixels(task.load_split(source, card).images, card.img_size)
     if count is not None and count < len(pixels):
         pixels = pixels[torch.randperm(len(pixels), generator=torch.Generator().manual_seed(seed))[:count]]
     return pixels, f"DATA {source}"
+
+
+def model_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 images as [0, 1] pixels at the model's input size, resized as the model's own
+    evaluation transform resizes them (built-in sets keep their stored size until then)."""
+    import torch.nn.functional as F
+
+    pixels = images.float() / 255
+    if pixels.shape[-2:] != (size, size):
+        pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+    return pixels
 
 
 def _target_index(target: str | None, class_names: list[str]) -> int | None:
