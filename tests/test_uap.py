@@ -171,6 +171,12 @@ def test_the_audit_writes_uap_json_and_the_perturbation_from_natural_photos(trai
         assert {"fooling_rate", "random_control_fooling_rate"} == set(record[split])
         assert all(0.0 <= rate <= 1.0 for rate in record[split].values())
     assert set(record["per_class"]) == {"red", "green", "blue"}
+    test_pixels = torch.stack(
+        [torch.from_numpy(np.asarray(Image.open(f).convert("RGB").resize((32, 32), Image.BILINEAR))).permute(2, 0, 1)
+         for f in sorted((data / "test").rglob("*.png"))]
+    ).float() / 255  # fmt: skip
+    # the radius comes from the target domain (the evaluation images), not from the photos
+    assert record["radius_pixels"] == pytest.approx(radius_for(test_pixels, "l2", 0.08), rel=0.05)
     v = np.load(root / "run" / "audit" / "uap" / "perturbation.npy")
     assert v.shape == (3, 32, 32) and float(np.linalg.norm(v)) <= record["radius_pixels"] + 1e-5
     assert (root / "run" / "audit" / "uap" / "uap.png").read_bytes()[:4] == b"\x89PNG"
@@ -254,6 +260,6 @@ def test_images_stored_smaller_than_the_model_input_are_resized_as_the_model_see
 
     images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     pixels = model_pixels(images, 32)
-    assert pixels.shape == (3, 1, 32, 32) and 0 <= float(pixels.min()) and float(pixels.max()) <= 1
+    assert pixels.shape == (3, 1, 32, 32) and float(pixels.min()) >= 0 and float(pixels.max()) <= 1
     seen = BatchTransform("none", 32, [0.0] * 3, [1.0] * 3, train=False)(images)  # the model's own transform
     assert torch.allclose(pixels.expand(-1, 3, -1, -1), seen, atol=1e-5)

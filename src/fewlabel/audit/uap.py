@@ -140,15 +140,18 @@ def universal_perturbation(
     max_passes: int = 10,
     batch_size: int = 64,
     seed: int = 0,
+    radius: float | None = None,
 ) -> UAP:
     """Build a UAP from ``images`` ([0, 1] pixels): passes over the images in a seeded order,
     each batch's not-yet-fooled images adding their FGSM steps (``step`` on the [-1, 1]
     scale; ascent on the model's own clean prediction, or descent towards ``target``), then a
     projection onto the ball of :func:`radius_for`; stop once the building rate reaches
-    ``1 - delta`` or after ``max_passes`` passes (ART's ``delta`` and ``max_iter``)."""
+    ``1 - delta`` or after ``max_passes`` passes (ART's ``delta`` and ``max_iter``). The paper
+    takes the radius from the *target domain's* images (``radius``: :func:`radius_for` of
+    them); without it, from the building images."""
     _check_norm(norm)
     started = time.perf_counter()
-    radius = radius_for(images, norm, zeta)
+    radius = radius_for(images, norm, zeta) if radius is None else radius
     clean = predict(forward, images, batch_size=batch_size)
     v = torch.zeros(images.shape[1:], device=images.device)
     generator = torch.Generator().manual_seed(seed)

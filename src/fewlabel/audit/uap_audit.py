@@ -19,7 +19,15 @@ import torch
 
 from ..errors import FewlabelError
 from ..fileio import write_json
-from .uap import check_zeta, fooling_rate, pixel_forward, predict, random_control, universal_perturbation
+from .uap import (
+    check_zeta,
+    fooling_rate,
+    pixel_forward,
+    predict,
+    radius_for,
+    random_control,
+    universal_perturbation,
+)
 
 log = logging.getLogger("fewlabel.audit")
 UAP_FILE, PERTURBATION_FILE, FIGURE_FILE = "uap.json", "perturbation.npy", "uap.png"
@@ -64,14 +72,14 @@ def audit_uap(
     started = time.perf_counter()
     uap = universal_perturbation(
         forward, building, norm=norm, zeta=zeta, step=step, target=target_index, delta=delta,
-        max_passes=max_passes, batch_size=batch_size, seed=seed,
+        max_passes=max_passes, batch_size=batch_size, seed=seed, radius=radius_for(eval_pixels, norm, zeta),
     )  # fmt: skip
     control = random_control(uap.perturbation.shape, norm, uap.radius, torch.Generator().manual_seed(seed))
     record = {
         "norm": norm,
         "zeta": zeta,
         "radius_pixels": uap.radius,
-        "radius_scale": "[0, 1] pixels (the paper's [-1, 1] scale: twice this)",
+        "radius_scale": "[0, 1] pixels (the paper's [-1, 1] scale: twice this), zeta x the evaluation images' norm",
         "target": target,
         "step": step,
         "built_from": built_from,
