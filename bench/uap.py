@@ -35,7 +35,7 @@ from PIL import Image
 
 import fewlabel
 from _common import save
-from fewlabel.audit.uap import pixel_forward, universal_perturbation
+from fewlabel.audit.uap import pixel_forward, sphere_rate, universal_perturbation
 from fewlabel.data.natural import natural_crops
 from fewlabel.methods import load_network
 
@@ -74,12 +74,6 @@ def train_models(out: Path) -> dict[str, Path]:
     return runs
 
 
-def rates(forward, pixels: torch.Tensor, v: torch.Tensor, target: int | None = None) -> float:
-    from fewlabel.audit.uap import fooling_rate, predict
-
-    return fooling_rate(predict(forward, pixels), predict(forward, pixels, v), target)
-
-
 def speed(run: Path, building: torch.Tensor, passes: int) -> dict:
     """Ours against ART on the same budget (one seed; ART's loop is the slow part)."""
     from art.attacks.evasion import UniversalPerturbation
@@ -114,8 +108,8 @@ def speed(run: Path, building: torch.Tensor, passes: int) -> dict:
         "ours_seconds": ours_seconds,
         "art_seconds": art_seconds,
         "speedup": art_seconds / ours_seconds,
-        "ours_fooling_rate_building": rates(forward, building, ours.perturbation),
-        "art_fooling_rate_building": rates(forward, building, art_v),
+        "ours_fooling_rate_building": sphere_rate(forward, building, ours.perturbation),
+        "art_fooling_rate_building": sphere_rate(forward, building, art_v),
     }
 
 

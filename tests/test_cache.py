@@ -10,10 +10,14 @@ from fewlabel.data.sources import load_data
 from fewlabel.train.inference import FeatureCache
 
 
-def test_features_are_cached_and_keyed_by_weights(image_folder, tmp_path):
-    images = load_data(str(image_folder), 32)
+def _images_model_transform(folder):
+    """A tiny folder's images at 32 px, a tiny untrained classifier and its evaluation transform."""
     model = timm.create_model("test_efficientnet", num_classes=3).eval()
-    tf = BatchTransform("none", 32, [0.5] * 3, [0.5] * 3, train=False)
+    return load_data(str(folder), 32), model, BatchTransform("none", 32, [0.5] * 3, [0.5] * 3, train=False)
+
+
+def test_features_are_cached_and_keyed_by_weights(image_folder, tmp_path):
+    images, model, tf = _images_model_transform(image_folder)
     first = FeatureCache("disk", tmp_path)
     a = first.features(model, images, tf, "cpu", False)
     assert first.misses == 1 and len(list(tmp_path.glob("*.safetensors"))) == 1
@@ -29,9 +33,7 @@ def test_features_are_cached_and_keyed_by_weights(image_folder, tmp_path):
 
 
 def test_pooled_features_do_not_depend_on_the_classifier_so_its_weights_do_not_key_them(image_folder, tmp_path):
-    images = load_data(str(image_folder), 32)
-    model = timm.create_model("test_efficientnet", num_classes=3).eval()
-    tf = BatchTransform("none", 32, [0.5] * 3, [0.5] * 3, train=False)
+    images, model, tf = _images_model_transform(image_folder)
     cache = FeatureCache("memory", tmp_path)
     a = cache.features(model, images, tf, "cpu", False)
     with torch.no_grad():

@@ -75,6 +75,7 @@ def audit_uap(
         max_passes=max_passes, batch_size=batch_size, seed=seed, radius=radius_for(eval_pixels, norm, zeta),
     )  # fmt: skip
     control = random_control(uap.perturbation.shape, norm, uap.radius, torch.Generator().manual_seed(seed))
+    eval_predicted = _predictions(forward, eval_pixels, uap.perturbation, control)
     record = {
         "norm": norm,
         "zeta": zeta,
@@ -88,8 +89,8 @@ def audit_uap(
         "eval_data": eval_spec,
         "eval_images": len(evaluation),
         "building": _rates(forward, building, uap.perturbation, control, target_index),
-        "evaluation": _rates(forward, eval_pixels, uap.perturbation, control, target_index),
-        "per_class": _per_class(forward, eval_pixels, evaluation.labels, uap.perturbation, card.class_names),
+        "evaluation": _rates(forward, eval_pixels, uap.perturbation, control, target_index, eval_predicted),
+        "per_class": _per_class(*eval_predicted[:2], evaluation.labels, card.class_names),
         "seconds": time.perf_counter() - started,
     }
     if compare:
@@ -175,13 +176,19 @@ def _target_index(target: str | None, class_names: list[str]) -> int | None:
     return class_names.index(target)
 
 
-def _rates(forward, pixels: torch.Tensor, v: torch.Tensor, control: torch.Tensor, target: int | None) -> dict:
-    """Fooling rate (targeted: success rate) of the UAP and of the random control on ``pixels``."""
-    clean = predict(forward, pixels)
+def _predictions(forward, pixels: torch.Tensor, v: torch.Tensor, control: torch.Tensor) -> tuple:
+    """Predicted classes of ``pixels`` clean, with the UAP and with the random control."""
+    return predict(forward, pixels), predict(forward, pixels, v), predict(forward, pixels, control)
+
+
+def _rates(forward, pixels, v, control, target: int | None, predicted: tuple | None = None) -> dict:
+    """Fooling rate (targeted: success rate) of the UAP and of the random control on ``pixels``
+    (``predicted``: their :func:`_predictions`, when already computed)."""
+    clean, perturbed, controlled = predicted or _predictions(forward, pixels, v, control)
     key = "fooling_rate" if target is None else "targeted_success_rate"
     return {
-        key: fooling_rate(clean, predict(forward, pixels, v), target),
-        f"random_control_{key}": fooling_rate(clean, predict(forward, pixels, control), target),
+        key: fooling_rate(clean, perturbed, target),
+        f"random_control_{key}": fooling_rate(clean, controlled, target),
     }
 
 
@@ -211,9 +218,9 @@ def _transfer(other, v: torch.Tensor, control: torch.Tensor, pixels: torch.Tenso
     return record | _rates(forward, pixels, v, control, target_index)
 
 
-def _per_class(forward, pixels: torch.Tensor, labels: torch.Tensor, v: torch.Tensor, class_names: list[str]):
-    """The untargeted fooling rate among the evaluation images of each true class."""
-    clean, perturbed = predict(forward, pixels), predict(forward, pixels, v)
+def _per_class(clean: torch.Tensor, perturbed: torch.Tensor, labels: torch.Tensor, class_names: list[str]):
+    """The untargeted fooling rate among the evaluation images of each true class, from their
+    clean and perturbed predictions."""
     return {
         name: fooling_rate(clean[labels == c], perturbed[labels == c]) if bool((labels == c).any()) else None
         for c, name in enumerate(class_names)

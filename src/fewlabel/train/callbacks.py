@@ -185,14 +185,6 @@ class RunSelection:
         gap = record[self.key] - other[self.key]
         return gap > margin if self.higher else -gap > margin
 
-    def best_of(self, fits: set[str]) -> dict | None:
-        """The best validated epoch among the fits named ``fits`` (None when none was validated)."""
-        best = None
-        for record in self.history:
-            if record["fit"] in fits and self.beats(record, best):
-                best = record
-        return best
-
     def last_of(self, fits: set[str]) -> dict | None:
         """The last validated epoch among the fits named ``fits``."""
         return next((r for r in reversed(self.history) if r["fit"] in fits), None)
