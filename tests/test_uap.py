@@ -185,6 +185,20 @@ def test_the_audit_writes_uap_json_and_the_perturbation_from_natural_photos(trai
     assert f"{record['evaluation']['fooling_rate']:.3f}" in report and 'alt="universal perturbation"' in report
 
 
+def test_a_perturbation_left_inside_its_ball_is_recorded_and_warned_about(trained_run, tmp_path, caplog):
+
+    root, data = trained_run
+    options = dict(source=f"{data}:train", zeta=0.1, max_passes=1)
+    with caplog.at_level(logging.WARNING, logger="fewlabel.audit"):
+        weak = fewlabel.audit_uap(root / "run", step=1e-5, out=tmp_path / "weak", **options)
+    assert weak["ball_filled"] < 0.1 and "reached" in caplog.text and "understate" in caplog.text
+    assert weak["perturbation_norm_pixels"] == pytest.approx(weak["ball_filled"] * weak["radius_pixels"])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fewlabel.audit"):
+        full = fewlabel.audit_uap(root / "run", step=0.5, out=tmp_path / "full", **options)
+    assert full["ball_filled"] == pytest.approx(1.0, abs=1e-4) and "understate" not in caplog.text
+
+
 def test_the_white_box_variant_and_a_target_class(trained_run, tmp_path):
 
     root, data = trained_run
@@ -236,6 +250,7 @@ def test_the_audit_command_prints_the_rates(trained_run, tmp_path, monkeypatch, 
     assert exit_info.value.code in (0, None)
     out = capsys.readouterr().out
     assert "random control" in out and "evaluation" in out and (tmp_path / "cli" / "uap.json").is_file()
+    assert "of its radius after 1 passes over 8 images" in out
 
 
 def test_compare_scores_the_same_perturbation_against_another_architecture(trained_run, tmp_path):

@@ -246,6 +246,9 @@ def audit_uap(
     target: Annotated[str | None, typer.Option(help="a class to send images to (targeted UAP)")] = None,
     step: Annotated[float, typer.Option(help="FGSM step on the [-1, 1] pixel scale")] = 0.0005,
     max_passes: Annotated[int, typer.Option(help="passes over the building images at most")] = 10,
+    delta: Annotated[
+        float, typer.Option(help="stop once 1 - delta of the building images are fooled (0: every pass runs)")
+    ] = 0.0,
     images: Annotated[int | None, typer.Option(help="building images (default: one crop per photo)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the crops and of the pass order")] = 0,
     out: Annotated[Path | None, typer.Option(help="folder for uap.json (default RUN/audit/uap)")] = None,
@@ -258,7 +261,7 @@ def audit_uap(
 
     record = run_audit(
         run, natural=natural, source=source, eval_data=eval_data, norm=norm, zeta=zeta, target=target, step=step,
-        max_passes=max_passes, images=images, seed=seed, out=out, compare=compare,
+        max_passes=max_passes, delta=delta, images=images, seed=seed, out=out, compare=compare,
     )  # fmt: skip
     key = "fooling_rate" if target is None else "targeted_success_rate"
     rows = table("images", "UAP", "random control", title=f"{run}: {key.replace('_', ' ')} ({norm}, zeta {zeta:g})")
@@ -270,4 +273,8 @@ def audit_uap(
         rows.add_row(f"evaluation, {other}", f"{rates[other_key]:.3f}", f"{rates['random_control_' + other_key]:.3f}")
     printer = console()
     printer.print(rows)
+    printer.print(
+        f"perturbation: {record['ball_filled']:.0%} of its radius after {record['passes']} passes "
+        f"over {record['building_images']} images"
+    )
     printer.print(f"uap.json: {(out or run / 'audit' / 'uap') / 'uap.json'}", soft_wrap=True)
