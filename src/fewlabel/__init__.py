@@ -23,6 +23,7 @@ __all__ = [
     "Predictor",
     "TrainResult",
     "__version__",
+    "audit_infoplane",
     "audit_uap",
     "evaluate",
     "list_datasets",
@@ -49,6 +50,13 @@ def evaluate(*args: Any, **kwargs: Any) -> dict:
 def audit_uap(*args: Any, **kwargs: Any) -> dict:
     """See :func:`fewlabel.audit.uap_audit.audit_uap`."""
     from .audit.uap_audit import audit_uap as run
+
+    return run(*args, **kwargs)
+
+
+def audit_infoplane(*args: Any, **kwargs: Any) -> dict:
+    """See :func:`fewlabel.audit.infoplane_audit.audit_infoplane`."""
+    from .audit.infoplane_audit import audit_infoplane as run
 
     return run(*args, **kwargs)
 

@@ -96,6 +96,15 @@ class TrainConfig(BaseModel):
         True,
         description="end with the weights of the epoch that scored best on validation over all fits of the run",
     )
+    track_infoplane: bool = Field(
+        False,
+        description="after every validation epoch, place the output on the information plane (infoplane.json; "
+        "fewlabel audit infoplane compares runs)",
+    )
+    infoplane_bins: int = Field(10, ge=2, le=1000, description="bins per class probability of --track-infoplane")
+    infoplane_knn: Literal["every", "last", "never"] = Field(
+        "last", description="when --track-infoplane adds the k-NN estimate: every epoch, each fit's last, never"
+    )
     refit: bool | None = Field(
         None,
         description="after choosing on validation held out of the labelled images, retrain the chosen plan on all of "

@@ -28,6 +28,8 @@ PREDICTIONS = "predictions.csv"
 SPLITS = "splits.json"
 REPORT = "report.html"
 ROUNDS = "rounds.json"
+INFOPLANE = "infoplane.json"
+INFOPLANE_AUDIT = f"audit/{INFOPLANE}"  # where ``audit infoplane`` leaves a run its comparison
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINTS}/last.ckpt"
 STATE = f"{CHECKPOINTS}/state.pt"
@@ -280,6 +282,24 @@ def write_rounds(run_dir: str | Path, rounds: dict) -> Path:
 
 def read_rounds(run_dir: str | Path) -> dict | None:
     return _read_optional(Path(run_dir) / ROUNDS)
+
+
+def write_infoplane(run_dir: str | Path, record: dict) -> Path:
+    return write_json(Path(run_dir) / INFOPLANE, record)
+
+
+def read_infoplane(run_dir: str | Path) -> dict | None:
+    """The information-plane points tracked while the run trained; None when it was not tracked."""
+    return _read_optional(Path(run_dir) / INFOPLANE)
+
+
+def write_infoplane_audit(run_dir: str | Path, record: dict) -> Path:
+    return write_json(Path(run_dir) / INFOPLANE_AUDIT, record)
+
+
+def read_infoplane_audit(run_dir: str | Path) -> dict | None:
+    """The run's place in the last ``fewlabel audit infoplane`` that compared it; None if none."""
+    return _read_optional(Path(run_dir) / INFOPLANE_AUDIT)
 
 
 def write_stage(run_dir: str | Path, config: dict, metrics: dict) -> Path:

@@ -278,3 +278,44 @@ def audit_uap(
         f"over {record['building_images']} images"
     )
     printer.print(f"uap.json: {(out or run / 'audit' / 'uap') / 'uap.json'}", soft_wrap=True)
+
+
+@audit_app.command("infoplane")
+def audit_infoplane(
+    runs: Annotated[list[Path], typer.Argument(help="run directories trained with --track-infoplane")],
+    out: Annotated[Path, typer.Option(help="folder for infoplane.json and infoplane.png")],
+    rank: Annotated[bool, typer.Option(help="rank runs by validation I(T;Y), correlate with test accuracy")] = False,
+    per_class: Annotated[bool, typer.Option(help="per-class I(T;Y_c) trajectories and against class counts")] = False,
+) -> None:
+    """Information plane of the output (Cheng et al. 2019): runs' trajectories on one plane."""
+    from ..audit.infoplane_audit import audit_infoplane as run_audit
+
+    result = run_audit(runs, out=out, rank=rank, per_class=per_class)
+    rows = table("run", "I(X;T)", "I(T;Y)", "I(T;Y) k-NN", "val acc", "test acc", title="information plane (bits)")
+    names = [row["run"] for row in result["rank"]["order"]] if rank else list(result["runs"])
+    for name in names:
+        record = result["runs"][name]
+        binned, knn = record["final"]["binning"], record["final"].get("knn")
+        rows.add_row(
+            name, f"{binned['I_XT']:.3f}", f"{binned['I_TY']:.3f}", f"{knn['I_TY']:.3f}" if knn else "-",
+            _rate(record["val_accuracy"]), _rate(record["test_accuracy"]),
+        )  # fmt: skip
+    printer = console()
+    printer.print(rows)
+    if rank:
+        for key, what in (("I_TY_vs_test_accuracy", "I(T;Y)"), ("val_accuracy_vs_test_accuracy", "val accuracy")):
+            found = result["rank"][key]
+            said = (
+                "undefined (fewer than 3 runs or constant)"
+                if found["rho"] is None
+                else (f"{found['rho']:.2f} (p = {found['p_value']:.3g})")
+            )
+            printer.print(f"Spearman, {what} against test accuracy over {found['runs']} runs: {said}")
+    for group in result["transfer"]:
+        reached = ", ".join(f"{n}: {r['epochs_to_reach']}" for n, r in group["runs"].items())
+        printer.print(f"epochs to {group['reach_fraction']:.0%} of H(Y), runs differing in pretraining: {reached}")
+    printer.print(f"infoplane.json: {out / 'infoplane.json'}", soft_wrap=True)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

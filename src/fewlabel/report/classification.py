@@ -15,8 +15,8 @@ from ..data.augment import BatchTransform
 from ..data.sources import load_images_by_id
 from ..evaluate.predictions import Predictions, read_predictions
 from ..methods import load_network
-from ..rundir import PREDICTIONS, has_model, read_splits
-from .figures import confusion_figure, image_grid_figure, reliability_figure, roc_figure
+from ..rundir import PREDICTIONS, has_model, read_infoplane, read_infoplane_audit, read_splits
+from .figures import confusion_figure, image_grid_figure, infoplane_figure, reliability_figure, roc_figure
 from .html import _environment
 
 log = logging.getLogger("fewlabel.report")
@@ -35,7 +35,27 @@ def sections(run_dir: Path, metrics: dict) -> list[str]:
     }
     if (run_dir / PREDICTIONS).is_file():
         context |= _prediction_sections(run_dir, read_predictions(run_dir / PREDICTIONS))
-    return [_environment().get_template("classification.html").render(**context), *_robustness(run_dir)]
+    sections = [_environment().get_template("classification.html").render(**context), *_robustness(run_dir)]
+    return sections + _information_plane(run_dir, metrics)
+
+
+def _information_plane(run_dir: Path, metrics: dict) -> list[str]:
+    """The section of ``--track-infoplane``: the run's trajectory, its final point by both
+    estimators, what tracking cost, and its place in the last ``audit infoplane`` comparison."""
+    tracked = read_infoplane(run_dir)
+    if not tracked or not tracked["points"]:
+        return []
+    final = {p["estimator"]: p for p in tracked["points"]}
+    seconds, train = tracked["seconds"], metrics.get("train_seconds") or 0.0
+    context = {
+        "final": final,
+        "epochs": sum(p["estimator"] == "binning" for p in tracked["points"]),
+        "seconds": seconds,
+        "share": seconds / train if train else None,
+        "figure": infoplane_figure({str(run_dir): tracked}),
+        "comparison": read_infoplane_audit(run_dir),
+    }
+    return [_environment().get_template("infoplane.html").render(**context)]
 
 
 def _robustness(run_dir: Path) -> list[str]:

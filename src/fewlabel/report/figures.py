@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import matplotlib
 
@@ -172,3 +173,54 @@ def uap_figure(perturbation: np.ndarray, examples: list[tuple], per_class: dict[
             axes[row, i].imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=1)
             axes[row, i].set_title(label, fontsize=8, color="#c62828" if row == 2 and before != after else "black")
     return _encode(fig)
+
+
+def infoplane_figure(runs: dict[str, dict], per_class: dict[str, dict] | None = None) -> str:
+    """The information plane: each run's binned trajectory, I(X;T) against I(T;Y), a dot per
+    tracked epoch and a larger one at the end, H(Y) drawn as lines. With ``per_class``: the
+    final per-class I(T;Y_c) against the class's training images across runs, and each run's
+    per-class trajectories."""
+    rows = 2 if per_class else 1
+    columns = max(2, len(runs)) if per_class else 1
+    fig = plt.figure(figsize=(4.2 * max(2, columns if per_class else 1), 4.0 * rows))
+    grid = fig.add_gridspec(rows, columns)
+    plane_ax = fig.add_subplot(grid[0, : columns // 2 if per_class else 1])
+    h_y = 0.0
+    for name, record in runs.items():
+        points = [p for p in record["points"] if p["estimator"] == "binning"]
+        x, y = [p["I_XT"] for p in points], [p["I_TY"] for p in points]
+        (line,) = plane_ax.plot(x, y, "-o", markersize=3, linewidth=1, label=Path(name).name)
+        plane_ax.plot(x[-1:], y[-1:], "o", markersize=8, color=line.get_color())
+        h_y = max(h_y, points[-1]["H_Y"])
+    plane_ax.axhline(h_y, color="gray", linestyle="--", linewidth=0.8)
+    plane_ax.axvline(h_y, color="gray", linestyle="--", linewidth=0.8)
+    plane_ax.set_xlabel("I(X;T) = H(T), bits")
+    plane_ax.set_ylabel("I(T;Y), bits")
+    plane_ax.set_title(f"information plane of the output (H(Y) = {h_y:.2f} bits)", fontsize=9)
+    plane_ax.legend(fontsize=7)
+    if per_class:
+        _per_class_panels(fig, grid, columns, per_class)
+    return _encode(fig)
+
+
+def _per_class_panels(fig, grid, columns: int, per_class: dict[str, dict]) -> None:
+    counts_ax = fig.add_subplot(grid[0, columns // 2 :])
+    for name, classes in per_class.items():
+        shown = [(c["train_images"], c["final"], label) for label, c in classes.items() if c["train_images"]]
+        if shown:
+            counts, values, labels = zip(*shown, strict=True)
+            counts_ax.scatter(counts, values, s=14, label=Path(name).name)
+            low = int(np.argmin(values))
+            counts_ax.annotate(labels[low], (counts[low], values[low]), fontsize=7)
+    counts_ax.set_xlabel("training images of the class")
+    counts_ax.set_ylabel("final I(T;Y_c), bits")
+    counts_ax.set_title("per-class information against labels", fontsize=9)
+    for i, (name, classes) in enumerate(per_class.items()):
+        ax = fig.add_subplot(grid[1, i])
+        for label, c in classes.items():
+            ax.plot(c["trajectory"], linewidth=1, label=label)
+        ax.set_title(f"{Path(name).name}: I(T;Y_c) per epoch", fontsize=8)
+        ax.set_xlabel("tracked epoch", fontsize=7)
+        ax.tick_params(labelsize=7)
+        if i == 0:
+            ax.legend(fontsize=6, ncol=2)

@@ -228,9 +228,13 @@ def _validation(cfg: TrainConfig, spec, splits: tuple[str, ...], labeled: ImageS
         return labeled, align_classes(val, labeled.class_names, "Validation"), False
     fraction = cfg.val_split
     nothing_else_scores = "test" not in splits and cfg.eval_data is None
-    if not fraction and (nothing_else_scores or cfg.method.needs_validation):
+    if not fraction and (nothing_else_scores or cfg.method.needs_validation or cfg.track_infoplane):
         fraction = DEFAULT_VAL_SPLIT
-        why = "to choose the strategy on" if cfg.method.needs_validation else "as DATA has no val or test split"
+        why = (
+            "to choose the strategy on" if cfg.method.needs_validation
+            else "to track the information plane on" if cfg.track_infoplane
+            else "as DATA has no val or test split"
+        )  # fmt: skip
         log.info("holding out %.0f%% of the labelled images for validation, %s", 100 * fraction, why)
     if not fraction:
         return labeled, None, False

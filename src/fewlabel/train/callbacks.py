@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..fileio import atomic_write
-from ..rundir import read_history, write_history
+from ..rundir import read_history, read_infoplane, write_history, write_infoplane
 
 PHASE_KEY = "fewlabel_phase"  # which fit a last.ckpt belongs to
 
@@ -264,3 +264,60 @@ class BestWeights(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_loss = state_dict["best_loss"]
         self.best_state = state_dict["best_state"]
+
+
+class InfoPlaneTracker(L.Callback):
+    """After every validation epoch of a fit, points of the information plane
+    (:func:`fewlabel.audit.infoplane.plane`) from the softmax of the validation outputs the
+    module returns, appended to the run's infoplane.json by process 0 (every process validates
+    the whole split): the binning estimate after every epoch, the k-NN one after every epoch,
+    after a fit's last epoch only, or never (``knn``: every, last, never; it costs about ten
+    times the binning's, 0.6 s on 2,000 images on 2 CPU cores). On a resumed fit the points of
+    epochs to be redone are dropped first. ``seconds`` counts the tracker's own time, so the
+    report can print its cost."""
+
+    def __init__(self, run_dir: Path, fit: str, bins: int, knn: str = "last") -> None:
+        self.run_dir, self.fit = run_dir, fit
+        self.bins, self.knn = bins, knn
+        self.record: dict | None = None
+        self._outputs: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._outputs, self._labels = [], []
+        self._load(trainer.current_epoch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if isinstance(outputs, dict) and "logits" in outputs:
+            started = time.perf_counter()
+            self._outputs.append(torch.softmax(outputs["logits"].float(), -1).cpu())
+            self._labels.append(outputs["labels"].cpu())
+            self._count(started)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not self._outputs:
+            return
+        from ..audit.infoplane import plane
+
+        started = time.perf_counter()
+        record = self._load(trainer.current_epoch)
+        probabilities, labels = torch.cat(self._outputs).numpy(), torch.cat(self._labels).numpy()
+        last = trainer.current_epoch + 1 >= trainer.max_epochs or trainer.should_stop
+        knn = self.knn == "every" or (self.knn == "last" and last)
+        for estimator in ("binning", "knn") if knn else ("binning",):
+            point = plane(probabilities, labels, probabilities.shape[1], estimator=estimator, bins=self.bins)
+            record["points"].append({"fit": self.fit, "epoch": trainer.current_epoch} | point)
+        self._count(started)
+        if trainer.is_global_zero:
+            write_infoplane(self.run_dir, record)
+
+    def _load(self, epoch: int) -> dict:
+        """The run's record, read once per fit (after a resume: without the epochs to redo)."""
+        if self.record is None:
+            saved = read_infoplane(self.run_dir) or {"points": [], "seconds": 0.0}
+            saved["points"] = [p for p in saved["points"] if not (p["fit"] == self.fit and p["epoch"] >= epoch)]
+            self.record = saved
+        return self.record
+
+    def _count(self, started: float) -> None:
+        self.record["seconds"] += time.perf_counter() - started

@@ -36,6 +36,7 @@ from .callbacks import (
     BestWeights,
     EvalModeModules,
     HistoryWriter,
+    InfoPlaneTracker,
     LastCheckpoint,
     PhaseTag,
     RunSelection,
@@ -284,6 +285,8 @@ class Engine:
             SelectionTracker(self.selection, self.network, name),
             *self.extra_callbacks,
         ]
+        if self.cfg.track_infoplane and fit.data.has_validation:
+            callbacks.append(InfoPlaneTracker(self.run_dir, name, self.cfg.infoplane_bins, self.cfg.infoplane_knn))
         if self.cfg.early_stopping and fit.data.has_validation:
             callbacks += [EarlyStopping("val_loss", patience=self.cfg.early_stopping), BestWeights()]
         return L.Trainer(

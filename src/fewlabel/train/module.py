@@ -62,7 +62,9 @@ class EngineModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        loss, logs, size = self.validation_loss(batch)
+        self.log_validation(*self.validation_loss(batch))
+
+    def log_validation(self, loss: torch.Tensor, logs: dict, size: int) -> None:
         self.log_dict({"val_loss": loss, **logs}, on_step=False, on_epoch=True, batch_size=size)
 
     def configure_optimizers(self):
@@ -113,6 +115,10 @@ class ClassifierModule(EngineModule):
         loss = F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=self.label_smoothing)
         return loss, {"train_acc": (logits.argmax(-1) == y).float().mean()}, len(y)
 
-    def validation_loss(self, batch) -> tuple[torch.Tensor, dict, int]:
+    def validation_step(self, batch, batch_idx: int) -> dict:
+        """Logs the scores and returns the batch's ``logits`` (or log-probabilities) and
+        ``labels``, which callbacks such as the information-plane tracker read."""
         x, y = batch
-        return classification_scores(self(x), y)
+        logits = self(x)
+        self.log_validation(*classification_scores(logits, y))
+        return {"logits": logits.detach(), "labels": y}

@@ -1,0 +1,129 @@
+"""Information-plane estimates of a classifier's *output* (Cheng, Lian, Gao and Geng, Entropy
+2019): I(X;T), what the output T keeps about the input, and I(T;Y), what it carries about the
+label, in bits. Pure functions of N x C softmax outputs and N labels.
+
+Two estimators, so a user sees whether a conclusion depends on the estimator:
+
+* ``binning`` (the paper's): every class probability is cut into ``bins`` equal-width bins
+  of [0, 1] (the last bin closed); an output's code is the tuple of its C bin indices, i.e.
+  the cell of the simplex it falls in. T is a deterministic function of X, so after this
+  discretisation I(X;T) = H(T), and I(T;Y) = H(T) + H(Y) - H(T, Y), all plug-in entropies of
+  the empirical code frequencies. Plug-in estimates are biased upwards when the codes are many
+  against the images: :func:`too_few_images` says when.
+* ``knn`` (does not bin): the k-nearest-neighbour estimator of mutual information between a
+  continuous vector and a discrete label (Ross, PLoS ONE 2014; Kraskov-style, max-norm
+  distances, on the probability vectors with a 1e-10 jitter against ties, as scikit-learn's
+  ``mutual_info_classif`` does for one feature). It estimates I(T;Y) only: for a continuous T
+  that is a deterministic function of X, I(X;T) is infinite, so the k-NN rows leave it empty.
+
+Per-class I(T;Y_c) uses the one-vs-rest label Y_c = [Y == c]: what the output says about
+membership of class c, at most H(Y_c).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+ESTIMATORS = ("binning", "knn")
+DEFAULT_BINS = 10
+DEFAULT_NEIGHBOURS = 3
+IMAGES_PER_CODE = 3  # warn below this many images per possible (class-wise) code cell
+
+
+def entropy(codes: np.ndarray) -> float:
+    """Plug-in entropy in bits of the rows of ``codes`` (N x D integers, or N integers)."""
+    codes = np.asarray(codes)
+    if codes.size == 0:
+        return 0.0
+    _, counts = np.unique(codes.reshape(len(codes), -1), axis=0, return_counts=True)
+    p = counts / counts.sum()
+    return max(0.0, float(-(p * np.log2(p)).sum()))
+
+
+def bin_codes(probabilities: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
+    """N x C integer codes: each probability's bin among ``bins`` equal-width bins of [0, 1]."""
+    if bins < 2:
+        raise ValueError(f"bins must be at least 2, got {bins}")
+    return np.minimum((np.asarray(probabilities, dtype=np.float64) * bins).astype(np.int64), bins - 1)
+
+
+def binned_plane(probabilities: np.ndarray, labels: np.ndarray, bins: int = DEFAULT_BINS) -> dict:
+    """I(X;T) = H(T), I(T;Y) and H(Y) in bits from binned outputs."""
+    codes = bin_codes(probabilities, bins)
+    labels = np.asarray(labels).reshape(-1, 1)
+    h_t, h_y = entropy(codes), entropy(labels)
+    return {"I_XT": h_t, "I_TY": max(0.0, h_t + h_y - entropy(np.hstack([codes, labels]))), "H_Y": h_y}
+
+
+def knn_mutual_information(values: np.ndarray, labels: np.ndarray, neighbours: int = DEFAULT_NEIGHBOURS) -> float:
+    """Ross's k-NN estimate in bits of I(V;Y) for continuous N x D ``values`` and discrete
+    ``labels``: psi(N) + psi(k) - <psi(N_y)> - <psi(m)>, with m the points of any label within
+    each point's distance to its k-th neighbour of the same label. Labels held by a single
+    image are left out (they have no neighbour), as in scikit-learn."""
+    from scipy.special import digamma
+    from sklearn.neighbors import KDTree, NearestNeighbors
+
+    values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    labels = np.asarray(labels)
+    values = values + 1e-10 * np.random.default_rng(0).standard_normal(values.shape)
+    radius, label_counts, ks = np.zeros(len(values)), np.zeros(len(values)), np.zeros(len(values))
+    for label in np.unique(labels):
+        members = labels == label
+        count = int(members.sum())
+        if count > 1:
+            k = min(neighbours, count - 1)
+            finder = NearestNeighbors(n_neighbors=k, metric="chebyshev").fit(values[members])
+            distances, _ = finder.kneighbors()
+            radius[members] = np.nextafter(distances[:, -1], 0)
+            ks[members] = k
+        label_counts[members] = count
+    kept = label_counts > 1
+    if kept.sum() < 2:
+        return 0.0
+    values, radius, ks, label_counts = values[kept], radius[kept], ks[kept], label_counts[kept]
+    within = KDTree(values, metric="chebyshev").query_radius(values, radius, count_only=True, return_distance=False)
+    nats = digamma(len(values)) + np.mean(digamma(ks)) - np.mean(digamma(label_counts)) - np.mean(digamma(within))
+    return max(0.0, float(nats) / math.log(2))
+
+
+def plane(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    estimator: str = "binning",
+    bins: int = DEFAULT_BINS,
+    neighbours: int = DEFAULT_NEIGHBOURS,
+) -> dict:
+    """One point of the plane and the per-class I(T;Y_c): ``I_XT`` (None for ``knn``),
+    ``I_TY``, ``H_Y``, ``per_class`` (class index -> bits), ``images``, and the settings."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    probabilities, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+
+    def information(targets: np.ndarray) -> dict:
+        if estimator == "binning":
+            return binned_plane(probabilities, targets, bins)
+        return {"I_XT": None, "I_TY": knn_mutual_information(probabilities, targets, neighbours),
+                "H_Y": entropy(targets)}  # fmt: skip
+
+    point = information(labels)
+    point["per_class"] = [information((labels == c).astype(np.int64))["I_TY"] for c in range(num_classes)]
+    point |= {"images": len(labels), "estimator": estimator}
+    point |= {"bins": bins} if estimator == "binning" else {"neighbours": neighbours}
+    return point
+
+
+def too_few_images(images: int, num_classes: int, bins: int) -> bool:
+    """Whether ``images`` are too few for binned estimates: fewer than IMAGES_PER_CODE per
+    cell of a single class probability times the classes (the codes an output can fall in
+    near the simplex's edges, where trained outputs live)."""
+    return images < IMAGES_PER_CODE * bins * num_classes
+
+
+def epochs_to_reach(trajectory: Sequence[float], h_y: float, fraction: float) -> int | None:
+    """The first epoch (1-based) whose I(T;Y) reaches ``fraction`` of H(Y); None if none does."""
+    return next((i + 1 for i, value in enumerate(trajectory) if value >= fraction * h_y), None)
