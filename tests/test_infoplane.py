@@ -9,9 +9,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import FAST, make_image_folder
 
 import fewlabel
+from conftest import FAST, make_image_folder
 from fewlabel.audit.infoplane import bin_codes, binned_plane, knn_mutual_information, plane
 from fewlabel.audit.infoplane_audit import transfer_groups
 from fewlabel.errors import FewlabelError
@@ -157,7 +157,7 @@ def test_runs_differing_only_in_pretraining_get_epochs_to_reach_a_share_of_h_y()
 
 
 def test_bad_inputs_untracked_runs_and_different_class_sets(tracked_runs, tmp_path):
-    root, data, runs = tracked_runs
+    _, data, runs = tracked_runs
     untracked = fewlabel.train(str(data), tmp_path / "untracked", **FAST).run_dir
     with pytest.raises(FewlabelError, match="trained without --track-infoplane .* retrain it with --track-infoplane"):
         fewlabel.audit_infoplane([runs[0], untracked], out=tmp_path / "out")
