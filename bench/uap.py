@@ -30,6 +30,7 @@ fashion-mnist-small.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import time
@@ -151,37 +152,47 @@ def speed(run: Path, building: torch.Tensor, passes: int) -> dict:
     }
 
 
-def experiment(runs: dict[str, Path], seeds: list[int], building: int, passes: int) -> dict:
-    """Per model: rates of natural, training-image and random perturbations at each zeta."""
+def experiment(runs: dict[str, Path], seeds: list[int], building: int, passes: int, saved) -> dict:
+    """Per model: rates of natural, training-image and random perturbations at each zeta, and
+    how much of its ball each perturbation filled; ``saved(result)`` after every seed."""
     result = {}
     for model_name, run in runs.items():
-        rows = {}
+        rows: dict[str, list] = {}
         for seed in seeds:
             for zeta in (0.02, 0.04, 0.08):
-                natural = fewlabel.audit_uap(
-                    run, natural=PHOTOS, images=building, zeta=zeta, max_passes=passes, seed=seed, delta=0.0,
-                    out=run / "audit" / f"natural-{zeta}-{seed}",
-                )  # fmt: skip
-                own = fewlabel.audit_uap(
-                    run, source="fashion-mnist-small:train", images=building, zeta=zeta, max_passes=passes,
-                    seed=seed, delta=0.0, out=run / "audit" / f"train-{zeta}-{seed}",
+                natural = _audit(run, f"natural-{zeta}-{seed}", building, passes, natural=PHOTOS, zeta=zeta, seed=seed)
+                own = _audit(
+                    run, f"train-{zeta}-{seed}", building, passes, source="fashion-mnist-small:train", zeta=zeta,
+                    seed=seed,
                 )  # fmt: skip
                 rows.setdefault(f"zeta {zeta}", []).append({
                     "natural": natural["evaluation"]["fooling_rate"],
                     "training_images": own["evaluation"]["fooling_rate"],
                     "random_control": natural["evaluation"]["random_control_fooling_rate"],
+                    "natural_ball_filled": natural["ball_filled"],
+                    "training_images_ball_filled": own["ball_filled"],
                 })  # fmt: skip
-            targeted = fewlabel.audit_uap(
-                run, natural=PHOTOS, images=building, zeta=0.04, target="Bag", max_passes=passes, seed=seed,
-                delta=0.0, out=run / "audit" / f"targeted-{seed}",
-            )  # fmt: skip
+            targeted = _audit(run, f"targeted-{seed}", building, passes, natural=PHOTOS, zeta=0.04, target="Bag",
+                              seed=seed)  # fmt: skip
             rows.setdefault("targeted Bag, zeta 0.04", []).append({
                 "natural": targeted["evaluation"]["targeted_success_rate"],
                 "random_control": targeted["evaluation"]["random_control_targeted_success_rate"],
+                "natural_ball_filled": targeted["ball_filled"],
             })  # fmt: skip
             print(model_name, seed, {k: v[-1] for k, v in rows.items()}, flush=True)
-        result[model_name] = {"per_seed": rows, "mean_sd": _mean_sd(rows), "natural_over_control": _ratios(rows)}
+            result[model_name] = {"per_seed": rows, "mean_sd": _mean_sd(rows), "natural_over_control": _ratios(rows)}
+            saved(result)
     return result
+
+
+def _audit(run: Path, name: str, building: int, passes: int, **options) -> dict:
+    """One audit into ``run/audit/name``; an earlier one with the same settings is read back."""
+    out = run / "audit" / name
+    if (out / "uap.json").is_file():
+        record = json.loads((out / "uap.json").read_text())
+        if (record["building_images"], record["passes"]) == (building, passes) and "ball_filled" in record:
+            return record
+    return fewlabel.audit_uap(run, images=building, max_passes=passes, delta=0.0, out=out, **options)
 
 
 def _ratios(rows: dict) -> dict:
@@ -222,11 +233,15 @@ def main() -> None:
         "photos": names,
         "models": {name: MODELS[name] | {"test_accuracy": metrics[name]} for name in runs},
         "data": "fashion-mnist-small (1,000 training images = 100 per class; 1,000 test images), 64 px",
-        "speed": speed(runs["fine-tuned"], building, args.passes),
+        "settings": {"building_images": args.building, "passes": args.passes, "step": 0.0005, "delta": 0.0},
     }
+
+    def saved(rates: dict) -> None:
+        save("uap", result | {"rates": rates})
+
+    result["rates"] = experiment(runs, [int(s) for s in args.seeds.split(",")], args.building, args.passes, saved)
+    result["speed"] = speed(runs["fine-tuned"], building, args.passes)  # last: after the long part, on a quiet machine
     print(result["speed"], flush=True)
-    save("uap", result)
-    result["rates"] = experiment(runs, [int(s) for s in args.seeds.split(",")], args.building, args.passes)
     save("uap", result)
 
 
