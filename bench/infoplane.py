@@ -39,16 +39,14 @@ RUNS = {
     "lite0-fu-10": LITE0 | dict(strategy="freeze-unfreeze", labels_per_class=10),
     "lite0-fu-100": LITE0 | dict(strategy="freeze-unfreeze", labels_per_class=100),
     "lite0-full-imagenet-30": LITE0 | dict(strategy="full", labels_per_class=30),
-    "lite0-full-scratch-30": dict(
-        model="efficientnet_lite0", pretrained="none", strategy="full", labels_per_class=30, lr=1e-3
-    ),
+    "lite0-full-scratch-30": dict(model="efficientnet_lite0", pretrained="none", strategy="full", labels_per_class=30),
     "resnet18-scratch-30": dict(model="resnet18", pretrained="none", strategy="full", labels_per_class=30, lr=1e-3),
     "lite1-fu-30": dict(
         model="efficientnet_lite1", pretrained="imagenet", strategy="freeze-unfreeze", labels_per_class=30
     ),
     "lite0-auto-30": LITE0 | dict(labels_per_class=30),  # the defaults: the tracking cost that counts
 }
-TRANSFER_PAIR = ("lite0-full-imagenet-30", "lite0-full-scratch-30")
+TRANSFER_PAIR = ("lite0-full-imagenet-30", "lite0-full-scratch-30")  # differ only in pretraining
 
 
 def build_data() -> dict[str, Path]:
