@@ -24,7 +24,10 @@ fashion-mnist-small.
    80% of the building images fooled, 300 photo crops were fooled within one pass by a
    perturbation still inside the ball, the same at every zeta, which did not transfer.
 
-    python bench/uap.py [--seeds 0,1,2] [--building 500] [--passes 10]
+    python bench/uap.py [--seeds 0,1,2] [--other-seeds 0] [--building 500] [--passes 10]
+
+Audits already on disk with the same settings (runs/bench-uap/MODEL/audit/*) are read back,
+so an interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -152,13 +155,13 @@ def speed(run: Path, building: torch.Tensor, passes: int) -> dict:
     }
 
 
-def experiment(runs: dict[str, Path], seeds: list[int], building: int, passes: int, saved) -> dict:
+def experiment(runs: dict[str, Path], seeds: dict[str, list[int]], building: int, passes: int, saved) -> dict:
     """Per model: rates of natural, training-image and random perturbations at each zeta, and
     how much of its ball each perturbation filled; ``saved(result)`` after every seed."""
     result = {}
     for model_name, run in runs.items():
         rows: dict[str, list] = {}
-        for seed in seeds:
+        for seed in seeds[model_name]:
             for zeta in (0.02, 0.04, 0.08):
                 natural = _audit(run, f"natural-{zeta}-{seed}", building, passes, natural=PHOTOS, zeta=zeta, seed=seed)
                 own = _audit(
@@ -217,7 +220,8 @@ def _mean_sd(rows: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the building draw for the fine-tuned model")
+    parser.add_argument("--other-seeds", default=None, help="for the other models (default: --seeds)")
     parser.add_argument("--building", type=int, default=500)
     parser.add_argument("--passes", type=int, default=10)
     parser.add_argument("--speed-images", type=int, default=100)
@@ -239,7 +243,10 @@ def main() -> None:
     def saved(rates: dict) -> None:
         save("uap", result | {"rates": rates})
 
-    result["rates"] = experiment(runs, [int(s) for s in args.seeds.split(",")], args.building, args.passes, saved)
+    seeds = {name: [int(s) for s in args.seeds.split(",")] for name in runs}
+    if args.other_seeds:
+        seeds |= {name: [int(s) for s in args.other_seeds.split(",")] for name in runs if name != "fine-tuned"}
+    result["rates"] = experiment(runs, seeds, args.building, args.passes, saved)
     result["speed"] = speed(runs["fine-tuned"], building, args.passes)  # last: after the long part, on a quiet machine
     print(result["speed"], flush=True)
     save("uap", result)
