@@ -105,6 +105,7 @@ def test_tracking_records_every_epoch_of_every_fit_and_the_report_says_what_it_c
     point = record["points"][-1]
     assert point["images"] == 6 and 0 <= point["I_TY"] <= point["H_Y"] + 1e-9  # 20% of 30 held out
     assert record["seconds"] > 0
+    assert record["warning"].startswith("6 validation images for 4 bins x 3 classes")  # said while training
     report = (runs[0] / "report.html").read_text()
     assert "Information plane of the output" in report and "% of the training time" in report
 
@@ -123,7 +124,8 @@ def test_the_audit_ranks_runs_plots_per_class_and_leaves_each_run_its_place(trac
     _, _, runs = tracked_runs
     with caplog.at_level(logging.WARNING, logger="fewlabel.audit"):
         result = fewlabel.audit_infoplane(runs, out=tmp_path / "plane", rank=True, per_class=True)
-    assert "--infoplane-bins 2" in caplog.text and "6 validation images for 4 bins x 3 classes" in caplog.text
+    assert f"information plane of '{runs[0]}': 6 validation images for 4 bins x 3 classes" in caplog.text
+    assert "use --infoplane-bins 2" in caplog.text
     saved = json.loads((tmp_path / "plane" / "infoplane.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert (tmp_path / "plane" / "infoplane.png").read_bytes()[:4] == b"\x89PNG"
@@ -180,3 +182,16 @@ def test_the_command_prints_the_plane_and_the_correlations(tracked_runs, tmp_pat
     out = capsys.readouterr().out
     assert "I(T;Y) k-NN" in out and "Spearman, I(T;Y) against test accuracy over 3 runs" in out
     assert (tmp_path / "cli" / "infoplane.json").is_file()
+
+
+def test_semi_supervised_rounds_are_tracked_too(tmp_path):
+    from fewlabel.rundir import read_history
+    from test_semi import OPTIONS, method_options
+
+    data = make_image_folder(tmp_path / "semi", per_class=10)
+    options = OPTIONS | method_options("trinet") | {"track_infoplane": True, "infoplane_knn": "never"}
+    run = fewlabel.train(str(data), tmp_path / "run", **options).run_dir
+    points = json.loads((run / "infoplane.json").read_text())["points"]
+    validated = [(row["phase"], int(row["epoch"])) for row in read_history(run) if row["val_acc"]]
+    assert [(p["fit"], p["epoch"]) for p in points] == validated and len({fit for fit, _ in validated}) >= 3
+    assert {p["estimator"] for p in points} == {"binning"}

@@ -22,6 +22,7 @@ membership of class c, at most H(Y_c).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -122,6 +123,20 @@ def too_few_images(images: int, num_classes: int, bins: int) -> bool:
     cell of a single class probability times the classes (the codes an output can fall in
     near the simplex's edges, where trained outputs live)."""
     return images < IMAGES_PER_CODE * bins * num_classes
+
+
+def small_split_warning(images: int, num_classes: int, bins: int, where: str = "") -> str | None:
+    """Log and return a warning naming both numbers when ``images`` are too few for ``bins``
+    (``where``: what it is about, e.g. the run)."""
+    if not too_few_images(images, num_classes, bins):
+        return None
+    fewer = max(2, images // (IMAGES_PER_CODE * num_classes))
+    said = (
+        f"{images} validation images for {bins} bins x {num_classes} classes: binned estimates are biased upwards "
+        f"(plug-in entropies of sparse codes); use --infoplane-bins {fewer} or hold out more images"
+    )
+    logging.getLogger("fewlabel.audit").warning("information plane%s: %s", where, said)
+    return said
 
 
 def epochs_to_reach(trajectory: Sequence[float], h_y: float, fraction: float) -> int | None:

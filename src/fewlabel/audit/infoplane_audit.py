@@ -26,7 +26,7 @@ from ..rundir import (
     read_splits,
     write_infoplane_audit,
 )
-from .infoplane import ESTIMATORS, IMAGES_PER_CODE, epochs_to_reach, too_few_images
+from .infoplane import ESTIMATORS, epochs_to_reach, small_split_warning
 
 log = logging.getLogger("fewlabel.audit")
 INFOPLANE_FILE, FIGURE_FILE = "infoplane.json", "infoplane.png"
@@ -142,16 +142,10 @@ def _train_counts(run: Path, class_names: list[str]) -> list[int] | None:
 def _warn_small(run: Path, record: dict) -> None:
     """Warn, naming both numbers, when the validation split is small for the bins."""
     final = record["final"].get("binning")
-    if not final:
-        return
-    images, bins, classes = final["images"], final["bins"], len(record["class_names"])
-    if too_few_images(images, classes, bins):
-        fewer = max(2, images // (IMAGES_PER_CODE * classes))
-        record["warning"] = (
-            f"{images} validation images for {bins} bins x {classes} classes: binned estimates are biased upwards "
-            f"(plug-in entropies of sparse codes); retrain with --infoplane-bins {fewer} or hold out more images"
-        )
-        log.warning("'%s': %s", run, record["warning"])
+    if final:
+        warning = small_split_warning(final["images"], len(record["class_names"]), final["bins"], f" of '{run}'")
+        if warning:
+            record["warning"] = warning
 
 
 def _check_classes(records: dict) -> None:

@@ -54,6 +54,7 @@ def _information_plane(run_dir: Path, metrics: dict) -> list[str]:
         "share": seconds / train if train else None,
         "figure": infoplane_figure({str(run_dir): tracked}),
         "comparison": read_infoplane_audit(run_dir),
+        "warning": tracked.get("warning"),
     }
     return [_environment().get_template("infoplane.html").render(**context)]
 

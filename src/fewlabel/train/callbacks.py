@@ -297,11 +297,13 @@ class InfoPlaneTracker(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self._outputs:
             return
-        from ..audit.infoplane import plane
+        from ..audit.infoplane import plane, small_split_warning
 
         started = time.perf_counter()
         record = self._load(trainer.current_epoch)
         probabilities, labels = torch.cat(self._outputs).numpy(), torch.cat(self._labels).numpy()
+        if not record["points"]:
+            record["warning"] = small_split_warning(len(labels), probabilities.shape[1], self.bins)
         last = trainer.current_epoch + 1 >= trainer.max_epochs or trainer.should_stop
         knn = self.knn == "every" or (self.knn == "last" and last)
         for estimator in ("binning", "knn") if knn else ("binning",):
