@@ -96,8 +96,8 @@ def audit_uap(
         "built_from": built_from,
         "building_images": len(building),
         "passes": uap.passes,
-        "perturbation_norm_pixels": float(lp_norms(uap.perturbation[None], norm)[0]),
-        "ball_filled": _ball_filled(uap),
+        "perturbation_norm_pixels": (length := float(lp_norms(uap.perturbation[None], norm)[0])),
+        "ball_filled": _ball_filled(uap, length),
         "eval_data": eval_spec,
         "eval_images": len(evaluation),
         "building": _rates(forward, building, uap.perturbation, control, target_index),
@@ -120,9 +120,9 @@ def audit_uap(
     return record
 
 
-def _ball_filled(uap: UAP) -> float:
-    """The perturbation's norm as a share of its radius; warns when it stayed well inside."""
-    filled = float(lp_norms(uap.perturbation[None], uap.norm)[0]) / uap.radius
+def _ball_filled(uap: UAP, length: float) -> float:
+    """The perturbation's norm ``length`` as a share of its radius; warns when it stayed well inside."""
+    filled = length / uap.radius
     if filled < BALL_WARNING:
         log.warning(
             "the perturbation reached %.0f%% of its radius after %d passes: the fooling rates understate what "

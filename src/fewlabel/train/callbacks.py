@@ -300,7 +300,7 @@ class InfoPlaneTracker(L.Callback):
         from ..audit.infoplane import plane, small_split_warning
 
         started = time.perf_counter()
-        record = self._load(trainer.current_epoch)
+        record = self.record  # loaded when the validation epoch started
         probabilities, labels = torch.cat(self._outputs).numpy(), torch.cat(self._labels).numpy()
         if not record["points"]:
             record["warning"] = small_split_warning(len(labels), probabilities.shape[1], self.bins)
