@@ -31,6 +31,8 @@ from .methods import DEFAULT_METHOD, get_method, list_methods, option_owners
 from .options import MethodOptions
 from .tasks import DEFAULT_TASK, check_task
 
+LOSS_TERMS = ("lgg-target", "kd", "rkd", "lgg")  # what --loss may add to cross-entropy
+REG_WEIGHT = 1e-3
 PER_STAGE_KEYS = ("data", "pretrained", "eval_data", "seed", "seeds")  # a recipe's flags cannot set these for all
 RETIRED_KEYS = {
     "semi": "the semi-supervised options moved into the method section, e.g. method: {name: trinet, rounds: 4}",
@@ -105,6 +107,20 @@ class TrainConfig(BaseModel):
     infoplane_knn: Literal["every", "last", "never"] = Field(
         "last", description="when --track-infoplane adds the k-NN estimate: every epoch, each fit's last, never"
     )
+    loss: str = Field(
+        "ce",
+        description="training loss: ce (cross-entropy on the labelled images), plus terms joined by '+': lgg-target "
+        "(output graph towards the label graph); with method distill also kd, rkd, lgg (e.g. lgg+kd)",
+    )
+    target_weight: float = Field(1.0, ge=0, description="weight of the lgg-target term")
+    regularize: Literal["none", "lgg-smooth"] = Field(
+        "none", description="lgg-smooth: label smoothness of each stage's latent graph kept close to the next's"
+    )
+    reg_weight: float = Field(REG_WEIGHT, ge=0, description="weight of the --regularize term")
+    graph_k: int | None = Field(
+        None, ge=1, description="latent graphs keep each image's k strongest edges (default all)"
+    )
+    smooth_power: int = Field(1, ge=1, le=4, description="power of the Laplacian in the lgg-smooth regulariser")
     refit: bool | None = Field(
         None,
         description="after choosing on validation held out of the labelled images, retrain the chosen plan on all of "
@@ -164,6 +180,18 @@ class TrainConfig(BaseModel):
         except FewlabelError as exc:
             raise ValueError(str(exc)) from None
 
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        terms = loss_terms(value)
+        unknown = [t for t in terms if t not in LOSS_TERMS]
+        if unknown:
+            hint = did_you_mean(unknown[0], LOSS_TERMS)
+            raise ValueError(
+                f"unknown loss term {unknown[0]!r}; accepted: ce, or '+'-joined terms of {', '.join(LOSS_TERMS)}.{hint}"
+            )
+        return "+".join(terms) or "ce"
+
     @field_validator("mlflow_uri")
     @classmethod
     def _known_store(cls, value: str | None) -> str | None:
@@ -182,6 +210,11 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"refit: method '{method.name}' cannot retrain its choice on all labelled images; remove it"
             )
+        teacher_terms = [t for t in loss_terms(self.loss) if t not in method.loss_terms]
+        if teacher_terms:
+            raise ValueError(
+                f"loss: term '{teacher_terms[0]}' needs a teacher; use method distill (fewlabel distill --teacher RUN)"
+            )
         for key, why in method.ignores.items():
             if getattr(self, key) != type(self).model_fields[key].default:
                 raise ValueError(f"{key}: method '{method.name}' does not use it ({why}); remove it")
@@ -194,6 +227,12 @@ class TrainConfig(BaseModel):
     def to_yaml_dict(self) -> dict:
         """The resolved config as written to config.yaml (options the method ignores left out)."""
         return self.model_dump(mode="json", exclude=set(get_method(self.method.name).ignores))
+
+
+def loss_terms(loss: str) -> list[str]:
+    """The terms ``--loss`` adds to cross-entropy (``ce`` alone: none), in the order given."""
+    terms = [t.strip() for t in loss.split("+") if t.strip()]
+    return [t for t in dict.fromkeys(terms) if t != "ce"]
 
 
 def _auto_protocol(accelerator: Any) -> str:

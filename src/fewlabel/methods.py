@@ -12,8 +12,10 @@ semi-supervised method. Its registration holds, in one place:
 * ``report_section``: a function ``(run_dir) -> html or None`` adding its part to report.html;
 * ``refit``: a function ``(RunContext) -> (model, BackboneInfo)`` that retrains what ``train``
   chose on all labelled images (``--refit``; None: the method cannot);
-* metadata: the tasks it supports, whether it needs unlabeled images, and the common options
-  it does not use (``ignores``: option -> why), which are refused when set.
+* metadata: the tasks it supports, whether it needs unlabeled images, the common options it
+  does not use (``ignores``: option -> why; refused when set), the ``--loss`` terms it can add
+  to cross-entropy (``loss_terms``), and whether it learns from a teacher run (``takes_teacher``:
+  a recipe stage's teacher defaults to the previous stage, whose weights it does not start from).
 
 ``fewlabel train``, ``fewlabel semi``, recipe stages, model.json and model loading all dispatch
 through :func:`get_method`. The heavy parts are named as ``"module:function"`` and imported on
@@ -52,6 +54,8 @@ class Method:
     tasks: tuple[str, ...] = ("classification",)
     needs_unlabeled: bool = False
     ignores: dict[str, str] = field(default_factory=dict)
+    loss_terms: tuple[str, ...] = ("lgg-target",)
+    takes_teacher: bool = False
 
     def supports(self, task: str) -> bool:
         return "*" in self.tasks or task in self.tasks

@@ -29,6 +29,10 @@ class HeadOnFeatures(nn.Module):
         else:
             self.head = nn.ModuleList([nn.Sequential(nn.Dropout(dropout), net.get_classifier())])
 
+    def output_modules(self) -> list[str]:
+        """The modules whose outputs are logits (read by the geometry terms)."""
+        return [f"head.{i}" for i in range(len(self.head))]
+
     def module_logits(self, features: torch.Tensor) -> torch.Tensor:
         if features.dim() == 2:
             features = features.unsqueeze(0).expand(len(self.head), -1, -1)
@@ -51,6 +55,10 @@ class SoftTargetModule(ClassifierModule):
         logits = module_logits(self.net, x)
         loss = soft_cross_entropy(logits, smooth_targets(targets, self.label_smoothing), mask, self.class_weights)
         return loss, {"train_acc": _agreement(logits, targets, mask)}, len(x)
+
+    def label_matrix(self, batch) -> torch.Tensor:
+        """The modules' mean target of each image (B x C)."""
+        return batch[1].float().mean(1)
 
 
 def _agreement(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -87,6 +95,10 @@ class FixMatchModule(SoftTargetModule):
         self.seen += len(confident)
         logs = {"train_acc": _agreement(labelled, targets, mask), "confident": confident.float().mean()}
         return supervised + self.unlabeled_weight * unlabeled, logs, len(images)
+
+    def label_matrix(self, batch) -> torch.Tensor:
+        """The labelled images' targets (they come first in the forward pass)."""
+        return batch["labelled"][1].float().mean(1)
 
     def batch_images(self, batch) -> int:
         """Images a step trains on: labelled, and both views of the unlabeled ones."""

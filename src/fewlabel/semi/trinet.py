@@ -199,6 +199,10 @@ class TriNet(nn.Module):
         """3 x B x D: each module's stages applied to the shared features."""
         return torch.stack([module.tail(features) for module in self.heads])
 
+    def output_modules(self) -> list[str]:
+        """The modules whose outputs are logits (read by the geometry terms)."""
+        return [f"heads.{i}" for i in range(len(self.heads))]
+
     def module_logits(self, x: torch.Tensor) -> torch.Tensor:
         """3 x B x C logits of the three modules."""
         return self.modules_on_features(self.shared_features(x))

@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import TrainConfig, loss_terms
 from ..distributed import is_rank_zero
 from ..errors import FewlabelError
 from ..fileio import atomic_write
@@ -45,7 +45,7 @@ from .callbacks import (
 )
 from .datamodule import EngineDataModule
 from .inference import FeatureCache
-from .module import EngineModule
+from .module import EngineModule, GeometryTerms
 
 log = logging.getLogger("fewlabel.train")
 # Lightning notices that say nothing to a fewlabel user (small data, no validation set, resumes).
@@ -97,6 +97,17 @@ def eval_mode_modules(network: nn.Module, freeze_bn: bool, trained_heads: list[n
             m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_ids
         ]
     return frozen
+
+
+def geometry_terms(cfg: TrainConfig) -> GeometryTerms:
+    """The latent-geometry terms ``--regularize lgg-smooth`` and ``--loss ...+lgg-target`` add
+    to every fit's training loss."""
+    return GeometryTerms(
+        smooth_weight=cfg.reg_weight if cfg.regularize == "lgg-smooth" else 0.0,
+        target_weight=cfg.target_weight if "lgg-target" in loss_terms(cfg.loss) else 0.0,
+        k=cfg.graph_k,
+        power=cfg.smooth_power,
+    )
 
 
 def resolve_accelerator(cfg: TrainConfig) -> tuple[str, torch.device, str]:
@@ -213,6 +224,7 @@ class Engine:
         fit = build()
         built = time.perf_counter() - started
         fit.module.phase = name
+        fit.module.add_geometry(geometry_terms(self.cfg))
         ckpt = self._resume_checkpoint(name)
         meter = Throughput()
         trainer = self._trainer(name, index, epochs, fit, meter, checkpoints=not on_features)

@@ -2,10 +2,13 @@
 logging) in :class:`EngineModule`, and supervised classification in :class:`ClassifierModule`.
 
 A module receives a plain ``nn.Module`` (a whole network, or a head over cached features) and
-the optimiser groups the method chose; phase changes live in callbacks and in the engine.
+the optimiser groups the method chose; phase changes live in callbacks and in the engine. The
+engine may add latent-geometry terms to any module's training loss (:class:`GeometryTerms`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, replace
 
 import lightning as L
 import torch
@@ -13,7 +16,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FewlabelError
+from ..graphs import MIN_BATCH, geometry_target_loss, smoothness_regularizer
+from ..models.layers import LayerTap, stage_names
 from .functional import warmup_cosine
+
+
+@dataclass(frozen=True)
+class GeometryTerms:
+    """Latent-geometry terms added to a method's own training loss (Lassance et al. 2021):
+
+    * ``smooth_weight`` x the layer-smoothness regulariser over the trunk's stages
+      (:func:`fewlabel.graphs.smoothness_regularizer`, ``k`` edges per node, Laplacian power
+      ``power``): the label smoothness of each stage's graph should vary little between stages;
+    * ``target_weight`` x the geometry-targeted loss on the network's output
+      (:func:`fewlabel.graphs.geometry_target_loss`): the output graph should be the label graph.
+
+    Both read the label signal of the batch's labelled images (the module's
+    :meth:`EngineModule.label_matrix`; a method that also forwards unlabeled images puts the
+    labelled ones first). A fit on cached features trains only a head: no stages, no terms."""
+
+    smooth_weight: float = 0.0
+    target_weight: float = 0.0
+    k: int | None = None
+    power: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.smooth_weight > 0 or self.target_weight > 0
 
 
 class NonFiniteLossError(FewlabelError):
@@ -40,6 +69,29 @@ class EngineModule(L.LightningModule):
         self.schedule = schedule
         self.warmup_epochs = warmup_epochs
         self.phase = "fit"
+        self.geometry = GeometryTerms()
+        self._tap: LayerTap | None = None
+        self._outputs = 1
+
+    def add_geometry(self, terms: GeometryTerms) -> None:
+        """Add ``terms`` to the training loss (the engine calls this for every fit on images)."""
+        stages: list[str] = []
+        if terms.smooth_weight > 0:
+            try:
+                stages = stage_names(self.net)
+            except FewlabelError:  # a head on cached features: no stage below it trains
+                terms = replace(terms, smooth_weight=0.0)
+        if not terms.active:
+            return
+        self.geometry = terms
+        outputs = self.net.output_modules() if hasattr(self.net, "output_modules") else [""]
+        self._outputs = len(outputs)
+        self._tap = LayerTap(self.net, [*stages, *outputs])
+
+    def label_matrix(self, batch) -> torch.Tensor | None:
+        """B x C label signal of the batch's labelled images (one-hot or soft), for the geometry
+        terms; None: this module has none to give."""
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -51,7 +103,12 @@ class EngineModule(L.LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, logs, size = self.training_loss(batch)
+        if self._tap is None:
+            loss, logs, size = self.training_loss(batch)
+        else:
+            with self._tap.recording():
+                loss, logs, size = self.training_loss(batch)
+            loss, logs = self._add_geometry_terms(batch, loss, logs)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"Training loss became {loss.item()} in phase '{self.phase}' at epoch "
@@ -60,6 +117,28 @@ class EngineModule(L.LightningModule):
             )
         self.log_dict({"train_loss": loss, **logs}, on_step=False, on_epoch=True, batch_size=size)
         return loss
+
+    def _add_geometry_terms(self, batch, loss: torch.Tensor, logs: dict) -> tuple[torch.Tensor, dict]:
+        taken = self._tap.taken(required=False)
+        stages, outputs = taken[: -self._outputs], torch.stack(taken[-self._outputs :])  # M x B x C
+        targets = self.label_matrix(batch)
+        if targets is None:
+            raise FewlabelError(f"phase '{self.phase}': {type(self).__name__} gives no labels for the geometry terms.")
+        if targets.dim() == 1:
+            targets = F.one_hot(targets, outputs.shape[-1])
+        labelled = len(targets)
+        if labelled < MIN_BATCH:
+            return loss, logs
+        terms = self.geometry
+        if terms.smooth_weight > 0 and len(stages) >= 2:
+            regularizer = smoothness_regularizer([s[:labelled] for s in stages], targets, terms.k, terms.power)
+            loss = loss + terms.smooth_weight * regularizer
+            logs = logs | {"smoothness_reg": regularizer.detach()}
+        if terms.target_weight > 0:
+            target = torch.stack([geometry_target_loss(o[:labelled], targets) for o in outputs]).mean()
+            loss = loss + terms.target_weight * target
+            logs = logs | {"geometry_loss": target.detach()}
+        return loss, logs
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self.log_validation(*self.validation_loss(batch))
@@ -114,6 +193,9 @@ class ClassifierModule(EngineModule):
         logits = self(x)
         loss = F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=self.label_smoothing)
         return loss, {"train_acc": (logits.argmax(-1) == y).float().mean()}, len(y)
+
+    def label_matrix(self, batch) -> torch.Tensor:
+        return batch[1]
 
     def validation_step(self, batch, batch_idx: int) -> dict:
         """Logs the scores and returns the batch's ``logits`` (or log-probabilities) and
