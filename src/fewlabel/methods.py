@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .distill.options import DistillOptions
 from .errors import FewlabelError, unknown_choice
 from .options import MethodOptions
 from .semi.options import FixMatchOptions, PseudoLabelOptions, SupervisedOptions, TriNetOptions
@@ -188,5 +189,16 @@ register_method(
             "dropout": "each module's dropout is method.head_dropout",
             "head": "tri-net always trains new modules on the backbone",
         },
+    )
+)
+register_method(
+    Method(
+        "distill",
+        DistillOptions,
+        train="fewlabel.distill.method:train",
+        summary="a student learns from a teacher run: latent geometry graphs (Lassance et al. 2021), KD, RKD",
+        report_section="fewlabel.distill.method:report_section",
+        loss_terms=("lgg-target", "kd", "rkd", "lgg"),
+        takes_teacher=True,
     )
 )

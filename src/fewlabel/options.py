@@ -22,3 +22,9 @@ class MethodOptions(BaseModel):
         """Whether the method chooses on validation images, so a run without a val split
         must hold some out (``finetune`` with ``strategy: auto``)."""
         return False
+
+    @property
+    def wants_rest_pool(self) -> bool:
+        """Whether the method learns from the unlabeled rest of DATA's training split, which the
+        data loading then keeps in memory."""
+        return False

@@ -29,6 +29,8 @@ SPLITS = "splits.json"
 REPORT = "report.html"
 ROUNDS = "rounds.json"
 INFOPLANE = "infoplane.json"
+DISTILL = "distill.json"  # the distill method: teacher, layer pairs, sizes, terms
+ROBUSTNESS = "robustness.json"  # accuracy under Gaussian noise and FGSM, written with the metrics
 INFOPLANE_AUDIT = f"audit/{INFOPLANE}"  # where ``audit infoplane`` leaves a run its comparison
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINTS}/last.ckpt"
@@ -282,6 +284,16 @@ def write_rounds(run_dir: str | Path, rounds: dict) -> Path:
 
 def read_rounds(run_dir: str | Path) -> dict | None:
     return _read_optional(Path(run_dir) / ROUNDS)
+
+
+def write_record(run_dir: str | Path, name: str, record: dict) -> Path:
+    """Write one of the run's JSON records (``name``: one of this module's file names)."""
+    return write_json(Path(run_dir) / name, record)
+
+
+def read_record(run_dir: str | Path, name: str) -> dict | None:
+    """One of the run's JSON records; None when the run has none."""
+    return _read_optional(Path(run_dir) / name)
 
 
 def write_infoplane(run_dir: str | Path, record: dict) -> Path:

@@ -101,6 +101,25 @@ def semi(
     _train(data, out, config, overwrite, resume, options, default_method="trinet")
 
 
+@app.command()
+@with_training_options()
+def distill(
+    data: DataArgument = None,
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/student"),
+    student: Annotated[str | None, typer.Option(help="the student's timm architecture (same as --model)")] = None,
+    config: ConfigOption = None,
+    overwrite: OverwriteOption = False,
+    resume: ResumeOption = False,
+    options: dict | None = None,
+) -> None:
+    """Distil a teacher run into a (smaller) student: cross-entropy on the labelled images plus
+    --loss lgg | kd | rkd (joined by '+') on them and, with --unlabeled, on a pool; the same as
+    'fewlabel train --method distill'."""
+    if student:
+        options = options | {"model": student}
+    _train(data, out, config, overwrite, resume, options, default_method="distill")
+
+
 @app.command("run")
 @with_training_options(skip=PER_STAGE_KEYS)
 def run(

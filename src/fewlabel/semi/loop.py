@@ -34,9 +34,8 @@ from torch import nn
 
 from ..data.augment import BatchTransform, TwoViews
 from ..data.datasets import ImageBatches
-from ..data.duplicates import cross_duplicates
 from ..data.imageset import ImageSet
-from ..data.sources import has_labels, load_pool
+from ..data.pool import unlabeled_pool
 from ..data.splits import random_subset
 from ..distributed import is_rank_zero, sharded
 from ..errors import FewlabelError
@@ -110,33 +109,6 @@ def check_labelled(labelled: ImageSet) -> None:
         )
 
 
-def unlabeled_pool(cfg: TrainConfig, data: DataBundle, seed: int) -> ImageSet:
-    """``method.unlabeled`` or the unlabeled rest of DATA's training split (a seeded
-    ``pool_size`` draw of it when set), checked: not empty, and holding no evaluation image
-    (exact pixel duplicates) unless ``allow_overlap``."""
-    opts = cfg.method
-    if opts.unlabeled:
-        pool = load_pool(opts.unlabeled, cfg.img_size, cfg.strict, cfg.progress)
-    elif data.unlabeled is not None and len(data.unlabeled):
-        pool = data.unlabeled
-    else:
-        raise FewlabelError(
-            "The unlabeled pool is empty: pass --unlabeled POOL, or --labels-per-class so that the rest of "
-            "DATA's training split is the pool."
-        )
-    pool = random_subset(pool, opts.pool_size, seed)
-    overlap = cross_duplicates(data.eval, pool)
-    if overlap["count"] and not opts.allow_overlap:
-        first = overlap["examples"][0]
-        raise FewlabelError(
-            f"The unlabeled pool holds {overlap['count']} image(s) identical to evaluation images "
-            f"(e.g. pool '{first[1]}' = evaluation '{first[0]}'); remove them or pass --allow-overlap."
-        )
-    if opts.audit and not (has_labels(pool) and pool.class_names == data.class_names):
-        raise FewlabelError("--audit needs a pool with the labelled data's classes (hidden labels).")
-    return pool
-
-
 def probe_set(cfg: TrainConfig, data: DataBundle, seed: int) -> tuple[ImageSet | None, str]:
     """What to score after the initial fit and every round: the validation set when there is
     one; else, in audit mode, a seeded ``probe_size`` draw of the evaluation set (a benchmark's
@@ -206,7 +178,8 @@ class SemiRun:
         """Check the labelled set, load the pool (for methods that have one), attach the network
         to the engine (restoring it on resume) and run the initial fit."""
         check_labelled(ctx.data.train)
-        pool = unlabeled_pool(ctx.cfg, ctx.data, ctx.seed) if isinstance(ctx.cfg.method, PoolOptions) else None
+        opts = ctx.cfg.method
+        pool = unlabeled_pool(ctx.cfg, ctx.data, ctx.seed, opts.unlabeled) if isinstance(opts, PoolOptions) else None
         ctx.engine.start(net)
         run = cls(ctx, net, info, pool)
         run.initial_fit()

@@ -70,10 +70,15 @@ class PoolOptions(SemiOptions):
 
     unlabeled: str | None = Field(
         None,
-        description="pool: folder of images, CSV of paths, or DATA; default the unlabeled rest of DATA's train split",
+        description="pool: folder of images, CSV of paths, DATA, or rest (the default): the unlabeled rest of DATA's "
+        "train split",
     )
     pool_size: int | None = Field(None, ge=1, description="seeded random subset of the pool")
     allow_overlap: bool = Field(False, description="accept a pool holding evaluation images")
+
+    @property
+    def wants_rest_pool(self) -> bool:
+        return self.unlabeled in (None, "rest")
 
 
 class SupervisedOptions(SemiOptions):

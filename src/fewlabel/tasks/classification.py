@@ -195,12 +195,11 @@ class ClassificationTask(Task):
 def prepare_classification_data(cfg: TrainConfig, seed: int) -> DataBundle:
     """Load DATA's splits, draw the labelled subset and the validation split (both seeded).
     The unlabeled rest of the training split is kept in memory when a method learns from it."""
-    from ..methods import get_method
 
     spec = parse_data_spec(cfg.data)
     full_train = load_data(spec if spec.split else spec.with_split("train"), cfg.img_size, cfg.strict, cfg.progress)
     labeled, unlabeled_ids, unlabeled = full_train, [], None
-    wants_pool = get_method(cfg.method.name).needs_unlabeled and not getattr(cfg.method, "unlabeled", None)
+    wants_pool = cfg.method.wants_rest_pool
     if cfg.labels_per_class:
         chosen, rest = per_class_subset(full_train.labels, cfg.labels_per_class, seed, full_train.class_names)
         labeled = full_train.subset(chosen)
