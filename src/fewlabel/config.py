@@ -121,6 +121,9 @@ class TrainConfig(BaseModel):
         None, ge=1, description="latent graphs keep each image's k strongest edges (default all)"
     )
     smooth_power: int = Field(1, ge=1, le=4, description="power of the Laplacian in the lgg-smooth regulariser")
+    robustness_images: int = Field(
+        500, ge=0, description="evaluation images scored under Gaussian noise and FGSM after training (0: none)"
+    )
     refit: bool | None = Field(
         None,
         description="after choosing on validation held out of the labelled images, retrain the chosen plan on all of "

@@ -19,7 +19,7 @@ from .distributed import is_rank_zero
 from .errors import FewlabelError
 from .methods import get_method, load_object
 from .models import ModelCard, save_model_files
-from .rundir import read_config, seed_dir, write_config, write_metrics, write_splits
+from .rundir import ROBUSTNESS, read_config, seed_dir, write_config, write_metrics, write_record, write_splits
 from .tasks import get_task
 from .tasks.base import RunContext
 from .train.engine import Engine, check_logger_available
@@ -129,12 +129,15 @@ def train_one_seed(
     if "search" in engine.method_state:
         metrics["strategy_search"] = engine.method_state["search"]
     metrics["refit"] = refit
+    robustness = task.robustness(model, card, data.eval, cfg, seed)
     metrics["warnings"] = task.learning_warnings(metrics, model, cfg)
     for warning in metrics["warnings"]:
         log.warning("%s", warning)
     if writes:
         save_model_files(run_dir, model, card)
         task.write_predictions(run_dir, predictions)
+        if robustness:
+            write_record(run_dir, ROBUSTNESS, robustness | {"eval_data": data.eval_name})
         write_metrics(run_dir, metrics)
         finish(run_dir, cfg)
     return metrics

@@ -15,7 +15,7 @@ from ..data.augment import BatchTransform
 from ..data.sources import load_images_by_id
 from ..evaluate.predictions import Predictions, read_predictions
 from ..methods import load_network
-from ..rundir import PREDICTIONS, has_model, read_infoplane, read_infoplane_audit, read_splits
+from ..rundir import PREDICTIONS, ROBUSTNESS, has_model, read_infoplane, read_infoplane_audit, read_record, read_splits
 from .figures import confusion_figure, image_grid_figure, infoplane_figure, reliability_figure, roc_figure
 from .html import _environment
 
@@ -35,7 +35,11 @@ def sections(run_dir: Path, metrics: dict) -> list[str]:
     }
     if (run_dir / PREDICTIONS).is_file():
         context |= _prediction_sections(run_dir, read_predictions(run_dir / PREDICTIONS))
-    sections = [_environment().get_template("classification.html").render(**context), *_robustness(run_dir)]
+    sections = [
+        _environment().get_template("classification.html").render(**context),
+        *_perturbed(run_dir),
+        *_robustness(run_dir),
+    ]
     return sections + _information_plane(run_dir, metrics)
 
 
@@ -57,6 +61,12 @@ def _information_plane(run_dir: Path, metrics: dict) -> list[str]:
         "warning": tracked.get("warning"),
     }
     return [_environment().get_template("infoplane.html").render(**context)]
+
+
+def _perturbed(run_dir: Path) -> list[str]:
+    """Accuracy under noise and FGSM, measured when the run was trained (robustness.json)."""
+    record = read_record(run_dir, ROBUSTNESS)
+    return [_environment().get_template("perturbed.html").render(r=record)] if record else []
 
 
 def _robustness(run_dir: Path) -> list[str]:

@@ -50,7 +50,7 @@ from ..data.sources import parse_data_spec
 from ..errors import FewlabelError
 from ..evaluate.metrics import mean_sd_ci
 from ..fileio import read_json, write_json
-from ..methods import list_methods
+from ..methods import get_method, list_methods
 from ..rundir import (
     BUILT_LABELS,
     CLUSTERS_MARKER,
@@ -172,7 +172,7 @@ def check_recipe(recipe: Recipe, origin: str = "recipe", overrides: dict | None 
         for key in stage.options:
             if key in RECIPE_LEVEL_KEYS:
                 raise FewlabelError(f"{where}: {key}: set seeds once, at the recipe's top level.")
-            if key == "pretrained" and index > 0:
+            if key == "pretrained" and index > 0 and not _takes_teacher(recipe, stage):
                 raise FewlabelError(
                     f"{where}: pretrained: a later stage starts from the previous stage's weights; "
                     "only the first stage (or defaults) names the source weights."
@@ -184,6 +184,13 @@ def check_recipe(recipe: Recipe, origin: str = "recipe", overrides: dict | None 
     if recipe.stages[-1].data is None:
         raise FewlabelError(f"{origin}: the last stage is the target and needs data, not build.")
     _check_overrides_are_used(recipe, overrides or {}, origin)
+
+
+def _takes_teacher(recipe: Recipe, stage: Stage) -> bool:
+    """Whether a stage's method learns from a teacher (its network is its own: it may name its
+    own pretrained weights)."""
+    method = stage_method(merge_options(recipe.defaults, stage.options))
+    return method in list_methods() and get_method(method).takes_teacher
 
 
 def _check_overrides_are_used(recipe: Recipe, overrides: dict, origin: str) -> None:
@@ -220,9 +227,31 @@ def stage_config(
         shared = for_method(merge_options(recipe.defaults, overrides or {}), method)
         values = {k: v for k, v in values.items() if k in stage.options or k in shared}
     values |= {"seed": seed, "data": data}
-    if index > 0:
+    where = f"{origin}: stages.{index} ({stage.name})"
+    if method in list_methods() and get_method(method).takes_teacher:
+        values = with_teacher(values, recipe, index, seed_folder, where)
+    elif index > 0:
         values["pretrained"] = str(seed_folder / recipe.stages[index - 1].name / WEIGHTS)
-    return make_config(values, f"{origin}: stages.{index} ({stage.name})")
+    return make_config(values, where)
+
+
+def with_teacher(values: dict, recipe: Recipe, index: int, seed_folder: Path, where: str) -> dict:
+    """A stage that learns from a teacher (``method: distill``): ``teacher`` names an earlier
+    stage (its run in this seed's folder) or a run directory; default the previous stage. Such
+    a stage does not start from the previous stage's weights (the student is another network)."""
+    section = method_section(values.get("method"))
+    teacher = values.pop("teacher", None) or section.get("teacher")
+    earlier = [s.name for s in recipe.stages[:index]]
+    later = [s.name for s in recipe.stages[index:]]
+    if teacher is None:
+        if not earlier:
+            raise FewlabelError(f"{where}: teacher: the first stage has no earlier stage to learn from; name a run.")
+        teacher = earlier[-1]
+    if teacher in later:
+        raise FewlabelError(f"{where}: teacher: '{teacher}' is not an earlier stage (earlier: {', '.join(earlier)}).")
+    if teacher in earlier:
+        teacher = str(seed_folder / teacher)
+    return values | {"method": section | {"teacher": teacher}}
 
 
 def stage_method(values: dict) -> str:

@@ -144,6 +144,11 @@ class Task(ABC):
         """(metrics, predictions) of a trained model on a split (the run's evaluation split, or
         data loaded by :meth:`load_split`)."""
 
+    def robustness(self, model: nn.Module, card: ModelCard, split: Any, cfg: TrainConfig, seed: int) -> dict | None:
+        """Scores of the trained model under perturbed inputs (robustness.json; None: this task
+        measures none)."""
+        return None
+
     @abstractmethod
     def load_split(self, spec: str, card: ModelCard, strict: bool = False) -> Any:
         """DATA loaded for a trained model (``fewlabel eval``): preprocessed as it was trained,

@@ -26,7 +26,7 @@ from ..data.duplicates import cross_duplicates
 from ..data.images import ImageDecodeError, decode_image, pil_to_array, resize_to_square
 from ..data.imageset import ImageSet
 from ..data.sources import load_data, parse_data_spec
-from ..data.splits import align_classes, check_holdout, per_class_subset, stratified_holdout
+from ..data.splits import align_classes, check_holdout, per_class_subset, random_subset, stratified_holdout
 from ..errors import FewlabelError
 from ..evaluate.metrics import METRIC_KEYS, aggregate_seeds, classification_metrics
 from ..evaluate.predictions import Predictions, write_predictions
@@ -150,6 +150,19 @@ class ClassificationTask(Task):
         probs = Predictor(model, card).predict_proba(split, progress=progress)
         metrics = classification_metrics(probs, split.labels, card.class_names)
         return metrics, Predictions(split.ids, probs, split.labels, card.class_names)
+
+    def robustness(
+        self, model: nn.Module, card: ModelCard, split: ImageSet, cfg: TrainConfig, seed: int
+    ) -> dict | None:
+        """Accuracy under Gaussian noise and FGSM (:mod:`fewlabel.audit.robustness`) on a seeded
+        draw of ``robustness_images`` evaluation images."""
+        if not cfg.robustness_images or not len(split):
+            return None
+        from ..audit.robustness import robustness_scores
+
+        subset = random_subset(split, cfg.robustness_images, seed)
+        scores = robustness_scores(model, subset.images, subset.labels, card.img_size, card.mean, card.std, seed)
+        return scores
 
     def load_split(self, spec: str, card: ModelCard, strict: bool = False) -> ImageSet:
         return align_classes(load_data(spec, card.img_size, strict), card.class_names, "Evaluation")
