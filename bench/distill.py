@@ -1,0 +1,153 @@
+"""Distillation into a smaller student and the layer-smoothness regulariser (issue 15), on
+Fashion-MNIST (full set from /usr/share/datasets/fashion-mnist; evaluation: the 10,000 test
+images), 64 px, per seed:
+
+* the teacher: EfficientNet-Lite0 from ImageNet, freeze-unfreeze (the defaults' schedule), on
+  100 labelled images per class (1,000);
+* the student: MobileNetV3-Small-0.5 from scratch (no offline ImageNet weights exist for it),
+  the same 1,000 labelled images, ``--epochs`` passes over them, alone (``--loss ce``) and with
+  KD, RKD, LGG and LGG+KD, each on the labelled images only and on the labelled images plus a
+  seeded ``--pool-size`` draw of the unlabeled rest of the training split;
+* the regulariser: the teacher's run again with ``--regularize lgg-smooth``.
+
+Every run also writes robustness.json (accuracy under Gaussian noise and FGSM, the first
+``--robustness-images`` test images of a seeded draw). Sizes and CPU latency (batch 1 and 64,
+median of repeated forwards of both networks in this process) are measured last. Runs already
+on disk are read back (resumable).
+
+    python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import fewlabel
+from _common import save
+from fewlabel.methods import load_network
+
+OUT = Path("runs/bench-distill")
+DATA = "fashion-mnist"
+COMMON = dict(img_size=64, labels_per_class=100, progress=False, robustness_images=1000)
+TEACHER = dict(model="efficientnet_lite0", pretrained="imagenet", strategy="freeze-unfreeze")
+STUDENT = dict(model="mobilenetv3_small_050", pretrained="none", lr=2e-3, method="distill")
+LOSSES = ("ce", "kd", "rkd", "lgg", "lgg+kd")
+
+
+def run(name: str, seed: int, options: dict) -> dict:
+    """Train (or read back) one run; its accuracy, robustness and time."""
+    out = OUT / f"seed-{seed}" / name
+    if not (out / "metrics.json").is_file():
+        started = time.perf_counter()
+        fewlabel.train(DATA, out, overwrite=True, seed=seed, **COMMON, **options)
+        logging.info("%s seed %d: %.0f s", name, seed, time.perf_counter() - started)
+    metrics = json.loads((out / "metrics.json").read_text())
+    robustness = json.loads((out / "robustness.json").read_text())
+    return {"accuracy": metrics["accuracy"], "train_seconds": metrics["train_seconds"], "robustness": robustness}
+
+
+def seed_runs(seed: int, epochs: int, pool_size: int, reg_weight: float, losses: tuple[str, ...]) -> dict:
+    teacher_dir = OUT / f"seed-{seed}" / "teacher"
+    runs = {"teacher": run("teacher", seed, TEACHER)}
+    runs["teacher+lgg-smooth"] = run(
+        "teacher-smooth", seed, TEACHER | dict(regularize="lgg-smooth", reg_weight=reg_weight)
+    )
+    student = STUDENT | dict(teacher=str(teacher_dir), epochs=epochs)
+    for loss in losses:
+        runs[f"student {loss}"] = run(f"student-{loss}", seed, student | dict(loss=loss))
+        if loss != "ce":
+            pooled = student | dict(loss=loss, unlabeled="rest", pool_size=pool_size)
+            runs[f"student {loss} + pool"] = run(f"student-{loss}-pool", seed, pooled)
+    return runs
+
+
+def summary(per_seed: dict[int, dict]) -> dict:
+    """Mean and sd over seeds of each run's accuracy and robustness figures."""
+    names = next(iter(per_seed.values())).keys()
+    out = {}
+    for name in names:
+        rows = [per_seed[s][name] for s in per_seed]
+        figures = {"accuracy": [r["accuracy"] for r in rows]}
+        for kind in ("gaussian", "fgsm"):
+            for level in rows[0]["robustness"][kind]:
+                figures[f"{kind} {level}"] = [r["robustness"][kind][level] for r in rows]
+        out[name] = {
+            key: {"mean": statistics.mean(v), "sd": statistics.stdev(v) if len(v) > 1 else 0.0, "values": v}
+            for key, v in figures.items()
+        }
+    return out
+
+
+def latency(seed: int) -> dict:
+    """Parameters and CPU forward latency (median of 20, after 3 warm-ups) of teacher and student."""
+    folder = OUT / f"seed-{seed}"
+    result = {}
+    for role, name in (("teacher", "teacher"), ("student", "student-lgg-pool")):
+        if not (folder / name / "model.json").is_file():
+            continue
+        net, card = load_network(folder / name)
+        entry = {"arch": card.arch, "parameters": sum(p.numel() for p in net.parameters())}
+        for batch in (1, 64):
+            x = torch.randn(batch, 3, card.img_size, card.img_size)
+            times = []
+            with torch.inference_mode():
+                for i in range(23):
+                    started = time.perf_counter()
+                    net(x)
+                    if i >= 3:
+                        times.append(time.perf_counter() - started)
+            entry[f"ms_batch_{batch}"] = 1000 * statistics.median(times)
+        result[role] = entry
+    if len(result) == 2:
+        result["student_over_teacher"] = {
+            key: result["student"][key] / result["teacher"][key]
+            for key in ("parameters", "ms_batch_1", "ms_batch_64")
+        }
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--pool-size", type=int, default=10000)
+    parser.add_argument("--reg-weight", type=float, default=None)
+    parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--name", default="distill")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from fewlabel.config import REG_WEIGHT
+
+    reg_weight = args.reg_weight if args.reg_weight is not None else REG_WEIGHT
+    seeds = [int(s) for s in args.seeds.split(",")]
+    losses = tuple(args.losses.split(","))
+    per_seed = {}
+    for seed in seeds:
+        per_seed[seed] = seed_runs(seed, args.epochs, args.pool_size, reg_weight, losses)
+        result = {
+            "protocol": {
+                "data": "Fashion-MNIST (full), 100 labelled images per class, 64 px, evaluation on the 10,000 test images",
+                "teacher": TEACHER,
+                "student": STUDENT | {"epochs": args.epochs},
+                "pool": f"seeded draw of {args.pool_size} images from the unlabeled rest of the training split",
+                "reg_weight": reg_weight,
+                "robustness_images": COMMON["robustness_images"],
+                "seeds": list(per_seed),
+            },
+            "per_seed": per_seed,
+            "summary": summary(per_seed),
+        }
+        save(args.name, result)
+    result["latency"] = latency(seeds[0])
+    save(args.name, result)
+
+
+if __name__ == "__main__":
+    main()
