@@ -107,8 +107,7 @@ def latency(seed: int) -> dict:
         result[role] = entry
     if len(result) == 2:
         result["student_over_teacher"] = {
-            key: result["student"][key] / result["teacher"][key]
-            for key in ("parameters", "ms_batch_1", "ms_batch_64")
+            key: result["student"][key] / result["teacher"][key] for key in ("parameters", "ms_batch_1", "ms_batch_64")
         }
     return result
 
@@ -133,7 +132,7 @@ def main() -> None:
         per_seed[seed] = seed_runs(seed, args.epochs, args.pool_size, reg_weight, losses)
         result = {
             "protocol": {
-                "data": "Fashion-MNIST (full), 100 labelled images per class, 64 px, evaluation on the 10,000 test images",
+                "data": "Fashion-MNIST (full), 100 labelled images per class, 64 px, 10,000 test images",
                 "teacher": TEACHER,
                 "student": STUDENT | {"epochs": args.epochs},
                 "pool": f"seeded draw of {args.pool_size} images from the unlabeled rest of the training split",
