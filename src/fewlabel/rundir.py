@@ -152,6 +152,22 @@ FILES: tuple[Entry, ...] = (
         "their audited accuracy, and the evaluations after the initial fit and every round",
     ),
     Entry(
+        ROBUSTNESS,
+        "run",
+        "runner (the task's robustness; --robustness-images, default 500)",
+        "report, bench/distill.py",
+        "accuracy of the trained model on a seeded draw of evaluation images: clean, under Gaussian noise "
+        "(sigma 0.05, 0.1, 0.2) and under FGSM (epsilon 1, 2, 4, 8 /255)",
+    ),
+    Entry(
+        DISTILL,
+        "distill run",
+        "the distill method",
+        "report, bench/distill.py",
+        "teacher run and architecture, loss terms and weights, temperature, LGG layer pairs (given or by depth), "
+        "pool, parameters of teacher and student, warnings",
+    ),
+    Entry(
         RECIPE,
         "recipe",
         "fewlabel run",
