@@ -6,16 +6,17 @@ images), 64 px, per seed:
   100 labelled images per class (1,000);
 * the student: MobileNetV3-Small-0.5 from scratch (no offline ImageNet weights exist for it),
   the same 1,000 labelled images, ``--epochs`` passes over them, alone (``--loss ce``) and with
-  KD, RKD, LGG and LGG+KD, each on the labelled images only and on the labelled images plus a
-  seeded ``--pool-size`` draw of the unlabeled rest of the training split;
-* the regulariser: the teacher's run again with ``--regularize lgg-smooth``.
+  KD, RKD, LGG and LGG+KD on the labelled images plus a seeded ``--pool-size`` draw of the
+  unlabeled rest of the training split, and KD and LGG on the labelled images alone;
+* the regulariser: the teacher's run again with ``--regularize lgg-smooth`` at each of
+  ``--reg-weights``.
 
 Every run also writes robustness.json (accuracy under Gaussian noise and FGSM, the first
 ``--robustness-images`` test images of a seeded draw). Sizes and CPU latency (batch 1 and 64,
 median of repeated forwards of both networks in this process) are measured last. Runs already
 on disk are read back (resumable).
 
-    python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000]
+    python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ COMMON = dict(img_size=64, labels_per_class=100, progress=False, robustness_imag
 TEACHER = dict(model="efficientnet_lite0", pretrained="imagenet", strategy="freeze-unfreeze")
 STUDENT = dict(model="mobilenetv3_small_050", pretrained="none", lr=2e-3, method="distill")
 LOSSES = ("ce", "kd", "rkd", "lgg", "lgg+kd")
+WITHOUT_POOL = ("ce", "kd", "lgg")  # the student alone, and the two terms the goals compare, on the labelled images
 
 
 def run(name: str, seed: int, options: dict) -> dict:
@@ -53,15 +55,16 @@ def run(name: str, seed: int, options: dict) -> dict:
     return {"accuracy": metrics["accuracy"], "train_seconds": metrics["train_seconds"], "robustness": robustness}
 
 
-def seed_runs(seed: int, epochs: int, pool_size: int, reg_weight: float, losses: tuple[str, ...]) -> dict:
+def seed_runs(seed: int, epochs: int, pool_size: int, reg_weights: list[float], losses: tuple[str, ...]) -> dict:
     teacher_dir = OUT / f"seed-{seed}" / "teacher"
     runs = {"teacher": run("teacher", seed, TEACHER)}
-    runs["teacher+lgg-smooth"] = run(
-        "teacher-smooth", seed, TEACHER | dict(regularize="lgg-smooth", reg_weight=reg_weight)
-    )
+    for weight in reg_weights:
+        smooth = TEACHER | dict(regularize="lgg-smooth", reg_weight=weight)
+        runs[f"teacher+lgg-smooth {weight:g}"] = run(f"teacher-smooth-{weight:g}", seed, smooth)
     student = STUDENT | dict(teacher=str(teacher_dir), epochs=epochs)
     for loss in losses:
-        runs[f"student {loss}"] = run(f"student-{loss}", seed, student | dict(loss=loss))
+        if loss in WITHOUT_POOL:
+            runs[f"student {loss}"] = run(f"student-{loss}", seed, student | dict(loss=loss))
         if loss != "ce":
             pooled = student | dict(loss=loss, unlabeled="rest", pool_size=pool_size)
             runs[f"student {loss} + pool"] = run(f"student-{loss}-pool", seed, pooled)
@@ -117,26 +120,26 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pool-size", type=int, default=10000)
-    parser.add_argument("--reg-weight", type=float, default=None)
+    parser.add_argument("--reg-weights", default=None, help="comma-separated; default the config's REG_WEIGHT")
     parser.add_argument("--losses", default=",".join(LOSSES))
     parser.add_argument("--name", default="distill")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from fewlabel.config import REG_WEIGHT
 
-    reg_weight = args.reg_weight if args.reg_weight is not None else REG_WEIGHT
+    reg_weights = [float(w) for w in args.reg_weights.split(",")] if args.reg_weights else [REG_WEIGHT]
     seeds = [int(s) for s in args.seeds.split(",")]
     losses = tuple(args.losses.split(","))
     per_seed = {}
     for seed in seeds:
-        per_seed[seed] = seed_runs(seed, args.epochs, args.pool_size, reg_weight, losses)
+        per_seed[seed] = seed_runs(seed, args.epochs, args.pool_size, reg_weights, losses)
         result = {
             "protocol": {
                 "data": "Fashion-MNIST (full), 100 labelled images per class, 64 px, 10,000 test images",
                 "teacher": TEACHER,
                 "student": STUDENT | {"epochs": args.epochs},
                 "pool": f"seeded draw of {args.pool_size} images from the unlabeled rest of the training split",
-                "reg_weight": reg_weight,
+                "reg_weights": reg_weights,
                 "robustness_images": COMMON["robustness_images"],
                 "seeds": list(per_seed),
             },

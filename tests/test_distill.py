@@ -167,6 +167,7 @@ def test_distillation_with_every_term_on_a_pool_writes_its_record(split_folder, 
     assert result.metrics["method"] == "distill"
     robustness = json.loads((out / "robustness.json").read_text())
     assert set(robustness["gaussian"]) == {"0.05", "0.1", "0.2"} and robustness["images"] == 12
+    assert robustness["clean"] == pytest.approx(result.metrics["accuracy"])  # all 12 test images: the same score
 
 
 def test_the_distillation_terms_change_what_the_student_learns(split_folder, teacher_run, tmp_path):
@@ -234,7 +235,8 @@ def test_a_recipe_distils_an_earlier_stage(tmp_path, split_folder):
     ]
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"defaults": defaults, "stages": stages}))
-    run_recipe(path, tmp_path / "out")
+    summary = run_recipe(path, tmp_path / "out")
+    assert summary["stages"][0]["robustness"] is None  # robustness_images 0
     config = yaml.safe_load((tmp_path / "out" / "seed-0" / "small" / "config.yaml").read_text())
     assert config["method"]["teacher"].endswith("seed-0/big") and config["pretrained"] == "none"
     stages[1]["method"] = {"name": "distill", "teacher": "small"}

@@ -133,6 +133,9 @@ def test_recipe_chains_stages_and_writes_summary_and_report(two_stage_recipe, tm
     per_seed = comparison["per_seed"]
     metrics_0 = json.loads((out / "seed-0" / "target" / "metrics.json").read_text())
     assert per_seed["0"]["stepwise"]["accuracy"] == metrics_0["accuracy"]
+    clean = [json.loads((out / f"seed-{s}" / "target" / "robustness.json").read_text())["clean"] for s in (0, 1)]
+    assert summary["stages"][1]["robustness"]["clean"] == pytest.approx(sum(clean) / 2)
+    assert "<h2>Robustness</h2>" in (out / "report.html").read_text()
     differences = [per_seed[s]["stepwise"]["accuracy"] - per_seed[s]["direct"]["accuracy"] for s in ("0", "1")]
     assert comparison["metrics"]["accuracy"]["difference"]["mean"] == pytest.approx(sum(differences) / 2)
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))

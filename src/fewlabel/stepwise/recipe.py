@@ -54,11 +54,13 @@ from ..methods import get_method, list_methods
 from ..rundir import (
     BUILT_LABELS,
     CLUSTERS_MARKER,
+    ROBUSTNESS,
     SYNTHETIC_MARKER,
     WEIGHTS,
     built_data_dir,
     has_checkpoint,
     is_recipe_folder,
+    read_record,
     read_stage,
     seed_dir,
     write_recipe,
@@ -414,6 +416,7 @@ def _run_stage(cfg: TrainConfig, run_dir: Path, name: str) -> dict:
     log.info("stage %s: %s", name, "resuming" if resume else "training")
     result = run_training(cfg, run_dir, resume=resume)
     metrics = {k: result.metrics[k] for k in (*COMPARED, "eval_data", "n_samples", "class_names")}
+    metrics["robustness"] = read_record(run_dir, ROBUSTNESS)
     write_stage(run_dir, cfg.to_yaml_dict(), metrics)
     return metrics
 
@@ -433,6 +436,7 @@ def summarise(recipe: Recipe, results: dict[int, dict[str, dict]], compared: boo
                 "classes": len(first["class_names"]),
                 "per_seed": {s: {k: m[k] for k in COMPARED} for s, m in per_seed.items()},
                 "metrics": {k: mean_sd_ci([m[k] for m in per_seed.values()]) for k in COMPARED},
+                "robustness": robustness_over_seeds([m.get("robustness") for m in per_seed.values()]),
             }
         )
     summary = {"recipe": recipe.name, "seeds": seeds, "target": recipe.stages[-1].name, "stages": stages}
@@ -442,6 +446,17 @@ def summarise(recipe: Recipe, results: dict[int, dict[str, dict]], compared: boo
             {s: results[s][target] for s in seeds}, {s: results[s][DIRECT] for s in seeds}
         )
     return summary
+
+
+def robustness_over_seeds(records: list[dict | None]) -> dict | None:
+    """Mean over seeds of each robustness figure (clean, each noise level, each FGSM step)."""
+    if not records or any(r is None for r in records):
+        return None
+    levels = {"clean": [r["clean"] for r in records]}
+    for kind, label in (("gaussian", "noise σ"), ("fgsm", "FGSM ε")):
+        for level in records[0][kind]:
+            levels[f"{label} {level}"] = [r[kind][level] for r in records]
+    return {name: sum(values) / len(values) for name, values in levels.items()}
 
 
 def paired_comparison(stepwise: dict[int, dict], direct: dict[int, dict]) -> dict:
