@@ -37,14 +37,28 @@ TINY = {
 OPTIONS = FAST | {"labels_per_class": 5, "lr": 1e-3}
 
 
-def tiny(method: str) -> dict:
-    own = get_method(method).options.model_fields
-    return {"method": {"name": method, **{k: v for k, v in TINY.items() if k in own}}}
+def tiny(method: str, teacher: str = "teacher-run") -> dict:
+    """The method's section with TINY's values; a method that learns from a teacher gets
+    ``teacher`` and every distillation term, on the unlabeled rest of the data."""
+    registered = get_method(method)
+    own = registered.options.model_fields
+    section = {"name": method, **{k: v for k, v in TINY.items() if k in own}}
+    if not registered.takes_teacher:
+        return {"method": section}
+    return {"method": section | {"teacher": str(teacher), "unlabeled": "rest"}, "loss": "lgg+kd+rkd"}
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("methods") / "data", per_class=10)
+
+
+@pytest.fixture(scope="module")
+def teacher(folder, tmp_path_factory):
+    """A tiny trained run for the methods that learn from one."""
+    out = tmp_path_factory.mktemp("methods") / "teacher"
+    fewlabel.train(str(folder), out, **FAST, strategy="full", robustness_images=0)
+    return out
 
 
 class EpochCounter(L.Callback):
@@ -59,8 +73,8 @@ class EpochCounter(L.Callback):
 
 
 @pytest.mark.parametrize("method", list_methods())
-def test_method_trains_saves_reloads_and_predicts_identically(method, folder, tmp_path):
-    result = fewlabel.train(str(folder), tmp_path / "run", **OPTIONS | tiny(method))
+def test_method_trains_saves_reloads_and_predicts_identically(method, folder, teacher, tmp_path):
+    result = fewlabel.train(str(folder), tmp_path / "run", **OPTIONS | tiny(method, teacher))
     assert result.metrics["method"] == method
     card = json.loads((tmp_path / "run" / "model.json").read_text())
     assert card["method"] == method and card["task"] == "classification"
@@ -71,14 +85,15 @@ def test_method_trains_saves_reloads_and_predicts_identically(method, folder, tm
 
 
 @pytest.mark.parametrize("method", list_methods())
-def test_an_interrupted_run_resumes_to_the_same_result(method, folder, tmp_path):
+def test_an_interrupted_run_resumes_to_the_same_result(method, folder, teacher, tmp_path):
+    options = OPTIONS | tiny(method, teacher)
     counter = EpochCounter()
-    reference = fewlabel.train(str(folder), tmp_path / "ref", callbacks=[counter], **OPTIONS | tiny(method))
+    reference = fewlabel.train(str(folder), tmp_path / "ref", callbacks=[counter], **options)
     crash = EpochCounter(crash_at=counter.epochs - 1)  # in the middle of the last fit (it has 2 epochs)
     with pytest.raises(RuntimeError, match="power cut"):
-        fewlabel.train(str(folder), tmp_path / "cut", callbacks=[crash], **OPTIONS | tiny(method))
+        fewlabel.train(str(folder), tmp_path / "cut", callbacks=[crash], **options)
     assert not (tmp_path / "cut" / "metrics.json").exists()
-    resumed = fewlabel.train(str(folder), tmp_path / "cut", resume=True, **OPTIONS | tiny(method))
+    resumed = fewlabel.train(str(folder), tmp_path / "cut", resume=True, **options)
     assert resumed.metrics["confusion_matrix"] == reference.metrics["confusion_matrix"]
     assert resumed.metrics["nll"] == pytest.approx(reference.metrics["nll"], rel=1e-5)
     assert resumed.metrics["train_images"] == reference.metrics["train_images"]  # throughput counts every epoch
