@@ -7,7 +7,7 @@ method package can define its section without importing the registry that lists 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class MethodOptions(BaseModel):
@@ -28,3 +28,11 @@ class MethodOptions(BaseModel):
         """Whether the method learns from the unlabeled rest of DATA's training split, which the
         data loading then keeps in memory."""
         return False
+
+
+class PoolDraw(MethodOptions):
+    """How a method that learns from an unlabeled pool draws it (its ``unlabeled`` option, which
+    names the pool, is the method's own: its default differs)."""
+
+    pool_size: int | None = Field(None, ge=1, description="seeded random subset of the pool")
+    allow_overlap: bool = Field(False, description="accept a pool holding evaluation images")

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..options import MethodOptions
+from ..options import PoolDraw
 
 
-class DistillOptions(MethodOptions):
+class DistillOptions(PoolDraw):
     """What the student learns from the teacher, and on which images. Which terms are used is
     the common ``loss`` option (``lgg``, ``kd``, ``rkd``, joined by '+'; ``ce`` alone: the
     student on the labelled images with the same schedule, the baseline)."""
@@ -23,8 +23,6 @@ class DistillOptions(MethodOptions):
         description="images the student learns from the teacher on besides the labelled ones: folder, CSV, DATA, "
         "or rest (the unlabeled rest of DATA's train split); default none",
     )
-    pool_size: int | None = Field(None, ge=1, description="seeded random subset of the pool")
-    allow_overlap: bool = Field(False, description="accept a pool holding evaluation images")
     mu: int = Field(3, ge=1, description="un-augmented distillation images per labelled image in a step")
     graph_weight: float = Field(25.0, ge=0, description="lambda of the LGG distillation term (Lassance et al.: 25)")
     kd_weight: float = Field(1.0, ge=0, description="weight of the KD term")

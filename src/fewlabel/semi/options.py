@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..options import MethodOptions
+from ..options import MethodOptions, PoolDraw
 
 # Option values of each protocol; an option set explicitly keeps its value. "cpu" is the budget
 # a 2-core CPU trains in minutes (the options' own defaults); "paper" is Chen et al. 2018's
@@ -65,7 +65,7 @@ class SemiOptions(MethodOptions):
         return preset | values
 
 
-class PoolOptions(SemiOptions):
+class PoolOptions(SemiOptions, PoolDraw):
     """Methods that learn from an unlabeled pool."""
 
     unlabeled: str | None = Field(
@@ -73,8 +73,6 @@ class PoolOptions(SemiOptions):
         description="pool: folder of images, CSV of paths, DATA, or rest (the default): the unlabeled rest of DATA's "
         "train split",
     )
-    pool_size: int | None = Field(None, ge=1, description="seeded random subset of the pool")
-    allow_overlap: bool = Field(False, description="accept a pool holding evaluation images")
 
     @property
     def wants_rest_pool(self) -> bool:
