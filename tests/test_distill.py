@@ -203,7 +203,7 @@ def test_bad_distillation_input_is_one_clear_line(split_folder, teacher_run, tmp
         run(teacher=str(teacher_run), batch_size=1, mu=1)
     with pytest.raises(FewlabelError, match="loss: term 'kd' needs a teacher; use method distill"):
         train(str(split_folder), tmp_path / "t", **FAST, loss="kd")
-    with pytest.raises(FewlabelError, match="batch_size: --regularize builds a graph .* at least 2 per batch"):
+    with pytest.raises(FewlabelError, match="batch_size: --regularize and --loss lgg-target build a graph.*at least 2"):
         train(str(split_folder), tmp_path / "t", **FAST | {"batch_size": 1}, regularize="lgg-smooth")
     with pytest.raises(FewlabelError, match="unknown loss term 'lgg-targte'.*Did you mean 'lgg-target'"):
         train(str(split_folder), tmp_path / "t", **FAST, loss="lgg-targte")

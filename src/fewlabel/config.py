@@ -218,17 +218,11 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"loss: term '{teacher_terms[0]}' needs a teacher; use method distill (fewlabel distill --teacher RUN)"
             )
-        geometry = [
-            f
-            for f, on in (
-                ("--regularize", self.regularize != "none"),
-                ("--loss lgg-target", "lgg-target" in loss_terms(self.loss)),
-            )
-            if on
-        ]
-        if geometry and self.batch_size < 2:
+        uses_graphs = self.regularize != "none" or "lgg-target" in loss_terms(self.loss)
+        if uses_graphs and self.batch_size < 2:
             raise ValueError(
-                f"batch_size: {geometry[0]} builds a graph of each batch's images and needs at least 2 per batch"
+                "batch_size: --regularize and --loss lgg-target build a graph of each batch's images; "
+                "they need at least 2 per batch"
             )
         for key, why in method.ignores.items():
             if getattr(self, key) != type(self).model_fields[key].default:
