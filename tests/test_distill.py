@@ -88,6 +88,26 @@ def test_rkd_ignores_scale_and_sees_a_changed_geometry():
     assert rkd_distance_loss(torch.randn(5, 7), teacher) > 0
 
 
+def test_kd_and_rkd_match_torchdistill():
+    """torchdistill 1.1.5 (Matsubara), the reference implementations of the two baselines: its
+    KDLoss is alpha CE + (1 - alpha) T^2 KL, ours the T^2 KL part; its RKD distance term averages
+    the smooth-L1 over all B^2 entries of the distance matrices, the zero diagonal included, ours
+    over the B(B-1) distinct pairs (Park et al.'s definition), so ours = theirs x B / (B - 1)."""
+    from torchdistill.losses.mid_level import KDLoss, RKDLoss
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 5), torch.randn(8, 5)
+    labels = torch.randint(0, 5, (8,))
+    reference = KDLoss("s", "output", "t", "output", temperature=3.0, alpha=0.5)
+    theirs = reference({"s": {"output": student}}, {"t": {"output": teacher}}, targets=labels)
+    ours = 0.5 * torch.nn.functional.cross_entropy(student, labels) + 0.5 * kd_loss(student, teacher, 3.0)
+    assert torch.isclose(ours, theirs)
+    student_embedding, teacher_embedding = torch.randn(8, 16), torch.randn(8, 16)
+    rkd = RKDLoss("s", "t", dist_factor=1.0, angle_factor=0.0, reduction="mean")
+    theirs = rkd({"s": {"output": student_embedding}}, {"t": {"output": teacher_embedding}})
+    assert torch.isclose(rkd_distance_loss(student_embedding, teacher_embedding), theirs * 8 / 7, rtol=1e-5)
+
+
 def test_label_smoothness_by_hand():
     labels = torch.nn.functional.one_hot(torch.tensor([0, 0, 1]), 2)
     # only the edge 1-2 (weight a) joins two classes, and |y_1 - y_2|^2 = 2
