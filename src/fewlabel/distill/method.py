@@ -19,6 +19,7 @@ teacher's stages of nearest relative depth and average-pools maps wider than ``g
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,7 +67,7 @@ def train(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
     ctx.engine.start(student)
     if cfg.pretrained != "none" and cfg.head_epochs > 0:
         run_phase(ctx, student, info, Phase("head", True, cfg.head_epochs, cfg.head_lr))
-    build = lambda: distill_fit(ctx, student, info, images, rows, layout, [s for _, s in pairs])  # noqa: E731
+    build = partial(distill_fit, ctx, student, info, images, rows, layout, [s for _, s in pairs])
     ctx.engine.fit("distill", cfg.epochs, build)
     write_record(ctx.run_dir, DISTILL, record)
     return student, info
