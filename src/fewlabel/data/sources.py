@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +41,42 @@ class DataSpec:
         return DataSpec(self.kind, self.location, split)
 
     def available_splits(self) -> tuple[str, ...]:
-        if self.kind == "builtin":
-            return BUILTIN_DATASETS[self.location].splits
-        if self.kind == "folder":
-            root = Path(self.location)
-            found = tuple(s for s in SPLITS if (root / s).is_dir())
-            return found if "train" in found else ("train",)
-        return ("train",)
+        return SOURCE_KINDS[self.kind].splits(self.location)
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of DATA: the splits a location holds, and how one split is loaded
+    (``load(location, split, image_size, strict, progress)``)."""
+
+    splits: Callable[[str], tuple[str, ...]]
+    load: Callable[[str, str, int, bool, bool], ImageSet]
+
+
+def _folder_splits(location: str) -> tuple[str, ...]:
+    found = tuple(s for s in SPLITS if (Path(location) / s).is_dir())
+    return found if "train" in found else ("train",)
+
+
+def _load_folder_split(location: str, split: str, image_size: int, strict: bool, progress: bool) -> ImageSet:
+    root = Path(location)
+    folder = root / split if (root / "train").is_dir() else root
+    return _load_image_folder(folder, image_size, strict, progress)
+
+
+def _load_builtin_split(location: str, split: str, image_size: int, strict: bool, progress: bool) -> ImageSet:
+    return load_builtin(location, split)  # stored at its own size: resized by the transforms
+
+
+def _load_csv_split(location: str, split: str, image_size: int, strict: bool, progress: bool) -> ImageSet:
+    return _load_csv(Path(location), image_size, strict, progress)
+
+
+SOURCE_KINDS: dict[str, SourceKind] = {
+    "builtin": SourceKind(lambda location: BUILTIN_DATASETS[location].splits, _load_builtin_split),
+    "folder": SourceKind(_folder_splits, _load_folder_split),
+    "csv": SourceKind(lambda location: ("train",), _load_csv_split),
+}
 
 
 def parse_data_spec(spec: str) -> DataSpec:
@@ -80,14 +110,7 @@ def load_data(spec: DataSpec | str, image_size: int, strict: bool = False, progr
         raise FewlabelError(
             f"DATA '{spec.location}' has no '{split}' split. Available: {', '.join(spec.available_splits())}."
         )
-    if spec.kind == "builtin":
-        dataset = load_builtin(spec.location, split)
-    elif spec.kind == "folder":
-        root = Path(spec.location)
-        folder = root / split if (root / "train").is_dir() else root
-        dataset = _load_image_folder(folder, image_size, strict, progress)
-    else:
-        dataset = _load_csv(Path(spec.location), image_size, strict, progress)
+    dataset = SOURCE_KINDS[spec.kind].load(spec.location, split, image_size, strict, progress)
     dataset.source = str(spec.with_split(split))
     _check_classes(dataset, str(spec.with_split(split)))
     return dataset
