@@ -161,8 +161,7 @@ class ClassificationTask(Task):
         from ..audit.robustness import robustness_scores
 
         subset = random_subset(split, cfg.robustness_images, seed)
-        scores = robustness_scores(model, subset.images, subset.labels, card.img_size, card.mean, card.std, seed)
-        return scores
+        return robustness_scores(model, subset.images, subset.labels, card.img_size, card.mean, card.std, seed)
 
     def load_split(self, spec: str, card: ModelCard, strict: bool = False) -> ImageSet:
         return align_classes(load_data(spec, card.img_size, strict), card.class_names, "Evaluation")

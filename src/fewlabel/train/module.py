@@ -33,7 +33,8 @@ class GeometryTerms:
 
     Both read the label signal of the batch's labelled images (the module's
     :meth:`EngineModule.label_matrix`; a method that also forwards unlabeled images puts the
-    labelled ones first). A fit on cached features trains only a head: no stages, no terms."""
+    labelled ones first). A fit on cached features trains only a head: it has no stages, so only
+    the target term applies there."""
 
     smooth_weight: float = 0.0
     target_weight: float = 0.0
@@ -74,7 +75,8 @@ class EngineModule(L.LightningModule):
         self._outputs = 1
 
     def add_geometry(self, terms: GeometryTerms) -> None:
-        """Add ``terms`` to the training loss (the engine calls this for every fit on images)."""
+        """Add ``terms`` to the training loss (the engine calls this for every fit; the smoothness
+        term is dropped where the network has no stages)."""
         stages: list[str] = []
         if terms.smooth_weight > 0:
             try:
