@@ -10,6 +10,8 @@ semi-supervised method. Its registration holds, in one place:
 * ``build_model``: the function that rebuilds its network from model.json (default: the task's
   own builder) and ``card_fields``, the options model.json records for it;
 * ``report_section``: a function ``(run_dir) -> html or None`` adding its part to report.html;
+* ``finish``: a function ``(RunContext, model, ModelCard) -> None`` run after evaluation on
+  the process that writes (qat: its ONNX export and deployment figures);
 * ``refit``: a function ``(RunContext) -> (model, BackboneInfo)`` that retrains what ``train``
   chose on all labelled images (``--refit``; None: the method cannot);
 * metadata: the tasks it supports, whether it needs unlabeled images, the common options it
@@ -34,6 +36,7 @@ from typing import Any
 from .distill.options import DistillOptions
 from .errors import FewlabelError, unknown_choice
 from .options import MethodOptions
+from .quant.options import QatOptions
 from .semi.options import FixMatchOptions, PseudoLabelOptions, SupervisedOptions, TriNetOptions
 from .train.strategies import FinetuneOptions
 
@@ -52,6 +55,7 @@ class Method:
     card_fields: tuple[str, ...] = ()
     report_section: str | None = None
     refit: str | None = None
+    finish: str | None = None
     tasks: tuple[str, ...] = ("classification",)
     needs_unlabeled: bool = False
     ignores: dict[str, str] = field(default_factory=dict)
@@ -200,5 +204,19 @@ register_method(
         report_section="fewlabel.distill.method:report_section",
         loss_terms=("lgg-target", "kd", "rkd", "lgg"),
         takes_teacher=True,
+    )
+)
+register_method(
+    Method(
+        "qat",
+        QatOptions,
+        train="fewlabel.quant.method:train",
+        summary="quantization-aware training of a float run at 2-16 bits: direct, progressive or HLHL "
+        "(Shin et al. 2020); exported to ONNX",
+        build_model="fewlabel.quant.method:build_from_card",
+        card_fields=("weight_bits", "act_bits", "first_last_bits", "qat_schedule"),
+        report_section="fewlabel.quant.method:report_section",
+        finish="fewlabel.quant.method:finish",
+        loss_terms=(),
     )
 )

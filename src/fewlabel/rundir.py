@@ -30,6 +30,8 @@ REPORT = "report.html"
 ROUNDS = "rounds.json"
 INFOPLANE = "infoplane.json"
 DISTILL = "distill.json"  # the distill method: teacher, layer pairs, sizes, terms
+QUANT = "quant.json"  # the qat method: float parent, precision, schedule stages, deployment figures
+ONNX = "model.onnx"  # fewlabel export, and the qat method's deployment check
 ROBUSTNESS = "robustness.json"  # accuracy under Gaussian noise and FGSM, written with the metrics
 INFOPLANE_AUDIT = f"audit/{INFOPLANE}"  # where ``audit infoplane`` leaves a run its comparison
 CHECKPOINTS = "checkpoints"
@@ -166,6 +168,22 @@ FILES: tuple[Entry, ...] = (
         "report, bench/distill.py",
         "teacher run and architecture, loss terms and weights, temperature, LGG layer pairs (given or by depth), "
         "pool, parameters of teacher and student, warnings",
+    ),
+    Entry(
+        QUANT,
+        "qat run",
+        "the qat method",
+        "report, bench/quant.py",
+        "float parent and its accuracy, bit widths, the layers folded and quantized, each schedule stage (precision, "
+        "epochs, learning rate, validation accuracy at its end), and the deployment check: size on disk and CPU "
+        "latency (batch 1 and 64) of eager PyTorch float, onnxruntime float and quantized, their argmax agreement",
+    ),
+    Entry(
+        ONNX,
+        "run",
+        "fewlabel export; the qat method (with model-float.onnx, its parent)",
+        "onnxruntime, edge runtimes",
+        "the network in ONNX: float, or quantized as QuantizeLinear/Clip/DequantizeLinear (QCDQ)",
     ),
     Entry(
         RECIPE,

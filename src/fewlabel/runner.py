@@ -119,7 +119,7 @@ def train_one_seed(
     if refit["refit"]:
         model, info, refit_record = refit_model(ctx, model, info, method)
         refit |= refit_record
-    card = model_card(cfg, data, info, method, task)
+    card = model_card(cfg, data, info, method, task, engine.method_state.get("card_extras"))
     metrics, predictions = task.evaluate(model.eval(), card, data.eval, cfg.progress)
     metrics |= {"eval_data": data.eval_name, "seed": seed, "task": cfg.task, "method": method.name} | engine.timing()
     if selection:
@@ -134,6 +134,8 @@ def train_one_seed(
     for warning in metrics["warnings"]:
         log.warning("%s", warning)
     if writes:
+        if method.finish:
+            load_object(method.finish)(ctx, model, card)
         save_model_files(run_dir, model, card)
         task.write_predictions(run_dir, predictions)
         if robustness:
@@ -143,10 +145,12 @@ def train_one_seed(
     return metrics
 
 
-def model_card(cfg: TrainConfig, data, info, method, task) -> ModelCard:
-    """model.json of the trained network: the task's fields and the method's own options."""
+def model_card(cfg: TrainConfig, data, info, method, task, extras: dict | None = None) -> ModelCard:
+    """model.json of the trained network: the task's fields, the method's own options, and
+    ``extras`` its training decided (qat: which layers take signed inputs)."""
     fields = task.card_fields(cfg, data, info)
-    fields["extras"] = fields.get("extras", {}) | {key: getattr(cfg.method, key) for key in method.card_fields}
+    options = {key: getattr(cfg.method, key) for key in method.card_fields}
+    fields["extras"] = fields.get("extras", {}) | options | (extras or {})
     return ModelCard(arch=cfg.model, pretrained=info.weights, task=cfg.task, method=method.name, **fields)
 
 

@@ -197,6 +197,11 @@ class RunSelection:
             self.best = record
             self.weights = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
 
+    def forget_best(self) -> None:
+        """Start the choice of the best epoch again (the epochs seen stay in ``history``): a
+        method whose earlier fits do not train the model asked for (qat's other precisions)."""
+        self.best, self.weights = None, None
+
     def state_dict(self) -> dict:
         return {"best": self.best, "last": self.last, "weights": self.weights, "history": self.history}
 

@@ -1,0 +1,1 @@
+"""Low-bit networks: quantization-aware training (``method: qat``) and ONNX export."""

@@ -1,0 +1,151 @@
+"""ONNX export of a run's network, float or quantized, and what a deployment needs to know:
+size on disk, CPU latency, and whether onnxruntime agrees with PyTorch.
+
+A float network goes through ``torch.onnx.export``; a quantized one through Brevitas' QCDQ
+export (QuantizeLinear, Clip below 8 bits, DequantizeLinear around float operators).
+onnxruntime fuses 8-bit QCDQ patterns (DequantizeLinear -> Conv -> QuantizeLinear) into
+integer kernels (QLinearConv, QGemm); below 8 bits the Clip blocks the fusion and the model
+runs as simulated quantization in float. :func:`integer_kernels` counts, in the graph
+onnxruntime actually runs, the nodes of each kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections import Counter
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import FewlabelError
+from ..fileio import atomic_write
+
+OPSET = 17
+INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger")
+
+
+def is_quantized(net: nn.Module) -> bool:
+    """Whether the network holds Brevitas quant layers."""
+    return any(type(m).__module__.startswith("brevitas.nn") for m in net.modules())
+
+
+@contextlib.contextmanager
+def layer_tracker(net: nn.Module):
+    """Yields a list holding the names of the modules whose forward started and did not end
+    (the last: where an export failed)."""
+    open_layers: list[str] = []
+
+    def enter(module, inputs, name) -> None:
+        open_layers.append(name)
+
+    def leave(module, inputs, output) -> None:
+        if open_layers:
+            open_layers.pop()
+
+    handles = []
+    for name, module in net.named_modules():
+        if name:
+            handles.append(module.register_forward_pre_hook(partial(enter, name=name)))
+            handles.append(module.register_forward_hook(leave))
+    try:
+        yield open_layers
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def export_onnx(net: nn.Module, sample: torch.Tensor, path: str | Path) -> Path:
+    """Write ``net`` (float, or Brevitas-quantized as QCDQ) to ``path``, batch size dynamic.
+    A failure names the layer it happened in."""
+    path = Path(path)
+    net = net.eval().cpu()
+    quantized = is_quantized(net)
+    with layer_tracker(net) as open_layers:
+        try:
+            atomic_write(path, partial(_write_onnx, net, sample, quantized))
+        except Exception as exc:
+            where = ""
+            if open_layers:
+                where = f" in layer '{open_layers[-1]}' ({type(net.get_submodule(open_layers[-1])).__name__})"
+            kind = "quantized (QCDQ)" if quantized else "float"
+            raise FewlabelError(
+                f"ONNX export of the {kind} network failed{where}: {type(exc).__name__}: {exc}"
+            ) from None
+    return path
+
+
+def _write_onnx(net: nn.Module, sample: torch.Tensor, quantized: bool, target: Path) -> None:
+    kwargs = dict(
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}},
+        dynamo=False,
+        opset_version=OPSET,
+    )
+    if quantized:
+        from brevitas.export import export_onnx_qcdq
+
+        export_onnx_qcdq(net, sample, export_path=str(target), **kwargs)
+    else:
+        torch.onnx.export(net, (sample,), str(target), **kwargs)
+
+
+def session(path: str | Path, threads: int | None = None, optimized: str | Path | None = None):
+    """An onnxruntime CPU session with ``threads`` intra-op threads (default: torch's)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    if optimized:
+        options.optimized_model_filepath = str(optimized)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(sess, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Logits of an onnxruntime session on preprocessed images."""
+    outputs = [sess.run(None, {"images": images[i : i + batch].numpy()})[0] for i in range(0, len(images), batch)]
+    return torch.from_numpy(np.concatenate(outputs))
+
+
+def integer_kernels(path: str | Path, workdir: str | Path) -> dict[str, int]:
+    """Node counts of the graph onnxruntime runs for ``path`` after its optimisations: the
+    integer kernels (``INTEGER_OPS``) and the float convolutions and matrix products left."""
+    import onnx
+
+    optimized = Path(workdir) / f"{Path(path).stem}.optimized.onnx"
+    session(path, optimized=optimized)
+    counts = Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
+    optimized.unlink(missing_ok=True)
+    kinds = (*INTEGER_OPS, "Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul")
+    return {kind: counts[kind] for kind in kinds if counts[kind]}
+
+
+def median_ms(run, repeats: int, warmup: int = 3) -> float:
+    """Median wall milliseconds of ``run()`` over ``repeats`` calls after ``warmup``."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def latencies(net: nn.Module | None, sess, side: int, batches=(1, 64), repeats=(30, 5)) -> dict[str, float]:
+    """CPU latency in ms at each batch size, of eager PyTorch (``net``) or an onnxruntime session."""
+    out = {}
+    for batch, count in zip(batches, repeats, strict=True):
+        x = torch.randn(batch, 3, side, side)
+        if net is not None:
+            with torch.inference_mode():
+                out[f"batch_{batch}_ms"] = median_ms(partial(net, x), count)
+        else:
+            out[f"batch_{batch}_ms"] = median_ms(partial(sess.run, None, {"images": x.numpy()}), count)
+    return out
