@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -39,10 +40,13 @@ OPTIONS = FAST | {"labels_per_class": 5, "lr": 1e-3}
 
 def tiny(method: str, teacher: str = "teacher-run") -> dict:
     """The method's section with TINY's values; a method that learns from a teacher gets
-    ``teacher`` and every distillation term, on the unlabeled rest of the data."""
+    ``teacher`` and every distillation term, on the unlabeled rest of the data; one that starts
+    from a trained run starts from the teacher's weights."""
     registered = get_method(method)
     own = registered.options.model_fields
     section = {"name": method, **{k: v for k, v in TINY.items() if k in own}}
+    if registered.trains_from_run:
+        return {"method": section, "pretrained": str(Path(teacher) / "model.safetensors")}
     if not registered.takes_teacher:
         return {"method": section}
     return {"method": section | {"teacher": str(teacher), "unlabeled": "rest"}, "loss": "lgg+kd+rkd"}

@@ -26,9 +26,11 @@ __all__ = [
     "audit_infoplane",
     "audit_uap",
     "evaluate",
+    "export",
     "list_datasets",
     "list_models",
     "load",
+    "quantize",
     "train",
 ]
 
@@ -36,6 +38,20 @@ __all__ = [
 def train(*args: Any, **kwargs: Any):
     """See :func:`fewlabel.api.train`."""
     from .api import train as run
+
+    return run(*args, **kwargs)
+
+
+def quantize(*args: Any, **kwargs: Any):
+    """See :func:`fewlabel.api.quantize`."""
+    from .api import quantize as run
+
+    return run(*args, **kwargs)
+
+
+def export(*args: Any, **kwargs: Any) -> dict:
+    """See :func:`fewlabel.api.export`."""
+    from .api import export as run
 
     return run(*args, **kwargs)
 

@@ -19,7 +19,8 @@ from .errors import FewlabelError
 from .fileio import write_json
 from .methods import load_network
 from .models import OFFLINE_WEIGHTS, list_backbones
-from .rundir import model_dir
+from .models.files import read_card
+from .rundir import ONNX, WEIGHTS, model_dir
 from .runner import TrainResult, run_training
 from .stepwise import INTERMEDIATE_METHODS
 from .stepwise.build import build_intermediate
@@ -33,10 +34,12 @@ __all__ = [
     "build_config",
     "build_intermediate",
     "evaluate",
+    "export",
     "list_datasets",
     "list_models",
     "load",
     "load_classifier",
+    "quantize",
     "train",
 ]
 
@@ -85,6 +88,42 @@ def train(
     """
     cfg = build_config(data, config, default_method=default_method, **options)
     return run_training(cfg, out, overwrite=overwrite, resume=resume, callbacks=callbacks)
+
+
+def quantize(
+    run_dir: str | Path,
+    data: str | None = None,
+    out: str | Path = "runs/quantized",
+    *,
+    config: TrainConfig | str | Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    **options: Any,
+) -> TrainResult:
+    """Quantization-aware training (method ``qat``) of the float run ``run_dir`` on DATA: the
+    run's architecture, weights and image size; ``options`` as for :func:`train`
+    (``weight_bits=2, act_bits=2, qat_schedule="hlhl"``)."""
+    parent = model_dir(run_dir)
+    card = read_card(parent)
+    given = options.get("model")
+    if given and given != card.arch:
+        raise FewlabelError(f"model '{given}': quantize keeps the run's architecture ({card.arch}); leave it out.")
+    options |= {"model": card.arch, "pretrained": str(parent / WEIGHTS)}
+    options.setdefault("img_size", card.img_size)
+    return train(data, out, config=config, overwrite=overwrite, resume=resume, default_method="qat", **options)
+
+
+def export(run_dir: str | Path, out: str | Path | None = None, fmt: str = "onnx") -> dict:
+    """Export a run's network (float, or quantized by ``qat`` as QCDQ) to ONNX, by default as
+    ``model.onnx`` beside its weights; returns the export's record (see
+    :func:`fewlabel.quant.export.export_model`)."""
+    if fmt != "onnx":
+        raise FewlabelError(f"--format '{fmt}' is not accepted; use onnx.")
+    from .quant.export import export_model
+
+    folder = model_dir(run_dir)
+    model, card = load_network(folder)
+    return export_model(model, card, Path(out) if out else folder / ONNX)
 
 
 def load(run_dir: str | Path, device: str | None = None):

@@ -209,6 +209,11 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 f"method '{method.name}' does not train task '{self.task}' (it supports: {', '.join(method.tasks)})"
             )
+        if method.trains_from_run and not str(self.pretrained).endswith(".safetensors"):
+            raise ValueError(
+                f"pretrained: method '{method.name}' starts from a trained fewlabel run: give its model.safetensors "
+                f"(got '{self.pretrained}'; fewlabel quantize RUN DATA does it for you)"
+            )
         if self.refit and method.refit is None:
             raise ValueError(
                 f"refit: method '{method.name}' cannot retrain its choice on all labelled images; remove it"

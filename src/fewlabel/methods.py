@@ -17,7 +17,9 @@ semi-supervised method. Its registration holds, in one place:
 * metadata: the tasks it supports, whether it needs unlabeled images, the common options it
   does not use (``ignores``: option -> why; refused when set), the ``--loss`` terms it can add
   to cross-entropy (``loss_terms``), and whether it learns from a teacher run (``takes_teacher``:
-  a recipe stage's teacher defaults to the previous stage, whose weights it does not start from).
+  a recipe stage's teacher defaults to the previous stage, whose weights it does not start from),
+  and whether it starts from a trained run's weights (``trains_from_run``: ``pretrained`` must
+  name a model.safetensors; in a recipe, the previous stage's).
 
 ``fewlabel train``, ``fewlabel semi``, recipe stages, model.json and model loading all dispatch
 through :func:`get_method`. The heavy parts are named as ``"module:function"`` and imported on
@@ -61,6 +63,7 @@ class Method:
     ignores: dict[str, str] = field(default_factory=dict)
     loss_terms: tuple[str, ...] = ("lgg-target",)
     takes_teacher: bool = False
+    trains_from_run: bool = False
 
     def supports(self, task: str) -> bool:
         return "*" in self.tasks or task in self.tasks
@@ -218,5 +221,6 @@ register_method(
         report_section="fewlabel.quant.method:report_section",
         finish="fewlabel.quant.method:finish",
         loss_terms=(),
+        trains_from_run=True,
     )
 )

@@ -64,6 +64,11 @@ def _train(data, out, config, overwrite, resume, options, default_method) -> Non
     result = api.train(
         data, out, config=config, overwrite=overwrite, resume=resume, default_method=default_method, **options
     )
+    _print_result(result)
+
+
+def _print_result(result) -> None:
+    """The metrics table of a finished run, its notices, and where its report is."""
     method = result.config.method.name
     out = console()
     out.print(_metrics_table(result.metrics, f"{result.run_dir} ({method}) on {result.metrics.get('eval_data')}"))
@@ -118,6 +123,58 @@ def distill(
     if student:
         options = options | {"model": student}
     _train(data, out, config, overwrite, resume, options, default_method="distill")
+
+
+QuantSchedule = Enum("QuantSchedule", {s: s for s in ("direct", "progressive", "hlhl")}, type=str)
+ExportFormat = Enum("ExportFormat", {"onnx": "onnx"}, type=str)
+
+
+@app.command()
+@with_training_options(skip=("schedule", "qat_schedule", "model", "pretrained"))
+def quantize(
+    run: Annotated[Path, typer.Argument(help="the float run to quantize")],
+    data: DataArgument = None,
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/quantized"),
+    schedule: Annotated[
+        QuantSchedule | None, typer.Option(help="precision schedule: direct, progressive or hlhl (default direct)")
+    ] = None,
+    config: ConfigOption = None,
+    overwrite: OverwriteOption = False,
+    resume: ResumeOption = False,
+    options: dict | None = None,
+) -> None:
+    """Quantization-aware training of a float run at --weight-bits / --act-bits (the same as
+    'fewlabel train --method qat --pretrained RUN/model.safetensors'); exported to ONNX and
+    measured in quant.json and the report."""
+    from .. import api
+
+    if schedule:
+        options = options | {"qat_schedule": schedule.value}
+    result = api.quantize(run, data, out, config=config, overwrite=overwrite, resume=resume, **options)
+    _print_result(result)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="run directory (float or quantized)")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="export format")] = ExportFormat.onnx,
+    out: Annotated[Path | None, typer.Option(help="the file to write (default RUN/model.onnx)")] = None,
+) -> None:
+    """Export a run's network to ONNX (a quantized run as QuantizeLinear/Clip/DequantizeLinear)
+    and check onnxruntime against PyTorch on a seeded batch."""
+    from .. import api
+
+    record = api.export(run, out, fmt.value)
+    kind = "quantized (QCDQ)" if record["quantized"] else "float"
+    kernels = ", ".join(f"{n} {k}" for k, n in record["onnxruntime_kernels"].items())
+    printer = console()
+    printer.print(f"{record['path']}: {kind}, {record['size_bytes'] / 1e6:.2f} MB", soft_wrap=True)
+    printer.print(
+        f"onnxruntime vs PyTorch on {record['parity_images']} images: argmax agreement "
+        f"{100 * record['argmax_agreement']:.1f}%, largest logit difference {record['max_abs_logit_difference']:.2g}; "
+        f"kernels: {kernels}",
+        soft_wrap=True,
+    )
 
 
 @app.command("run")

@@ -128,6 +128,14 @@ def create_backbone(
 
     card = path.parent / "model.json"  # a fewlabel run: keep the preprocessing it was trained with
     trained = json.loads(card.read_text(encoding="utf-8")) if card.is_file() else {}
+    if trained.get("method") == "qat":
+        extras = trained.get("extras", {})
+        origin = extras.get("quant", {}).get("float_parent", "its float parent")
+        raise FewlabelError(
+            f"--pretrained '{pretrained}' holds a quantized network ({extras.get('weight_bits')}-bit "
+            f"weights), which cannot start another; start from its float parent '{origin}' (re-quantizing a "
+            "quantized run would compound two roundings)."
+        )
     keep_head = keeps_head(trained.get("class_names"), class_names, head, str(path))
     state = load_file(str(path))
     if not keep_head:

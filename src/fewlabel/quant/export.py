@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import tempfile
 import time
 from collections import Counter
 from functools import partial
@@ -149,3 +150,33 @@ def latencies(net: nn.Module | None, sess, side: int, batches=(1, 64), repeats=(
         else:
             out[f"batch_{batch}_ms"] = median_ms(partial(sess.run, None, {"images": x.numpy()}), count)
     return out
+
+
+def parity_images(card, count: int = 64, seed: int = 0) -> torch.Tensor:
+    """A seeded batch of uniform-noise images, preprocessed as the model's inputs are."""
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.rand(count, 3, card.img_size, card.img_size, generator=generator)
+    mean, std = torch.tensor(card.mean).view(1, -1, 1, 1), torch.tensor(card.std).view(1, -1, 1, 1)
+    return (pixels - mean) / std
+
+
+def export_model(net: nn.Module, card, out: str | Path) -> dict:
+    """Export a loaded run's network to ``out`` and check it: onnxruntime against PyTorch on
+    :func:`parity_images` (argmax agreement, largest logit difference), the file's size, and
+    the kernels onnxruntime runs it with."""
+    images = parity_images(card)
+    path = export_onnx(net, images[:1], out)
+    with torch.inference_mode():
+        expected = net.eval()(images)
+    got = onnx_logits(session(path), images)
+    with tempfile.TemporaryDirectory() as workdir:
+        kernels = integer_kernels(path, workdir)
+    return {
+        "path": str(path),
+        "quantized": is_quantized(net),
+        "size_bytes": path.stat().st_size,
+        "parity_images": len(images),
+        "argmax_agreement": float((got.argmax(1) == expected.argmax(1)).float().mean()),
+        "max_abs_logit_difference": float((got - expected).abs().max()),
+        "onnxruntime_kernels": kernels,
+    }

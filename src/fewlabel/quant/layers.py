@@ -169,26 +169,25 @@ def signed_inputs(net: nn.Module, sample: torch.Tensor) -> list[str]:
 
 @torch.no_grad()
 def calibrate(net: nn.Module, images: torch.Tensor, batch_size: int) -> None:
-    """Initialise the activation scales of a freshly quantized network from ``images``
-    (Brevitas' calibration mode: float activations flow, each quantizer averages its statistic
-    over the batches, then its scale becomes a learned parameter)."""
+    """Initialise every learned scale of a freshly quantized network, so that the optimiser
+    sees them all from the first step: the activation scales from ``images`` (Brevitas'
+    calibration mode: float activations flow, each quantizer averages its statistic over the
+    batches, then its scale becomes a parameter), then the weight scales (one forward pass)."""
     from brevitas.graph.calibrate import calibration_mode
 
     was_training = net.training
     with calibration_mode(net):
         for start in range(0, len(images), batch_size):
             net(images[start : start + batch_size])
+    net.eval()(images[:1])
     net.train(was_training)
 
 
-@torch.no_grad()
 def materialize_scales(net: nn.Module, channels: int, side: int) -> nn.Module:
-    """Create every learned scale of a freshly quantized network (Brevitas adds them on first
-    use) from two random images, so that its state dict has the keys a saved one has."""
-    images = torch.rand(2, channels, side, side)
-    calibrate(net, images, len(images))
-    net.eval()(images)
-    return net
+    """Create the learned scales of a rebuilt network from two random images, so that its
+    state dict has the keys of a saved one (whose values are loaded next)."""
+    calibrate(net, torch.rand(2, channels, side, side), 2)
+    return net.eval()
 
 
 def quantizers(bits: int, signed: bool) -> dict:

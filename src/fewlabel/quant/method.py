@@ -81,8 +81,9 @@ def train(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
 
 
 def float_parent(pretrained: str, class_names: list[str]) -> ModelCard:
-    """The card of the float run to quantize; refused when ``pretrained`` is not a fewlabel run,
-    is already quantized, or predicts another class set."""
+    """The card of the float run to quantize; refused when ``pretrained`` is not a fewlabel run
+    or predicts another class set (a quantized run is refused when its weights are loaded:
+    :func:`fewlabel.models.backbones.create_backbone`)."""
     path = Path(pretrained)
     card_path = path.parent / CARD
     if path.suffix != ".safetensors" or not path.is_file() or not card_path.is_file():
@@ -91,12 +92,6 @@ def float_parent(pretrained: str, class_names: list[str]) -> ModelCard:
             f"{WEIGHTS} (use 'fewlabel quantize RUN DATA', or a recipe stage after a trained one)."
         )
     card = ModelCard.from_file(card_path)
-    if card.method == "qat":
-        origin = card.extras.get("quant", {}).get("float_parent", "its float parent")
-        raise FewlabelError(
-            f"'{path.parent}' is already quantized ({card.extras.get('weight_bits')}-bit weights); quantize its float "
-            f"parent '{origin}' instead (re-quantizing a quantized run would compound two roundings)."
-        )
     if list(card.class_names) != list(class_names):
         raise FewlabelError(
             f"'{path.parent}' predicts classes {', '.join(card.class_names)}; the data has {', '.join(class_names)}. "

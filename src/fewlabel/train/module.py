@@ -66,6 +66,7 @@ class EngineModule(L.LightningModule):
         super().__init__()
         self.net = net
         self.param_groups = param_groups
+        self._param_names = {id(p): name for name, p in self.named_parameters()}
         self.optimizer_name = optimizer
         self.schedule = schedule
         self.warmup_epochs = warmup_epochs
@@ -148,14 +149,25 @@ class EngineModule(L.LightningModule):
     def log_validation(self, loss: torch.Tensor, logs: dict, size: int) -> None:
         self.log_dict({"val_loss": loss, **logs}, on_step=False, on_epoch=True, batch_size=size)
 
+    def current_param_groups(self) -> list[dict]:
+        """The optimiser groups, each parameter looked up again by its name: a fit resumed from
+        a checkpoint loads it before the optimiser is built, and some layers (Brevitas' learned
+        scales) replace their Parameter objects on loading, which the optimiser must then train."""
+        current = dict(self.named_parameters())
+        return [
+            g | {"params": [current.get(self._param_names.get(id(p), ""), p) for p in g["params"]]}
+            for g in self.param_groups
+        ]
+
     def configure_optimizers(self):
+        groups = self.current_param_groups()
         if self.optimizer_name == "sgd":
-            optimizer = torch.optim.SGD(self.param_groups, momentum=0.9, nesterov=True)
+            optimizer = torch.optim.SGD(groups, momentum=0.9, nesterov=True)
         else:
-            optimizer = torch.optim.AdamW(self.param_groups)
+            optimizer = torch.optim.AdamW(groups)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if self.schedule == "onecycle" and total >= 4:  # fewer steps than 4 cannot rise and fall: cosine
-            peaks = [g["lr"] for g in self.param_groups]
+            peaks = [g["lr"] for g in groups]
             pct = min(0.5, max(0.05, self.warmup_epochs / max(1, self.trainer.max_epochs)))
             pct = min(max(pct, 2 / total), 1 - 2 / total)  # each half at least 2 steps (OneCycleLR divides by them)
             scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct)
