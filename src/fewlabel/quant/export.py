@@ -11,7 +11,6 @@ onnxruntime actually runs, the nodes of each kind.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import tempfile
 import time
@@ -35,48 +34,61 @@ def is_quantized(net: nn.Module) -> bool:
     return any(type(m).__module__.startswith("brevitas.nn") for m in net.modules())
 
 
-@contextlib.contextmanager
-def layer_tracker(net: nn.Module):
-    """Yields a list holding the names of the modules whose forward started and did not end
-    (the last: where an export failed)."""
-    open_layers: list[str] = []
-
-    def enter(module, inputs, name) -> None:
-        open_layers.append(name)
-
-    def leave(module, inputs, output) -> None:
-        if open_layers:
-            open_layers.pop()
-
-    handles = []
+def export_units(net: nn.Module) -> dict[str, nn.Module]:
+    """The modules an export failure is looked for in: Brevitas quant layers whole, and the
+    modules without children outside them."""
+    units: dict[str, nn.Module] = {}
     for name, module in net.named_modules():
-        if name:
-            handles.append(module.register_forward_pre_hook(partial(enter, name=name)))
-            handles.append(module.register_forward_hook(leave))
+        inside = any(name.startswith(f"{unit}.") for unit in units)
+        if name and not inside and (is_quantized(module) or not list(module.children())):
+            units[name] = module
+    return units
+
+
+@torch.no_grad()
+def failing_layer(net: nn.Module, sample: torch.Tensor) -> str | None:
+    """The first layer, in execution order, that fails to export on its own (with the input it
+    gets from ``sample``); None when each exports alone."""
+    units = export_units(net)
+    inputs: dict[str, tuple] = {}
+    handles = [
+        module.register_forward_pre_hook(partial(_keep_first_input, inputs, name)) for name, module in units.items()
+    ]
     try:
-        yield open_layers
+        net(sample)
     finally:
         for handle in handles:
             handle.remove()
+    with tempfile.TemporaryDirectory() as workdir:
+        for name, args in inputs.items():
+            try:
+                _write_onnx(units[name], args[0], is_quantized(units[name]), Path(workdir) / "unit.onnx")
+            except Exception:
+                return name
+    return None
+
+
+def _keep_first_input(inputs: dict, name: str, module: nn.Module, args: tuple) -> None:
+    if name not in inputs and args and isinstance(args[0], torch.Tensor):
+        inputs[name] = (args[0].detach(),)
 
 
 def export_onnx(net: nn.Module, sample: torch.Tensor, path: str | Path) -> Path:
     """Write ``net`` (float, or Brevitas-quantized as QCDQ) to ``path``, batch size dynamic.
-    A failure names the layer it happened in."""
+    A failure names the first layer that cannot be exported on its own."""
     path = Path(path)
     net = net.eval().cpu()
     quantized = is_quantized(net)
-    with layer_tracker(net) as open_layers:
-        try:
-            atomic_write(path, partial(_write_onnx, net, sample, quantized))
-        except Exception as exc:
-            where = ""
-            if open_layers:
-                where = f" in layer '{open_layers[-1]}' ({type(net.get_submodule(open_layers[-1])).__name__})"
-            kind = "quantized (QCDQ)" if quantized else "float"
-            raise FewlabelError(
-                f"ONNX export of the {kind} network failed{where}: {type(exc).__name__}: {exc}"
-            ) from None
+    try:
+        atomic_write(path, partial(_write_onnx, net, sample, quantized))
+    except Exception as exc:
+        layer = failing_layer(net, sample)
+        where = f" in layer '{layer}' ({type(net.get_submodule(layer)).__name__})" if layer else ""
+        kind = "quantized (QCDQ)" if quantized else "float"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise FewlabelError(
+            f"ONNX export of the {kind} network failed{where}: {type(exc).__name__}: {first_line}"
+        ) from None
     return path
 
 

@@ -1,0 +1,163 @@
+"""Low-bit networks (issue 16) on Fashion-MNIST (full set from /usr/share/datasets/fashion-mnist;
+evaluation: the 10,000 test images), per seed:
+
+* the float parent: EfficientNet-Lite0 from ImageNet, fine-tuned whole (``full``), on 100
+  labelled images per class at ``--img-size`` px;
+* the float control: the parent trained ``--epochs`` more, whole, at the qat runs' learning rate
+  and schedule, without quantization (qat also trains the whole network: this separates what
+  quantization costs from what the extra epochs give);
+* quantization-aware training of that parent (``fewlabel quantize``) at W8A8, W4A4, W2A4 and
+  W2A2 with the ``direct``, ``progressive`` and ``hlhl`` schedules, ``--epochs`` in all for each
+  (equal total epochs), first and last layers at 8 bits.
+
+Each qat run's deployment check (quant.json) gives sizes on disk, CPU latency at batch 1 and 64
+of eager PyTorch float, onnxruntime float and onnxruntime quantized, and the kernels
+onnxruntime runs; they are gathered for W8A8 (the precision onnxruntime runs with integer
+kernels). Runs already on disk are read back (resumable).
+
+    python bench/quant.py [--seeds 0,1,2] [--epochs 6] [--img-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import fewlabel
+from _common import save
+
+OUT = Path("runs/bench-quant")
+DATA = "fashion-mnist"
+PRECISIONS = ((8, 8), (4, 4), (2, 4), (2, 2))
+SCHEDULES = ("direct", "progressive", "hlhl")
+
+
+def read(out: Path) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    entry = {"accuracy": metrics["accuracy"], "train_seconds": metrics["train_seconds"]}
+    if (out / "quant.json").is_file():
+        quant = json.loads((out / "quant.json").read_text())
+        entry |= {"stages": quant["stages"], "deployment": quant.get("deployment")}
+    return entry
+
+
+def parent(seed: int, common: dict) -> Path:
+    out = OUT / f"seed-{seed}" / "float"
+    if not (out / "metrics.json").is_file():
+        started = time.perf_counter()
+        fewlabel.train(DATA, out, overwrite=True, seed=seed, model="efficientnet_lite0", strategy="full", **common)
+        logging.info("float seed %d: %.0f s", seed, time.perf_counter() - started)
+    return out
+
+
+def control(seed: int, float_dir: Path, epochs: int, common: dict) -> Path:
+    out = OUT / f"seed-{seed}" / "float-control"
+    if not (out / "metrics.json").is_file():
+        fewlabel.train(
+            DATA, out, overwrite=True, seed=seed, model="efficientnet_lite0", strategy="full", head_epochs=0,
+            pretrained=str(float_dir / "model.safetensors"), epochs=epochs, **common,
+        )  # fmt: skip
+    return out
+
+
+def seed_runs(seed: int, epochs: int, common: dict) -> dict:
+    float_dir = parent(seed, common)
+    runs = {"float": read(float_dir), "float control": read(control(seed, float_dir, epochs, common))}
+    for weight_bits, act_bits in PRECISIONS:
+        for schedule in SCHEDULES:
+            name = f"W{weight_bits}A{act_bits} {schedule}"
+            out = OUT / f"seed-{seed}" / f"w{weight_bits}a{act_bits}-{schedule}"
+            if not (out / "metrics.json").is_file():
+                started = time.perf_counter()
+                fewlabel.quantize(
+                    float_dir, DATA, out, overwrite=True, seed=seed, epochs=epochs, weight_bits=weight_bits,
+                    act_bits=act_bits, qat_schedule=schedule, **common,
+                )  # fmt: skip
+                logging.info("%s seed %d: %.0f s", name, seed, time.perf_counter() - started)
+            runs[name] = read(out)
+    return runs
+
+
+def mean_sd(values: list[float]) -> dict:
+    return {
+        "mean": statistics.mean(values),
+        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "values": values,
+    }
+
+
+def summary(per_seed: dict[int, dict]) -> dict:
+    """Accuracy mean and sd over seeds of every run, the W8A8 deployment figures, and the goals."""
+    names = next(iter(per_seed.values())).keys()
+    accuracy = {n: mean_sd([per_seed[s][n]["accuracy"] for s in per_seed]) for n in names}
+    float_mean = max(accuracy["float"]["mean"], accuracy["float control"]["mean"])
+    goals = {
+        "W4A4 within 1 point of float (best schedule)": max(accuracy[f"W4A4 {s}"]["mean"] for s in SCHEDULES)
+        >= float_mean - 0.01,
+        "W2A2 hlhl - direct (points)": 100 * (accuracy["W2A2 hlhl"]["mean"] - accuracy["W2A2 direct"]["mean"]),
+    }
+    deployments = [per_seed[s]["W8A8 direct"].get("deployment") for s in per_seed]
+    deployments = [d for d in deployments if d and "error" not in d]
+    deploy = {}
+    if deployments:
+        latency = lambda model, batch: mean_sd([d["latency_ms"][model][f"batch_{batch}_ms"] for d in deployments])  # noqa: E731
+        deploy = {
+            "latency_ms": {
+                model: {f"batch_{b}": latency(model, b) for b in (1, 64)}
+                for model in ("pytorch_float", "onnxruntime_float", "onnxruntime_quantized")
+            },
+            "size_bytes": deployments[0]["size_bytes"],
+            "onnxruntime_kernels": deployments[0]["onnxruntime_kernels"],
+            "argmax_agreement": [d["argmax_agreement"] for d in deployments],
+        }
+        sizes = deploy["size_bytes"]
+        lat = deploy["latency_ms"]
+        goals |= {
+            "onnxruntime float / eager speed-up at batch 1": lat["pytorch_float"]["batch_1"]["mean"]
+            / lat["onnxruntime_float"]["batch_1"]["mean"],
+            "W8A8 ONNX smaller than float safetensors (x)": sizes["float_safetensors"] / sizes["quantized_onnx"],
+            "W8A8 ONNX smaller than float ONNX (x)": sizes["float_onnx"] / sizes["quantized_onnx"],
+            "W8A8 onnxruntime / float onnxruntime latency, batch 1": lat["onnxruntime_quantized"]["batch_1"]["mean"]
+            / lat["onnxruntime_float"]["batch_1"]["mean"],
+            "W8A8 onnxruntime / float onnxruntime latency, batch 64": lat["onnxruntime_quantized"]["batch_64"]["mean"]
+            / lat["onnxruntime_float"]["batch_64"]["mean"],
+        }
+    return {"accuracy": accuracy, "deployment_w8a8": deploy, "goals": goals}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--img-size", type=int, default=32)
+    parser.add_argument("--name", default="quant")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    common = dict(img_size=args.img_size, labels_per_class=100, progress=False, robustness_images=0)
+    per_seed = {}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        per_seed[seed] = seed_runs(seed, args.epochs, common)
+        save(
+            args.name,
+            {
+                "protocol": {
+                    "data": f"Fashion-MNIST (full), 100 labelled images per class, {args.img_size} px, "
+                    "10,000 test images",
+                    "float": "efficientnet_lite0, ImageNet weights, strategy full (defaults otherwise); the control: "
+                    f"{args.epochs} more epochs, whole network, BatchNorm statistics fixed (as folded into qat "
+                    "convolutions)",
+                    "qat": f"{args.epochs} epochs in all per schedule, lr 3e-4 (AdamW), first/last layers 8 bits",
+                    "seeds": list(per_seed),
+                },
+                "per_seed": per_seed,
+                "summary": summary(per_seed),
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
