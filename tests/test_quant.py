@@ -275,3 +275,24 @@ def test_the_cli_quantizes_and_exports(float_run, tmp_path):
     bad = ["quantize", str(parent), str(data), "--weight-bits", "1", "--out", str(tmp_path / "b")]
     result = runner.invoke(app, bad)
     assert isinstance(result.exception, FewlabelError) and "method.weight_bits" in str(result.exception)
+
+
+# --- the recurrent case --------------------------------------------------------------------------
+
+
+def test_the_language_model_keeps_its_weights_across_precisions_and_trains_by_schedule():
+    from fewlabel.quant.language import CharCorpus, CharLM, at_precision, corpus, perplexity, train_schedule
+
+    text = corpus()
+    assert len(text) > 100_000 and "lambda" in text  # Python's documentation topics, offline
+    data = CharCorpus.from_text(text[:20_000])
+    torch.manual_seed(0)
+    model = CharLM(len(data.vocabulary), hidden=16, embed=8)
+    before = perplexity(model, data.val[:600], seq_len=32)
+    assert before == pytest.approx(len(data.vocabulary), rel=0.3)  # an untrained model guesses uniformly
+    there_and_back = at_precision(at_precision(model, BitSpec(4, 4), len(data.vocabulary)), None, len(data.vocabulary))
+    assert perplexity(there_and_back, data.val[:600], seq_len=32) == pytest.approx(before, rel=1e-5)
+    opts = QatOptions(weight_bits=2, act_bits=2, qat_schedule="hlhl")
+    quantized, stages = train_schedule(model, data, opts, blocks=4, block=3, lr=1e-2, seq_len=16, batch=8, seed=0)
+    assert [(s["weight_bits"], s["steps"]) for s in stages] == [(8, 3), (2, 3), (8, 3), (2, 3)]
+    assert quantized.bits == BitSpec(2, 2) and perplexity(quantized, data.val[:600], seq_len=32) < before
