@@ -250,7 +250,9 @@ def test_a_recipe_quantizes_its_previous_stage(float_run, tmp_path):
     ]
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump({"defaults": defaults, "stages": stages}))
-    run_recipe(path, tmp_path / "out")
+    summary = run_recipe(path, tmp_path / "out")
+    assert [s["precision"] for s in summary["stages"]] == ["float", "W4A4 direct"]
+    assert "<td>W4A4 direct</td>" in (tmp_path / "out" / "report.html").read_text()
     config = yaml.safe_load((tmp_path / "out" / "seed-0" / "w4" / "config.yaml").read_text())
     assert config["pretrained"].endswith("seed-0/float/model.safetensors")
     assert json.loads((tmp_path / "out" / "seed-0" / "w4" / "model.json").read_text())["method"] == "qat"

@@ -54,6 +54,7 @@ from ..methods import get_method, list_methods
 from ..rundir import (
     BUILT_LABELS,
     CLUSTERS_MARKER,
+    QUANT,
     ROBUSTNESS,
     SYNTHETIC_MARKER,
     WEIGHTS,
@@ -417,6 +418,8 @@ def _run_stage(cfg: TrainConfig, run_dir: Path, name: str) -> dict:
     result = run_training(cfg, run_dir, resume=resume)
     metrics = {k: result.metrics[k] for k in (*COMPARED, "eval_data", "n_samples", "class_names")}
     metrics["robustness"] = read_record(run_dir, ROBUSTNESS)
+    quant = read_record(run_dir, QUANT)
+    metrics["precision"] = f"{quant['precision']} {quant['qat_schedule']}" if quant else "float"
     write_stage(run_dir, cfg.to_yaml_dict(), metrics)
     return metrics
 
@@ -434,6 +437,7 @@ def summarise(recipe: Recipe, results: dict[int, dict[str, dict]], compared: boo
                 "data": stage.data or f"built: {stage.build.method}",
                 "eval_data": first["eval_data"],
                 "classes": len(first["class_names"]),
+                "precision": first.get("precision", "float"),
                 "per_seed": {s: {k: m[k] for k in COMPARED} for s, m in per_seed.items()},
                 "metrics": {k: mean_sd_ci([m[k] for m in per_seed.values()]) for k in COMPARED},
                 "robustness": robustness_over_seeds([m.get("robustness") for m in per_seed.values()]),
