@@ -8,15 +8,16 @@ evaluation: the 10,000 test images), per seed:
   quantization costs from what the extra epochs give);
 * quantization-aware training of that parent (``fewlabel quantize``) at W8A8, W4A4, W2A4 and
   W2A2 with the ``direct``, ``progressive`` and ``hlhl`` schedules, ``--epochs`` in all for each
-  (equal total epochs), first and last layers at 8 bits; every precision on the seeds of
-  ``--grid-seeds``, W4A4 and W2A2 (the goals' precisions) on every seed.
+  (equal total epochs), first and last layers at 8 bits; the whole grid on the seeds of
+  ``--grid-seeds``, the runs the goals compare (W4A4 direct, W2A2 direct and hlhl) on every seed
+  (a qat epoch takes about 30 s on this 2-core machine: the whole grid on three seeds did not fit).
 
 Each qat run's deployment check (quant.json) gives sizes on disk, CPU latency at batch 1 and 64
 of eager PyTorch float, onnxruntime float and onnxruntime quantized, and the kernels
 onnxruntime runs; they are gathered for W8A8 (the precision onnxruntime runs with integer
 kernels). Runs already on disk are read back (resumable).
 
-    python bench/quant.py [--seeds 0,1,2] [--grid-seeds 0] [--epochs 6] [--img-size 64]
+    python bench/quant.py [--seeds 0,1,2] [--grid-seeds 0] [--epochs 4] [--img-size 64]
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from _common import save
 OUT = Path("runs/bench-quant")
 DATA = "fashion-mnist"
 PRECISIONS = ((8, 8), (4, 4), (2, 4), (2, 2))
-GOAL_PRECISIONS = ((4, 4), (2, 2))
 SCHEDULES = ("direct", "progressive", "hlhl")
+GRID = tuple((w, a, s) for w, a in PRECISIONS for s in SCHEDULES)
+GOAL_RUNS = ((4, 4, "direct"), (2, 2, "direct"), (2, 2, "hlhl"))  # what the goals compare, on every seed
 
 
 def read(out: Path) -> dict:
@@ -68,21 +70,20 @@ def control(seed: int, float_dir: Path, epochs: int, common: dict) -> Path:
     return out
 
 
-def seed_runs(seed: int, epochs: int, common: dict, precisions) -> dict:
+def seed_runs(seed: int, epochs: int, common: dict, configs) -> dict:
     float_dir = parent(seed, common)
     runs = {"float": read(float_dir), "float control": read(control(seed, float_dir, epochs, common))}
-    for weight_bits, act_bits in precisions:
-        for schedule in SCHEDULES:
-            name = f"W{weight_bits}A{act_bits} {schedule}"
-            out = OUT / f"seed-{seed}" / f"w{weight_bits}a{act_bits}-{schedule}"
-            if not (out / "metrics.json").is_file():
-                started = time.perf_counter()
-                fewlabel.quantize(
-                    float_dir, DATA, out, overwrite=True, seed=seed, epochs=epochs, weight_bits=weight_bits,
-                    act_bits=act_bits, qat_schedule=schedule, **common,
-                )  # fmt: skip
-                logging.info("%s seed %d: %.0f s", name, seed, time.perf_counter() - started)
-            runs[name] = read(out)
+    for weight_bits, act_bits, schedule in configs:
+        name = f"W{weight_bits}A{act_bits} {schedule}"
+        out = OUT / f"seed-{seed}" / f"w{weight_bits}a{act_bits}-{schedule}"
+        if not (out / "metrics.json").is_file():
+            started = time.perf_counter()
+            fewlabel.quantize(
+                float_dir, DATA, out, overwrite=True, seed=seed, epochs=epochs, weight_bits=weight_bits,
+                act_bits=act_bits, qat_schedule=schedule, **common,
+            )  # fmt: skip
+            logging.info("%s seed %d: %.0f s", name, seed, time.perf_counter() - started)
+        runs[name] = read(out)
     return runs
 
 
@@ -100,8 +101,7 @@ def summary(per_seed: dict[int, dict]) -> dict:
     accuracy = {n: mean_sd([per_seed[s][n]["accuracy"] for s in per_seed if n in per_seed[s]]) for n in names}
     float_mean = max(accuracy["float"]["mean"], accuracy["float control"]["mean"])
     goals = {
-        "W4A4 within 1 point of float (best schedule)": max(accuracy[f"W4A4 {s}"]["mean"] for s in SCHEDULES)
-        >= float_mean - 0.01,
+        "W4A4 direct - best float (points)": 100 * (accuracy["W4A4 direct"]["mean"] - float_mean),
         "W2A2 hlhl - direct (points)": 100 * (accuracy["W2A2 hlhl"]["mean"] - accuracy["W2A2 direct"]["mean"]),
     }
     deployments = [per_seed[s]["W8A8 direct"].get("deployment") for s in per_seed if "W8A8 direct" in per_seed[s]]
@@ -136,9 +136,11 @@ def summary(per_seed: dict[int, dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--img-size", type=int, default=64)
-    parser.add_argument("--grid-seeds", default="0", help="seeds that run every precision (the others: W4A4, W2A2)")
+    parser.add_argument(
+        "--grid-seeds", default="0", help="seeds that run every precision and schedule (the others: GOAL_RUNS)"
+    )
     parser.add_argument("--name", default="quant")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -146,8 +148,7 @@ def main() -> None:
     per_seed = {}
     grid = {int(s) for s in args.grid_seeds.split(",")}
     for seed in [int(s) for s in args.seeds.split(",")]:
-        precisions = PRECISIONS if seed in grid else GOAL_PRECISIONS
-        per_seed[seed] = seed_runs(seed, args.epochs, common, precisions)
+        per_seed[seed] = seed_runs(seed, args.epochs, common, GRID if seed in grid else GOAL_RUNS)
         save(
             args.name,
             {
