@@ -35,7 +35,8 @@ from ..errors import FewlabelError
 from ..graphs import MIN_BATCH
 from ..methods import load_network
 from ..models.layers import LayerTap, check_layer_names, pair_by_depth, parameter_count, parse_pairs, stage_names
-from ..rundir import DISTILL, WEIGHTS, read_record, write_record
+from ..report.sections import record_section
+from ..rundir import DISTILL, WEIGHTS, write_record
 from ..tasks.classification import class_weights
 from ..train.datamodule import datamodule
 from ..train.engine import Fit, eval_mode_modules, freezes_batchnorm
@@ -232,10 +233,4 @@ def distill_fit(ctx: RunContext, student, info, images: ImageSet, rows, layout, 
 
 def report_section(run_dir: Path) -> str | None:
     """The distillation part of report.html, from distill.json."""
-    record = read_record(run_dir, DISTILL)
-    if record is None:
-        return None
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    environment = Environment(loader=PackageLoader("fewlabel.distill", "templates"), autoescape=select_autoescape())
-    return environment.get_template("distill.html").render(d=record)
+    return record_section(run_dir, DISTILL, "fewlabel.distill", "distill.html", "d")

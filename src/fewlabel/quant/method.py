@@ -25,6 +25,7 @@ from ..errors import FewlabelError
 from ..fileio import read_json
 from ..methods import load_network
 from ..models import ModelCard
+from ..report.sections import record_section
 from ..rundir import CARD, METRICS, ONNX, QUANT, WEIGHTS, read_record, write_record
 from ..train.datamodule import datamodule
 from ..train.engine import Fit
@@ -228,10 +229,4 @@ def deployment(ctx: RunContext, model: nn.Module, card: ModelCard) -> dict:
 
 def report_section(run_dir: Path) -> str | None:
     """The quantization part of report.html, from quant.json."""
-    record = read_record(run_dir, QUANT)
-    if record is None:
-        return None
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    environment = Environment(loader=PackageLoader("fewlabel.quant", "templates"), autoescape=select_autoescape())
-    return environment.get_template("quant.html").render(q=record)
+    return record_section(run_dir, QUANT, "fewlabel.quant", "quant.html", "q")

@@ -5,15 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jinja2 import Environment, PackageLoader, select_autoescape
-
-from ..rundir import read_rounds
+from ..report.sections import record_section
+from ..rundir import ROUNDS
 
 
 def section(run_dir: Path) -> str | None:
     """The section's HTML, or None for a run without rounds.json."""
-    rounds = read_rounds(run_dir)
-    if rounds is None:
-        return None
-    environment = Environment(loader=PackageLoader("fewlabel.semi", "templates"), autoescape=select_autoescape())
-    return environment.get_template("rounds.html").render(rounds=rounds)
+    return record_section(run_dir, ROUNDS, "fewlabel.semi", "rounds.html", "rounds")
