@@ -3,14 +3,15 @@ English text of Python's documentation topics (``pydoc_data.topics``, standard l
 split in order), per seed:
 
 * float: ``--float-steps`` Adam steps (torch's LSTM, hidden ``--hidden``);
-* W2A2 ``direct`` and W2A2 ``hlhl`` (8, 2, 8, 2 bits) from that float model, each
-  ``--qat-blocks`` blocks of ``--block`` steps in all (equal steps), Brevitas QuantLSTM with
+* W2A2 ``direct`` and W2A2 ``hlhl`` (8, 2, 8, 2 bits; the low stages at ``--qat-lr`` times each
+  of ``--low-lr-factors``) from that float model, each ``--qat-blocks`` blocks of ``--block``
+  steps in all (equal steps), Brevitas QuantLSTM with
   2-bit weights and input/output activations (8 bits inside the cell and in the decoder);
 * W2A2 without training (calibrated only), the floor.
 
 Test perplexity on the first ``--test-chars`` test characters (windows of 128).
 
-    python bench/quant_lstm.py [--seeds 0] [--float-steps 1500] [--qat-blocks 8] [--block 10]
+    python bench/quant_lstm.py [--seeds 0,1] [--float-steps 1500] [--qat-blocks 8] [--block 25]
 """
 
 from __future__ import annotations
@@ -41,28 +42,31 @@ def seed_run(seed: int, args, data: CharCorpus) -> dict:
     floor = at_precision(model, BitSpec(2, 2), len(data.vocabulary))
     calibrate(floor, data.batch(args.seq_len, 4 * args.batch, torch.Generator().manual_seed(seed))[0], args.batch)
     result["W2A2 calibrated only"] = {"perplexity": perplexity(floor, test)}
-    for schedule in ("direct", "hlhl"):
-        opts = QatOptions(weight_bits=2, act_bits=2, qat_schedule=schedule, low_lr_factor=0.1)
+    runs = [("direct", 1.0)] + [("hlhl", float(f)) for f in args.low_lr_factors.split(",")]
+    for schedule, factor in runs:
+        opts = QatOptions(weight_bits=2, act_bits=2, qat_schedule=schedule, low_lr_factor=factor)
         started = time.perf_counter()
         quantized, stages = train_schedule(
             model, data, opts, args.qat_blocks, args.block, args.qat_lr, args.seq_len, args.batch, seed
         )
-        result[f"W2A2 {schedule}"] = {
+        name = f"W2A2 {schedule}" + (f", low stages at lr x {factor:g}" if schedule == "hlhl" else "")
+        result[name] = {
             "perplexity": perplexity(quantized, test),
             "stages": stages,
             "seconds": time.perf_counter() - started,
         }
-        logging.info("seed %d %s: %.2f", seed, schedule, result[f"W2A2 {schedule}"]["perplexity"])
+        logging.info("seed %d %s: %.2f", seed, name, result[name]["perplexity"])
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--float-steps", type=int, default=1500)
     parser.add_argument("--qat-blocks", type=int, default=8)
-    parser.add_argument("--block", type=int, default=10)
+    parser.add_argument("--block", type=int, default=25)
     parser.add_argument("--qat-lr", type=float, default=1e-3)
+    parser.add_argument("--low-lr-factors", default="0.1,1", help="hlhl's low-stage learning-rate factors to run")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)

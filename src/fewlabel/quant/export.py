@@ -40,7 +40,8 @@ def export_units(net: nn.Module) -> dict[str, nn.Module]:
     units: dict[str, nn.Module] = {}
     for name, module in net.named_modules():
         inside = any(name.startswith(f"{unit}.") for unit in units)
-        if name and not inside and (is_quantized(module) or not list(module.children())):
+        brevitas_layer = type(module).__module__.startswith("brevitas.nn")
+        if name and not inside and (brevitas_layer or not list(module.children())):
             units[name] = module
     return units
 
