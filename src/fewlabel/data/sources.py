@@ -46,11 +46,13 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class SourceKind:
-    """One kind of DATA: the splits a location holds, and how one split is loaded
-    (``load(location, split, image_size, strict, progress)``)."""
+    """One kind of DATA: the splits a location holds, how one split is loaded
+    (``load(location, split, image_size, strict, progress)``), and whether the location holds
+    any image at all (checked before a recipe trains; by default assumed)."""
 
     splits: Callable[[str], tuple[str, ...]]
     load: Callable[[str, str, int, bool, bool], ImageSet]
+    holds_images: Callable[[str], bool] = lambda location: True
 
 
 def _folder_splits(location: str) -> tuple[str, ...]:
@@ -74,7 +76,11 @@ def _load_csv_split(location: str, split: str, image_size: int, strict: bool, pr
 
 SOURCE_KINDS: dict[str, SourceKind] = {
     "builtin": SourceKind(lambda location: BUILTIN_DATASETS[location].splits, _load_builtin_split),
-    "folder": SourceKind(_folder_splits, _load_folder_split),
+    "folder": SourceKind(
+        _folder_splits,
+        _load_folder_split,
+        lambda location: any(p.is_file() and is_image_file(p) for p in Path(location).rglob("*")),
+    ),
     "csv": SourceKind(lambda location: ("train",), _load_csv_split),
 }
 

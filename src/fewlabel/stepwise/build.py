@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 from ..errors import FewlabelError, unknown_choice
-from . import INTERMEDIATE_METHODS
+from ..methods import load_object
+from . import INTERMEDIATE_BUILDERS
 
 
 def build_intermediate(
@@ -37,22 +38,54 @@ def build_intermediate(
     ImageFolder plus ``clusters.json``. ``synthetic``: ``per_class`` images per class from
     ``generator`` (``module:function``), written as ``labels.csv`` plus ``synthetic.json``.
     """
-    from ..data.sources import load_pool
-    from ..data.splits import random_subset
-    from .intermediate import cluster_pseudo_classes, describe, write_cluster_folder
-    from .synthetic import build_synthetic
-
-    if method not in INTERMEDIATE_METHODS:
-        raise unknown_choice("intermediate method", method, INTERMEDIATE_METHODS)
+    if method not in INTERMEDIATE_BUILDERS:
+        raise unknown_choice("intermediate method", method, INTERMEDIATE_BUILDERS)
+    builder = INTERMEDIATE_BUILDERS[method]
+    options_given = {"generator": generator}
+    for key, what in builder.requires.items():
+        if not options_given.get(key):
+            raise FewlabelError(f"--method {method} needs --{key} {what}.")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FewlabelError(f"Output folder '{out}' already exists; pass --overwrite to replace it.")
         shutil.rmtree(out)
-    if method == "synthetic":
-        if not generator:
-            raise FewlabelError("--method synthetic needs --generator module:function.")
-        return build_synthetic(generator, out, per_class, seed, options)
+    settings = dict(
+        unlabeled=unlabeled, pool_size=pool_size, k=k, descriptor=descriptor, keep_fraction=keep_fraction,
+        generator=generator, per_class=per_class, options=options, seed=seed, model=model, pretrained=pretrained,
+        img_size=img_size, progress=progress,
+    )  # fmt: skip
+    return load_object(builder.build)(data, out, **settings)
+
+
+def build_generated(data: str | None, out: Path, *, generator: str, per_class: int, options, seed: int, **_) -> dict:
+    """``synthetic``: ``per_class`` images per class from ``generator``; DATA is not used."""
+    from .synthetic import build_synthetic
+
+    return build_synthetic(generator, out, per_class, seed, options)
+
+
+def build_clusters(
+    data: str | None,
+    out: Path,
+    *,
+    unlabeled: str | None,
+    pool_size: int | None,
+    k: int,
+    descriptor: str,
+    keep_fraction: float,
+    seed: int,
+    model: str,
+    pretrained: str,
+    img_size: int,
+    progress: bool,
+    **_,
+) -> dict:
+    """``clusters``: K pseudo-classes of the unlabeled pool, written as an ImageFolder."""
+    from ..data.sources import load_pool
+    from ..data.splits import random_subset
+    from .intermediate import cluster_pseudo_classes, describe, write_cluster_folder
+
     if unlabeled is None and data is None:
         raise FewlabelError("--method clusters needs DATA or --unlabeled POOL: the images to group.")
     pool = random_subset(load_pool(unlabeled or data, img_size, progress=progress), pool_size, seed)
@@ -70,7 +103,7 @@ def build_intermediate(
 
     groups = cluster_pseudo_classes(describe(pool, descriptor, embed), k, seed, keep_fraction)
     params = {
-        "method": method,
+        "method": "clusters",
         "k": k,
         "descriptor": descriptor,
         "keep_fraction": keep_fraction,

@@ -45,18 +45,14 @@ from ..config import (
     method_section,
     read_config_file,
 )
-from ..data.images import is_image_file
-from ..data.sources import parse_data_spec
+from ..data.sources import SOURCE_KINDS, parse_data_spec
 from ..errors import FewlabelError
 from ..evaluate.metrics import mean_sd_ci
 from ..fileio import read_json, write_json
 from ..methods import get_method, list_methods
 from ..rundir import (
-    BUILT_LABELS,
-    CLUSTERS_MARKER,
     QUANT,
     ROBUSTNESS,
-    SYNTHETIC_MARKER,
     WEIGHTS,
     built_data_dir,
     has_checkpoint,
@@ -68,7 +64,7 @@ from ..rundir import (
     write_stage,
     write_summary,
 )
-from . import DESCRIPTORS
+from . import DESCRIPTORS, INTERMEDIATE_BUILDERS, INTERMEDIATE_METHODS
 
 log = logging.getLogger("fewlabel.recipe")
 STAGE_KEYS = ("name", "data", "build")
@@ -82,7 +78,7 @@ class BuildSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: Literal["clusters", "synthetic"]
+    method: Literal[INTERMEDIATE_METHODS]
     pool: str | None = Field(None, description="clusters: unlabeled images; default the last stage's data")
     pool_size: int | None = Field(None, ge=2, description="clusters: seeded random subset of the pool")
     k: int = Field(20, ge=2)
@@ -94,8 +90,9 @@ class BuildSpec(BaseModel):
 
     @model_validator(mode="after")
     def _generator_for_synthetic(self) -> BuildSpec:
-        if self.method == "synthetic" and not self.generator:
-            raise ValueError("method synthetic needs generator: module:function")
+        for key, what in INTERMEDIATE_BUILDERS[self.method].requires.items():
+            if not getattr(self, key):
+                raise ValueError(f"method {self.method} needs {key}: {what}")
         return self
 
 
@@ -211,7 +208,7 @@ def _check_data_exists(data: str, where: str) -> None:
         spec = parse_data_spec(data)
     except FewlabelError as exc:
         raise FewlabelError(f"{where}: {exc}") from None
-    if spec.kind == "folder" and not any(p.is_file() and is_image_file(p) for p in Path(spec.location).rglob("*")):
+    if not SOURCE_KINDS[spec.kind].holds_images(spec.location):
         raise FewlabelError(f"{where}: data folder '{data}' holds no image files.")
 
 
@@ -290,7 +287,8 @@ def direct_config(recipe: Recipe, seed_dir: Path, seed: int, overrides: dict | N
 def built_data(seed_folder: Path, stage: Stage) -> Path:
     """The DATA spec of a built stage: its ImageFolder (clusters) or its labels.csv (synthetic)."""
     folder = built_data_dir(seed_folder, stage.name)
-    return folder / BUILT_LABELS if stage.build and stage.build.method == "synthetic" else folder
+    data_file = INTERMEDIATE_BUILDERS[stage.build.method].data_file if stage.build else ""
+    return folder / data_file if data_file else folder
 
 
 def run_recipe(
@@ -365,7 +363,7 @@ def _build_stage_data(recipe: Recipe, index: int, seed_dir: Path, seed: int) -> 
     stage = recipe.stages[index]
     spec = stage.build
     folder = built_data_dir(seed_dir, stage.name)
-    marker = folder / (SYNTHETIC_MARKER if spec.method == "synthetic" else CLUSTERS_MARKER)
+    marker = folder / INTERMEDIATE_BUILDERS[spec.method].marker
     cfg = stage_config(recipe, index, seed_dir, seed)
     wanted = spec.model_dump(mode="json") | {"model": cfg.model, "img_size": cfg.img_size}
     recorded = read_json(marker).get("recipe_build") if marker.is_file() else None
