@@ -5,7 +5,7 @@ A float network goes through ``torch.onnx.export``; a quantized one through Brev
 export (QuantizeLinear, Clip below 8 bits, DequantizeLinear around float operators).
 onnxruntime fuses 8-bit QCDQ patterns (DequantizeLinear -> Conv -> QuantizeLinear) into
 integer kernels (QLinearConv, QGemm); below 8 bits the Clip blocks the fusion and the model
-runs as simulated quantization in float. :func:`integer_kernels` counts, in the graph
+runs as simulated quantization in float. :func:`optimized_session` counts, in the graph
 onnxruntime actually runs, the nodes of each kind.
 """
 
@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -127,17 +128,18 @@ def onnx_logits(sess, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(outputs))
 
 
-def integer_kernels(path: str | Path, workdir: str | Path) -> dict[str, int]:
-    """Node counts of the graph onnxruntime runs for ``path`` after its optimisations: the
-    integer kernels (``INTEGER_OPS``) and the float convolutions and matrix products left."""
+def optimized_session(path: str | Path) -> tuple[object, dict[str, int]]:
+    """An onnxruntime session for ``path`` and the node counts of the graph it runs after its
+    optimisations: the integer kernels (``INTEGER_OPS``) and the float convolutions and matrix
+    products left (read from the optimised graph onnxruntime writes while building the session)."""
     import onnx
 
-    optimized = Path(workdir) / f"{Path(path).stem}.optimized.onnx"
-    session(path, optimized=optimized)
-    counts = Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
-    optimized.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as workdir:
+        optimized = Path(workdir) / "optimized.onnx"
+        sess = session(path, optimized=optimized)
+        counts = Counter(node.op_type for node in onnx.load(str(optimized)).graph.node)
     kinds = (*INTEGER_OPS, "Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul")
-    return {kind: counts[kind] for kind in kinds if counts[kind]}
+    return sess, {kind: counts[kind] for kind in kinds if counts[kind]}
 
 
 def median_ms(run, repeats: int, warmup: int = 3) -> float:
@@ -173,23 +175,43 @@ def parity_images(card, count: int = 64, seed: int = 0) -> torch.Tensor:
     return (pixels - mean) / std
 
 
+@dataclass
+class ExportCheck:
+    """An exported network, its onnxruntime session and kernels, and its logits on the check's
+    images from PyTorch (``expected``) and onnxruntime (``got``)."""
+
+    path: Path
+    session: object
+    kernels: dict[str, int]
+    expected: torch.Tensor
+    got: torch.Tensor
+
+    @property
+    def agreement(self) -> float:
+        return float((self.got.argmax(1) == self.expected.argmax(1)).float().mean())
+
+
+def checked_export(net: nn.Module, images: torch.Tensor, out: str | Path) -> ExportCheck:
+    """Export ``net`` to ``out`` and run it on ``images`` in PyTorch and in onnxruntime."""
+    path = export_onnx(net, images[:1], out)
+    with torch.inference_mode():
+        expected = net.eval()(images)
+    sess, kernels = optimized_session(path)
+    return ExportCheck(path, sess, kernels, expected, onnx_logits(sess, images))
+
+
 def export_model(net: nn.Module, card, out: str | Path) -> dict:
     """Export a loaded run's network to ``out`` and check it: onnxruntime against PyTorch on
     :func:`parity_images` (argmax agreement, largest logit difference), the file's size, and
     the kernels onnxruntime runs it with."""
     images = parity_images(card)
-    path = export_onnx(net, images[:1], out)
-    with torch.inference_mode():
-        expected = net.eval()(images)
-    got = onnx_logits(session(path), images)
-    with tempfile.TemporaryDirectory() as workdir:
-        kernels = integer_kernels(path, workdir)
+    check = checked_export(net, images, out)
     return {
-        "path": str(path),
+        "path": str(check.path),
         "quantized": is_quantized(net),
-        "size_bytes": path.stat().st_size,
+        "size_bytes": check.path.stat().st_size,
         "parity_images": len(images),
-        "argmax_agreement": float((got.argmax(1) == expected.argmax(1)).float().mean()),
-        "max_abs_logit_difference": float((got - expected).abs().max()),
-        "onnxruntime_kernels": kernels,
+        "argmax_agreement": check.agreement,
+        "max_abs_logit_difference": float((check.got - check.expected).abs().max()),
+        "onnxruntime_kernels": check.kernels,
     }

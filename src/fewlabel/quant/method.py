@@ -12,7 +12,6 @@ last stage only: an epoch at another precision is not the model asked for. After
 from __future__ import annotations
 
 import logging
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +28,7 @@ from ..report.sections import record_section
 from ..rundir import CARD, METRICS, ONNX, QUANT, WEIGHTS, read_record, write_record
 from ..train.datamodule import datamodule
 from ..train.engine import Fit
-from .export import export_onnx, integer_kernels, latencies, onnx_logits, session
+from .export import checked_export, latencies
 from .layers import (
     BitSpec,
     calibrate,
@@ -188,42 +187,33 @@ def deployment(ctx: RunContext, model: nn.Module, card: ModelCard) -> dict:
     split = ctx.data.eval
     fixed = BatchTransform("none", card.img_size, card.mean, card.std, train=False)
     images, labels = fixed(split.images[:DEPLOY_IMAGES]), split.labels[:DEPLOY_IMAGES]
-    float_path = export_onnx(parent, images[:1], ctx.run_dir / FLOAT_ONNX)
-    quant_path = export_onnx(model, images[:1], ctx.run_dir / ONNX)
-    with torch.inference_mode():
-        torch_float, torch_quant = parent.eval()(images), model.eval()(images)
-    float_sess, quant_sess = session(float_path), session(quant_path)
-    onnx_float, onnx_quant = onnx_logits(float_sess, images), onnx_logits(quant_sess, images)
+    exported = checked_export(parent, images, ctx.run_dir / FLOAT_ONNX)
+    quantized = checked_export(model, images, ctx.run_dir / ONNX)
 
     def accuracy(logits: torch.Tensor) -> float:
         return float((logits.argmax(1) == labels).float().mean())
 
-    with tempfile.TemporaryDirectory() as workdir:
-        kernels = {"float": integer_kernels(float_path, workdir), "quantized": integer_kernels(quant_path, workdir)}
     return {
         "images": len(images),
         "size_bytes": {
-            "float_safetensors": (Path(ctx.cfg.pretrained)).stat().st_size,
-            "float_onnx": float_path.stat().st_size,
-            "quantized_onnx": quant_path.stat().st_size,
+            "float_safetensors": Path(ctx.cfg.pretrained).stat().st_size,
+            "float_onnx": exported.path.stat().st_size,
+            "quantized_onnx": quantized.path.stat().st_size,
         },
         "latency_ms": {
             "pytorch_float": latencies(parent, None, card.img_size),
-            "onnxruntime_float": latencies(None, float_sess, card.img_size),
-            "onnxruntime_quantized": latencies(None, quant_sess, card.img_size),
+            "onnxruntime_float": latencies(None, exported.session, card.img_size),
+            "onnxruntime_quantized": latencies(None, quantized.session, card.img_size),
         },
         "threads": torch.get_num_threads(),
-        "argmax_agreement": {
-            "float": float((onnx_float.argmax(1) == torch_float.argmax(1)).float().mean()),
-            "quantized": float((onnx_quant.argmax(1) == torch_quant.argmax(1)).float().mean()),
-        },
+        "argmax_agreement": {"float": exported.agreement, "quantized": quantized.agreement},
         "accuracy": {
-            "pytorch_float": accuracy(torch_float),
-            "onnxruntime_float": accuracy(onnx_float),
-            "pytorch_quantized": accuracy(torch_quant),
-            "onnxruntime_quantized": accuracy(onnx_quant),
+            "pytorch_float": accuracy(exported.expected),
+            "onnxruntime_float": accuracy(exported.got),
+            "pytorch_quantized": accuracy(quantized.expected),
+            "onnxruntime_quantized": accuracy(quantized.got),
         },
-        "onnxruntime_kernels": kernels,
+        "onnxruntime_kernels": {"float": exported.kernels, "quantized": quantized.kernels},
     }
 
 
