@@ -29,7 +29,7 @@ from pydantic import (
 from .errors import FewlabelError, did_you_mean
 from .methods import DEFAULT_METHOD, get_method, list_methods, option_owners
 from .options import MethodOptions
-from .tasks import DEFAULT_TASK, check_task
+from .tasks import DEFAULT_TASK, check_task, task_options_model
 
 LOSS_TERMS = ("lgg-target", "kd", "rkd", "lgg")  # what --loss may add to cross-entropy
 REG_WEIGHT = 1e-3
@@ -50,6 +50,9 @@ class TrainConfig(BaseModel):
         None, description="data for the final metrics; default DATA's test split, else validation"
     )
     task: str = Field(DEFAULT_TASK, description="what the model predicts (registered tasks)")
+    task_options: dict[str, Any] = Field(
+        default_factory=dict, description="the task's own options (nuclei: proximity radius, crops, matching, ...)"
+    )
     method: SerializeAsAny[MethodOptions] = Field(
         default_factory=lambda: get_method(DEFAULT_METHOD).options(),
         description="how the network is trained: the method's name and its own options",
@@ -182,6 +185,22 @@ class TrainConfig(BaseModel):
             return check_task(value)
         except FewlabelError as exc:
             raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _task_options_fit(self) -> TrainConfig:
+        """The task's options validated by its own model and stored complete (defaults filled in)."""
+        model = task_options_model(self.task)
+        if model is None:
+            if self.task_options:
+                raise ValueError(f"task_options: task '{self.task}' takes none; remove {sorted(self.task_options)}")
+            return self
+        try:
+            options = model(**self.task_options)
+        except ValidationError as exc:
+            message = format_validation_error(exc, "task_options", accepted=lambda loc: list(model.model_fields))
+            raise ValueError(message.replace("\n", "; ")) from None
+        object.__setattr__(self, "task_options", options.model_dump())
+        return self
 
     @field_validator("loss")
     @classmethod

@@ -32,6 +32,9 @@ INFOPLANE = "infoplane.json"
 DISTILL = "distill.json"  # the distill method: teacher, layer pairs, sizes, terms
 QUANT = "quant.json"  # the qat method: float parent, precision, schedule stages, deployment figures
 ONNX = "model.onnx"  # fewlabel export, and the qat method's deployment check
+DETECTIONS = "detections.csv"  # the nuclei task: one row per detected or missed nucleus of the evaluation images
+NUCLEI_EXAMPLES = "nuclei-examples.npz"  # the nuclei task: a few evaluation crops, their maps and centres
+TRANSFER = "transfer.json"  # fewlabel nuclei transfer: the F1 matrix, fine-tuning and mixing results
 ROBUSTNESS = "robustness.json"  # accuracy under Gaussian noise and FGSM, written with the metrics
 INFOPLANE_AUDIT = f"audit/{INFOPLANE}"  # where ``audit infoplane`` leaves a run its comparison
 CHECKPOINTS = "checkpoints"
@@ -168,6 +171,27 @@ FILES: tuple[Entry, ...] = (
         "report, bench/distill.py",
         "teacher run and architecture, loss terms and weights, temperature, LGG layer pairs (given or by depth), "
         "pool, parameters of teacher and student, warnings",
+    ),
+    Entry(
+        DETECTIONS,
+        "nuclei run",
+        "the nuclei task",
+        "a person, spreadsheets",
+        "image, x, y, score, and status (matched, false positive, or missed true centre) at the chosen threshold",
+    ),
+    Entry(
+        NUCLEI_EXAMPLES,
+        "nuclei run",
+        "the nuclei task",
+        "report (overlays, proximity map next to its target)",
+        "up to 4 evaluation crops (uint8), their predicted and target proximity maps, true and detected centres",
+    ),
+    Entry(
+        TRANSFER,
+        "nuclei transfer",
+        "fewlabel nuclei transfer",
+        "its report, bench/nuclei.py",
+        "train-on-X/test-on-Y F1 matrix, fine-tuning with a few target images against training on them alone, mixing",
     ),
     Entry(
         QUANT,

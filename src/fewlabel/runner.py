@@ -115,11 +115,12 @@ def train_one_seed(
     ctx = RunContext(cfg, seed, run_dir, data, task, engine)
     model, info = method.trainer()(ctx)
     selection = model_selection(engine, cfg, task, len(data.val) if data.val is not None else 0)
-    refit = refit_decision(cfg, data, method)
+    refit = refit_decision(cfg, data, method, task)
     if refit["refit"]:
         model, info, refit_record = refit_model(ctx, model, info, method)
         refit |= refit_record
-    card = model_card(cfg, data, info, method, task, engine.method_state.get("card_extras"))
+    extras = (engine.method_state.get("card_extras") or {}) | task.fitted_settings(model.eval(), info, cfg, data)
+    card = model_card(cfg, data, info, method, task, extras)
     metrics, predictions = task.evaluate(model.eval(), card, data.eval, cfg.progress)
     metrics |= {"eval_data": data.eval_name, "seed": seed, "task": cfg.task, "method": method.name} | engine.timing()
     if selection:
@@ -154,7 +155,7 @@ def model_card(cfg: TrainConfig, data, info, method, task, extras: dict | None =
     return ModelCard(arch=cfg.model, pretrained=info.weights, task=cfg.task, method=method.name, **fields)
 
 
-def refit_decision(cfg: TrainConfig, data, method) -> dict:
+def refit_decision(cfg: TrainConfig, data, method, task) -> dict:
     """Whether to retrain the chosen plan on all labelled images, and why (for the report):
     ``refit`` when set, else on below REFIT_BELOW labelled images per class; only when the
     validation images were held out of the labelled ones and the method can refit."""
@@ -170,6 +171,10 @@ def refit_decision(cfg: TrainConfig, data, method) -> dict:
         return record | {"why": why}
     if method.refit is None:
         return record | {"why": f"method '{method.name}' does not refit"}
+    if not task.can_refit:
+        if asked:
+            raise FewlabelError(f"--refit: task '{task.name}' needs its validation images after training; remove it")
+        return record | {"why": f"task '{task.name}' decides settings on its validation images after training"}
     per_class = _smallest_class(data)
     if asked is None:
         on = bool(per_class) and per_class < REFIT_BELOW

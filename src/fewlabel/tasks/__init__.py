@@ -1,4 +1,4 @@
-"""The task registry: what a run predicts (a class per image; later, values per pixel).
+"""The task registry: what a run predicts (a class per image; nucleus centres from a map per pixel).
 
 A task is one implementation of :class:`fewlabel.tasks.base.Task`; classification is the
 built-in one. Registered by name with a ``"module:Class"`` reference (imported on first use,
@@ -17,19 +17,39 @@ if TYPE_CHECKING:  # pragma: no cover
     from .base import Task
 
 DEFAULT_TASK = "classification"
-_TASKS: dict[str, Any] = {"classification": "fewlabel.tasks.classification:ClassificationTask"}
+_TASKS: dict[str, Any] = {
+    "classification": "fewlabel.tasks.classification:ClassificationTask",
+    "nuclei": "fewlabel.nuclei.task:NucleiTask",
+}
+_OPTIONS: dict[str, Any] = {"nuclei": "fewlabel.nuclei.options:NucleiOptions"}  # a task's own config section
 _INSTANCES: dict[str, Task] = {}
 
 
-def register_task(name: str, task: str | type) -> None:
-    """Register a task class (or its ``"module:Class"`` reference) under ``name``."""
+def register_task(name: str, task: str | type, options: str | type | None = None) -> None:
+    """Register a task class (or its ``"module:Class"`` reference) under ``name``, with the
+    pydantic model of its ``task_options`` section when it has one."""
     _TASKS[name] = task
     _INSTANCES.pop(name, None)
+    if options is not None:
+        _OPTIONS[name] = options
 
 
 def unregister_task(name: str) -> None:
     _TASKS.pop(name, None)
     _INSTANCES.pop(name, None)
+    _OPTIONS.pop(name, None)
+
+
+def _resolve(reference: Any) -> Any:
+    if isinstance(reference, str):
+        module_name, _, attribute = reference.partition(":")
+        return getattr(importlib.import_module(module_name), attribute)
+    return reference
+
+
+def task_options_model(name: str) -> type | None:
+    """The pydantic model of task ``name``'s options (None: it takes none)."""
+    return _resolve(_OPTIONS[name]) if name in _OPTIONS else None
 
 
 def list_tasks() -> list[str]:
@@ -46,9 +66,5 @@ def get_task(name: str) -> Task:
     """The task registered as ``name`` (one shared instance)."""
     check_task(name)
     if name not in _INSTANCES:
-        task = _TASKS[name]
-        if isinstance(task, str):
-            module_name, _, attribute = task.partition(":")
-            task = getattr(importlib.import_module(module_name), attribute)
-        _INSTANCES[name] = task()
+        _INSTANCES[name] = _resolve(_TASKS[name])()
     return _INSTANCES[name]

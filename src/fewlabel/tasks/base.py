@@ -69,6 +69,7 @@ class Task(ABC):
     metric_keys: ClassVar[tuple[str, ...]]  # the metrics the CLI and the report tabulate
     higher_is_better: ClassVar[bool] = True
     has_feature_head: ClassVar[bool] = False  # a head that can train alone on cached features
+    can_refit: ClassVar[bool] = True  # False: the validation images decide something after training
     monitor: ClassVar[tuple[str, bool]] = ("val_loss", False)  # the validation score a run keeps the best of,
     # and whether higher is better
 
@@ -134,6 +135,11 @@ class Task(ABC):
                 f"--strategy {strategy} trains a head on cached features, which task '{self.name}' does not have; "
                 "use full, layer-decay or partial:N."
             )
+
+    def fitted_settings(self, model: nn.Module, info: BackboneInfo, cfg: TrainConfig, data: DataBundle) -> dict:
+        """Settings decided with the trained network on the validation images, stored in
+        model.json's extras (nuclei: the detection threshold); none by default."""
+        return {}
 
     @abstractmethod
     def card_fields(self, cfg: TrainConfig, data: DataBundle, info: BackboneInfo) -> dict:
