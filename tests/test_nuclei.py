@@ -245,3 +245,68 @@ def test_nuclei_configs_refuse_what_cannot_work(synth, tmp_path):
         fewlabel.train(str(synth), tmp_path / "odd", **NUCLEI | {"img_size": 40})
     with pytest.raises(FewlabelError, match="--refit: task 'nuclei'"):
         fewlabel.train(str(synth), tmp_path / "refit", **NUCLEI | {"refit": True})
+
+
+def test_nuclei_commands_synth_detect_eval_and_fine_tune(trained, synth, tmp_path):
+    from typer.testing import CliRunner
+
+    from fewlabel.cli import app
+
+    runner = CliRunner()
+    made = runner.invoke(
+        app, ["nuclei", "synth", "--style", "ihc-dab", "--n", "3", "--size", "80", "--out", str(tmp_path / "ihc")]
+    )
+    assert made.exit_code == 0, made.output
+    tiles = sorted((tmp_path / "ihc").rglob("*.png"))
+    big = tmp_path / "big.png"
+    Image.fromarray(np.tile(np.array(Image.open(tiles[0])), (2, 3, 1))).save(big)  # 160 x 240: tiled at 64
+    out = tmp_path / "found" / "detections.csv"
+    found = runner.invoke(app, ["nuclei", "detect", str(trained.run_dir), str(tiles[0]), str(big), "--out", str(out)])
+    assert found.exit_code == 0, found.output
+    header, *rows = out.read_text().splitlines()
+    assert header == "image,x,y,score" and all(r.startswith((str(tiles[0]), str(big))) for r in rows)
+    assert (out.parent / "big.detections.png").is_file() and (out.parent / f"{tiles[0].stem}.detections.png").is_file()
+    scored = runner.invoke(
+        app,
+        ["nuclei", "eval", str(trained.run_dir), f"{synth}:test", "--radius", "3", "--out", str(tmp_path / "m.json")],
+    )
+    assert scored.exit_code == 0, scored.output
+    tight = fewlabel.evaluate(trained.run_dir, f"{synth}:test", match_radius=3.0)
+    assert tight["match_radius"] == 3.0
+    assert tight["f1"] <= trained.metrics["f1"] + 1e-9  # a smaller radius matches fewer
+    bad = runner.invoke(app, ["nuclei", "detect", str(trained.run_dir), str(tmp_path / "m.json")])
+    assert isinstance(bad.exception, FewlabelError) and "Unreadable image" in str(bad.exception)
+    tuned = fewlabel.train_nuclei(
+        str(tmp_path / "ihc"),
+        tmp_path / "tuned",
+        **NUCLEI | {"epochs": 1, "pretrained": str(trained.run_dir / "model.safetensors")},
+    )
+    assert tuned.metrics["f1"] >= 0 and fewlabel.load(tuned.run_dir).card.extras["threshold"] > 0
+    with pytest.raises(FewlabelError, match="nuclei detector with encoder test_efficientnet, 4 stages"):
+        fewlabel.train_nuclei(
+            str(tmp_path / "ihc"),
+            tmp_path / "other",
+            **NUCLEI | {"pretrained": str(trained.run_dir / "model.safetensors"), "task_options": {"stages": 3}},
+        )
+
+
+def test_transfer_trains_each_way_fine_tunes_mixes_and_resumes(tmp_path):
+    data = [tmp_path / "he", tmp_path / "lymph"]
+    write_synthetic(data[0], "breast-he", 6, seed=0, size=64, test_fraction=0.34)
+    write_synthetic(data[1], "lymph-he", 6, seed=1, size=64, test_fraction=0.34)
+    options = {k: v for k, v in NUCLEI.items() if k != "task"} | {"epochs": 1}
+    record = fewlabel.nuclei_transfer([str(d) for d in data], tmp_path / "transfer", few=2, few_val=1, **options)
+    matrix = np.asarray(record["f1_matrix"]["f1"])
+    assert matrix.shape == (2, 2) and record["f1_matrix"]["trained_on"] == ["he", "lymph"]
+    assert record["targets"]["lymph"]["from"]["he"]["as_is"] == matrix[0, 1]
+    assert set(record["targets"]["he"]["from"]["lymph"]) == {"as_is", "fine_tuned", "mixed"}
+    assert len(list((tmp_path / "transfer" / "data" / "few-he" / "train").glob("*.png"))) == 2
+    mixed = tmp_path / "transfer" / "data" / "mix-lymph-he"
+    assert len(list((mixed / "train").glob("*.png"))) == 4 + 2  # all lymph's training images and he's few
+    assert len(list((mixed / "train").glob("*.csv"))) == 4 + 2
+    assert record["few_crops_per_image"] == 2 * 3 // 2  # as many crops per epoch as a source fit: 2 x 3 / 2
+    assert "Nucleus detection across styles" in (tmp_path / "transfer" / "report.html").read_text()
+    finished = (tmp_path / "transfer" / "on-he" / "metrics.json").stat().st_mtime
+    again = fewlabel.nuclei_transfer([str(d) for d in data], tmp_path / "transfer", few=2, few_val=1, **options)
+    assert (tmp_path / "transfer" / "on-he" / "metrics.json").stat().st_mtime == finished  # finished runs are kept
+    assert again["f1_matrix"] == record["f1_matrix"]

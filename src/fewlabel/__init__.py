@@ -25,19 +25,43 @@ __all__ = [
     "__version__",
     "audit_infoplane",
     "audit_uap",
+    "detect_nuclei",
     "evaluate",
     "export",
     "list_datasets",
     "list_models",
     "load",
+    "nuclei_transfer",
     "quantize",
     "train",
+    "train_nuclei",
 ]
 
 
 def train(*args: Any, **kwargs: Any):
     """See :func:`fewlabel.api.train`."""
     from .api import train as run
+
+    return run(*args, **kwargs)
+
+
+def train_nuclei(*args: Any, **kwargs: Any):
+    """See :func:`fewlabel.api.train_nuclei`."""
+    from .api import train_nuclei as run
+
+    return run(*args, **kwargs)
+
+
+def detect_nuclei(*args: Any, **kwargs: Any) -> dict:
+    """See :func:`fewlabel.api.detect_nuclei`."""
+    from .api import detect_nuclei as run
+
+    return run(*args, **kwargs)
+
+
+def nuclei_transfer(*args: Any, **kwargs: Any) -> dict:
+    """See :func:`fewlabel.api.nuclei_transfer`."""
+    from .api import nuclei_transfer as run
 
     return run(*args, **kwargs)
 

@@ -21,7 +21,7 @@ from .methods import load_network
 from .models import OFFLINE_WEIGHTS, list_backbones
 from .models.files import read_card
 from .rundir import ONNX, WEIGHTS, model_dir
-from .runner import TrainResult, run_training
+from .runner import TrainResult, evaluate_run, run_training
 from .stepwise import INTERMEDIATE_METHODS
 from .stepwise.build import build_intermediate
 from .tasks import get_task
@@ -33,14 +33,17 @@ __all__ = [
     "TrainResult",
     "build_config",
     "build_intermediate",
+    "detect_nuclei",
     "evaluate",
     "export",
     "list_datasets",
     "list_models",
     "load",
     "load_classifier",
+    "nuclei_transfer",
     "quantize",
     "train",
+    "train_nuclei",
 ]
 
 
@@ -143,16 +146,53 @@ def load_classifier(run_dir: str | Path, device: str | None = None) -> Predictor
     return predictor
 
 
-def evaluate(run_dir: str | Path, data: str, out: str | Path | None = None, strict: bool = False) -> dict:
-    """Metrics of a trained model on DATA, optionally written to ``out`` as JSON."""
-    model, card = load_network(model_dir(run_dir))
-    task = get_task(card.task)
-    split = task.load_split(data, card, strict)
-    metrics, _ = task.evaluate(model, card, split, progress=True)
-    metrics |= {"eval_data": data, "run": str(run_dir)}
+def evaluate(
+    run_dir: str | Path, data: str, out: str | Path | None = None, strict: bool = False, **settings: Any
+) -> dict:
+    """Metrics of a trained model on DATA, optionally written to ``out`` as JSON; ``settings``
+    override the task options the model stored, for this evaluation (nuclei: ``match_radius``)."""
+    metrics = evaluate_run(run_dir, data, strict, settings)
     if out is not None:
         write_json(out, metrics)
     return metrics
+
+
+def train_nuclei(data: str | None = None, out: str | Path = "runs/nuclei", **options: Any) -> TrainResult:
+    """:func:`train` of the nuclei task; without a ``config``, ``TRAIN_DEFAULTS`` (full
+    fine-tuning of 128-pixel crops at lr 1e-3) fill in what ``options`` leave out."""
+    from .nuclei.options import TRAIN_DEFAULTS
+
+    defaults = {} if options.get("config") is not None else TRAIN_DEFAULTS
+    return train(data, out, **(defaults | options | {"task": "nuclei"}))
+
+
+def detect_nuclei(
+    run_dir: str | Path,
+    images: list[str | Path],
+    out: str | Path = "detections.csv",
+    overlays: str | Path | None = None,
+    threshold: float | None = None,
+) -> dict:
+    """Nuclei in image files with a nuclei run's detector: ``out`` (CSV ``image,x,y,score``)
+    and an overlay PNG per image; returns the count per image."""
+    from .nuclei.workflows import detect_files
+
+    detector = load(run_dir)
+    if getattr(detector.card, "task", None) != "nuclei":
+        raise FewlabelError(f"'{run_dir}' is a {detector.card.task} run; nuclei detect takes a nuclei run.")
+    return detect_files(detector, images, out, overlays, threshold)
+
+
+def nuclei_transfer(
+    datasets: list[str], out: str | Path = "runs/transfer", few: int = 5, few_val: int = 1, seed: int = 0, **options
+) -> dict:
+    """Xing et al.'s transfer experiment over DATA folders (see :mod:`fewlabel.nuclei.transfer`)."""
+    from .nuclei.transfer import run_transfer
+
+    def one_run(data: str, run_out: Path, **run_options) -> dict:
+        return train_nuclei(data, run_out, overwrite=True, **run_options).metrics
+
+    return run_transfer(datasets, out, one_run, few=few, few_val=few_val, seed=seed, options=options)
 
 
 def list_models(pattern: str = "") -> list[dict]:

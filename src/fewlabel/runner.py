@@ -256,3 +256,17 @@ def finish(run_dir: Path, cfg: TrainConfig) -> None:
 
         run_id = log_run_to_mlflow(run_dir, cfg.mlflow_uri)
         log.info("recorded in MLflow as run %s", run_id)
+
+
+def evaluate_run(run_dir: str | Path, data: str, strict: bool = False, settings: dict | None = None) -> dict:
+    """Metrics of a trained run's model on DATA; ``settings`` change task options stored in its
+    model.json for this evaluation only (nuclei: ``match_radius``, ``threshold``)."""
+    from .methods import load_network
+    from .rundir import model_dir
+
+    model, card = load_network(model_dir(run_dir))
+    if settings:
+        card = replace(card, extras=card.extras | settings)
+    task = get_task(card.task)
+    metrics, _ = task.evaluate(model, card, task.load_split(data, card, strict), progress=True)
+    return metrics | {"eval_data": data, "run": str(run_dir)}

@@ -23,7 +23,8 @@ from ..config import TrainConfig
 from ..errors import FewlabelError
 from ..methods import get_method, list_methods, option_owners
 
-DATA_PANEL, TRAINING_PANEL, MACHINE_PANEL, METHOD_PANEL = "Data", "Training", "Hardware and output", "Method options"
+DATA_PANEL, TRAINING_PANEL, MACHINE_PANEL = "Data", "Training", "Hardware and output"
+METHOD_PANEL, TASK_PANEL = "Method options", "Task options"
 _PANELS = {
     DATA_PANEL: ("eval_data", "task", "labels_per_class", "val_split", "img_size", "strict"),
     MACHINE_PANEL: (
@@ -72,11 +73,11 @@ def _help(info: FieldInfo, owners: list[str] | None = None) -> str:
     return text.strip()
 
 
-def _parameter(name: str, info: FieldInfo, owners: list[str] | None) -> inspect.Parameter:
+def _parameter(name: str, info: FieldInfo, owners: list[str] | None, panel: str | None = None) -> inspect.Parameter:
     kind = _cli_type(name, info.annotation)
     flag = "--" + name.replace("_", "-")
     decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-    panel = METHOD_PANEL if owners is not None else _panel(name)
+    panel = panel or (METHOD_PANEL if owners is not None else _panel(name))
     option = typer.Option(*decls, help=_help(info, owners), rich_help_panel=panel, show_default=False)
     return inspect.Parameter(
         name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]
@@ -104,20 +105,35 @@ def parse_seeds(value: str | None) -> list[int] | None:
         raise FewlabelError(f"--seeds must be comma-separated integers such as 0,1,2; got '{value}'.") from None
 
 
-def with_training_options(skip: tuple[str, ...] = ()) -> Callable:
-    """Give a command every training option: the decorated function is called with its own
-    arguments plus ``options``, a dict of the options given (enum values as strings, seeds
-    parsed)."""
+def task_parameters(model: type, taken: set[str]) -> list[inspect.Parameter]:
+    """One option per field of a task's options model (a name a training option has is refused)."""
+    clash = sorted(taken & set(model.model_fields))
+    if clash:
+        raise ValueError(f"task options {clash} have the names of training options")
+    return [_parameter(name, info, None, TASK_PANEL) for name, info in model.model_fields.items()]
+
+
+def with_training_options(skip: tuple[str, ...] = (), task_options: type | None = None) -> Callable:
+    """Give a command every training option (and, with ``task_options``, a pydantic model, the
+    task's): the decorated function is called with its own arguments plus ``options``, a dict
+    of the options given (enum values as strings, seeds parsed, the task's under
+    ``task_options``)."""
 
     def decorate(func: Callable) -> Callable:
         own = [p for p in inspect.signature(func, eval_str=True).parameters.values() if p.name != "options"]
         generated = training_parameters(skip)
         names = {p.name for p in generated}
+        task_params = task_parameters(task_options, names | {p.name for p in own}) if task_options else []
+        task_names = {p.name for p in task_params}
+        generated += task_params
 
         @functools.wraps(func)
         def command(**kwargs: Any) -> Any:
-            options = {k: kwargs.pop(k) for k in names}
-            options = {k: (v.value if isinstance(v, Enum) else v) for k, v in options.items() if v is not None}
+            given = {k: kwargs.pop(k) for k in names | task_names}
+            given = {k: (v.value if isinstance(v, Enum) else v) for k, v in given.items() if v is not None}
+            options = {k: v for k, v in given.items() if k not in task_names}
+            if task_names & set(given):
+                options["task_options"] = {k: v for k, v in given.items() if k in task_names}
             if "seeds" in options:
                 options["seeds"] = parse_seeds(options["seeds"])
             return func(options=options, **kwargs)

@@ -194,7 +194,7 @@ def _read_folder(folder: Path) -> tuple[list[Path], list[np.ndarray]]:
 
 
 def drop_outside(points: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int]:
-    """The points inside a ``height`` x ``width`` image (pixel i spans [i - 0.5, i + 0.5)), and
+    """The points inside a ``height`` x ``width`` image (pixel i spans i - 0.5 to i + 0.5), and
     how many were not."""
     inside = (
         (points[:, 0] >= -0.5) & (points[:, 0] < width - 0.5) & (points[:, 1] >= -0.5) & (points[:, 1] < height - 0.5)

@@ -15,11 +15,16 @@ saturation early and stops learning (we saw this with EfficientNet-Lite0 at lr 1
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
-from ..models import BackboneInfo, create_encoder
+from ..errors import FewlabelError
+from ..models import BackboneInfo, ModelCard, create_encoder
+from ..rundir import CARD
 
 DEFAULT_STAGES = 4  # encoder stages used: strides 2 to 16 on timm's usual five-stage CNNs
 
@@ -63,6 +68,38 @@ class ProximityNet(nn.Module):
 def build_detector(
     arch: str, pretrained: str = "imagenet", stages: int = DEFAULT_STAGES, width: int = 32
 ) -> tuple[ProximityNet, BackboneInfo]:
-    """The detector on the first ``stages`` stages of ``arch`` with ``pretrained`` weights."""
+    """The detector on the first ``stages`` stages of ``arch`` with ``pretrained`` weights: an
+    encoder's (``none``, ``imagenet``, ``hub``, a classifier's .safetensors), or a whole trained
+    detector's (the model.safetensors of a nuclei run, to fine-tune it on other data)."""
+    card = _detector_card(pretrained)
+    if card is not None:
+        return _from_detector_run(Path(pretrained), card, arch, stages, width)
     encoder, info = create_encoder(arch, pretrained, indices=tuple(range(stages)))
     return ProximityNet(encoder, width), info
+
+
+def _detector_card(pretrained: str) -> ModelCard | None:
+    path = Path(pretrained)
+    if path.suffix != ".safetensors" or not (path.parent / CARD).is_file():
+        return None
+    card = ModelCard.from_file(path.parent / CARD)
+    return card if card.task == "nuclei" else None
+
+
+def _from_detector_run(path: Path, card: ModelCard, arch: str, stages: int, width: int):
+    """A nuclei run's detector, whole: the same architecture and decoder are required."""
+    theirs = (card.arch, card.extras.get("stages"), card.extras.get("decoder_width"))
+    if theirs != (arch, stages, width):
+        raise FewlabelError(
+            f"--pretrained '{path}' is a nuclei detector with encoder {theirs[0]}, {theirs[1]} stages and decoder "
+            f"width {theirs[2]}; this run asks for {arch}, {stages} and {width}: give the same, or start from imagenet."
+        )
+    encoder, _ = create_encoder(arch, "none", indices=tuple(range(stages)))
+    model = ProximityNet(encoder, width)
+    state = load_file(str(path))
+    own = model.state_dict()
+    bad = sorted(set(own) ^ set(state)) or [k for k in own if own[k].shape != state[k].shape]
+    if bad:
+        raise FewlabelError(f"--pretrained '{path}' does not fit the detector it describes (first: '{bad[0]}').")
+    model.load_state_dict(state)
+    return model, BackboneInfo(arch, tuple(card.mean), tuple(card.std), str(path))

@@ -8,6 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+STYLE_NAMES = ("breast-he", "lymph-he", "ihc-dab")  # the synthetic styles (fewlabel.nuclei.synth.STYLES)
+TRAIN_DEFAULTS = {"strategy": "full", "img_size": 128, "lr": 1e-3}  # fewlabel nuclei train without --config
+
 
 class NucleiOptions(BaseModel):
     """What the nuclei task needs beyond the common training options."""

@@ -120,3 +120,71 @@ def nuclei_section(run_dir: Path, metrics: dict) -> str:
         )
         parts.append("<h3>F1 against the threshold</h3>" + _img(figure, "F1 by threshold"))
     return "\n".join(parts)
+
+
+def transfer_matrix_figure(record: dict) -> str:
+    matrix = np.asarray(record["f1_matrix"]["f1"], dtype=float)
+    names = record["f1_matrix"]["trained_on"]
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 1.2 * len(names) + 1.5))
+    ax.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("tested on")
+    ax.set_ylabel("trained on")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(
+                j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="white" if matrix[i, j] < 0.6 else "black"
+            )
+    ax.set_title("F1 at the matching radius")
+    return _encode(fig)
+
+
+def transfer_bars_figure(record: dict) -> str:
+    """Per target and source: the source's model as is, fine-tuned on the few target images,
+    trained on a mix; the target's few images alone and its own full model as lines."""
+    bars = [(y, x, r) for y, t in record["targets"].items() for x, r in t["from"].items()]
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(bars)), 3.8))
+    width = 0.27
+    for k, (key, colour) in enumerate((("as_is", "#9e9e9e"), ("fine_tuned", "#2962ff"), ("mixed", "#ff9100"))):
+        ax.bar(np.arange(len(bars)) + (k - 1) * width, [r[key] for _, _, r in bars], width, color=colour,
+               label=key.replace("_", " "))  # fmt: skip
+    for i, (y, _, _) in enumerate(bars):
+        target = record["targets"][y]
+        ax.hlines(
+            target["alone"], i - 0.45, i + 0.45, colors="black", linestyles="--", label="few alone" if i == 0 else None
+        )
+        ax.hlines(
+            target["same_style"], i - 0.45, i + 0.45, colors="#00c853", label="same style, full" if i == 0 else None
+        )
+    ax.set_xticks(range(len(bars)), [f"{x} → {y}" for y, x, _ in bars], rotation=20, ha="right")
+    ax.set_ylabel("F1 on the target's test images")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, ncol=2)
+    return _encode(fig)
+
+
+def transfer_report(record: dict) -> str:
+    """A self-contained HTML page of a transfer experiment."""
+    a = record["answers"]
+    rows = [
+        ("same style best (targets)", ", ".join(a["same_style_best_for"]) or "none"),
+        ("same style minus other styles, mean F1", f"{a['same_style_minus_other_mean']:+.3f}"),
+        (f"fine-tuned on {record['few']} target images minus those alone", f"{a['fine_tuned_minus_alone_mean']:+.3f}"),
+        ("fine-tuned minus the other style's model as is", f"{a['fine_tuned_minus_as_is_mean']:+.3f}"),
+        ("mixed minus target images alone", f"{a['mixed_minus_alone_mean']:+.3f}"),
+        ("mixed minus fine-tuned", f"{a['mixed_minus_fine_tuned_mean']:+.3f}"),
+        ("pairs where mixing beats the few images alone", f"{a['mixing_helps_over_alone']} of {a['pairs']}"),
+    ]
+    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    data = "".join(f"<li>{html.escape(k)}: <code>{html.escape(v)}</code></li>" for k, v in record["datasets"].items())
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>nuclei transfer</title></head><body>"
+        "<h1>Nucleus detection across styles</h1>"
+        f"<ul>{data}</ul><p>Few-shot fits: {record['few']} target training images and {record['few_val']} for the "
+        f"threshold (seed {record['seed']}), {record['few_crops_per_image']} crops per image per epoch.</p>"
+        f"<table>{table}</table>"
+        f"<h2>Train on X, test on Y</h2>{_img(transfer_matrix_figure(record), 'F1 matrix')}"
+        f"<h2>A few target images</h2>{_img(transfer_bars_figure(record), 'fine-tuning and mixing')}"
+        "</body></html>"
+    )

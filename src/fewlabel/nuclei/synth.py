@@ -26,6 +26,7 @@ from skimage.color import rgb_from_hed
 
 from ..errors import unknown_choice
 from .data import drop_outside
+from .options import STYLE_NAMES
 
 Stain = tuple[float, float, float]  # haematoxylin, eosin, DAB concentrations
 
@@ -87,6 +88,9 @@ STYLES: dict[str, Style] = {
         ),
     )
 }  # fmt: skip
+
+
+assert tuple(STYLES) == STYLE_NAMES, "options.STYLE_NAMES lists the styles for the command line"
 
 
 def get_style(name: str) -> Style:
