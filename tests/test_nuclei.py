@@ -24,6 +24,7 @@ from fewlabel.nuclei.matching import best_threshold, count_detections, detection
 from fewlabel.nuclei.peaks import above, find_peaks
 from fewlabel.nuclei.proximity import proximity_map
 from fewlabel.nuclei.synth import STYLES, render_tile, write_synthetic
+from test_rundir import undocumented
 
 NUCLEI = dict(
     task="nuclei", strategy="full", model="test_efficientnet", pretrained="none", img_size=64, epochs=3,
@@ -228,6 +229,7 @@ def test_the_nuclei_task_trains_chooses_a_threshold_and_reports(trained, synth):
     assert statuses <= {"matched", "false_positive", "missed"}
     n_true = sum(1 for row in rows if row.endswith((",matched", ",missed")))
     assert n_true == metrics["n_nuclei"]
+    assert undocumented(run) == []  # every file of a nuclei run is in fewlabel.rundir.FILES
     report = (run / "report.html").read_text()
     assert "Nucleus detection" in report and "F1 against the threshold" in report
     again = fewlabel.evaluate(run, f"{synth}:test")
@@ -243,6 +245,8 @@ def test_nuclei_configs_refuse_what_cannot_work(synth, tmp_path):
         make_config({"data": str(synth), "task_options": {"tile": 4}})
     with pytest.raises(FewlabelError, match="multiple of the network's stride 16"):
         fewlabel.train(str(synth), tmp_path / "odd", **NUCLEI | {"img_size": 40})
+    with pytest.raises(FewlabelError, match="augment/vflip: the nuclei task augments its own way"):
+        fewlabel.train(str(synth), tmp_path / "aug", **NUCLEI | {"augment": "randaugment"})
     with pytest.raises(FewlabelError, match="--refit: task 'nuclei'"):
         fewlabel.train(str(synth), tmp_path / "refit", **NUCLEI | {"refit": True})
 
@@ -310,3 +314,28 @@ def test_transfer_trains_each_way_fine_tunes_mixes_and_resumes(tmp_path):
     again = fewlabel.nuclei_transfer([str(d) for d in data], tmp_path / "transfer", few=2, few_val=1, **options)
     assert (tmp_path / "transfer" / "on-he" / "metrics.json").stat().st_mtime == finished  # finished runs are kept
     assert again["f1_matrix"] == record["f1_matrix"]
+
+
+def test_nuclei_training_under_two_process_ddp_matches_one_process(synth, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    options = NUCLEI | {"epochs": 2, "freeze_bn": "yes", "dropout": 0.0}  # frozen BatchNorm: half batches add up
+    single = fewlabel.train(str(synth), tmp_path / "single", **options)
+    flags = ["--model", "test_efficientnet", "--pretrained", "none", "--img-size", "64", "--epochs", "2",
+             "--batch-size", "4", "--lr", "3e-3", "--freeze-bn", "yes", "--dropout", "0", "--no-progress",
+             "--crops-per-image", "2", "--tile", "64", "--overlap", "16", "--strategy", "full",
+             "--devices", "2", "--distributed", "ddp", "--accelerator", "cpu"]  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "fewlabel.cli", "nuclei", "train", str(synth), "--out", str(tmp_path / "ddp"), *flags]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert ddp["threshold"] == single.metrics["threshold"]
+    assert ddp["f1"] == pytest.approx(single.metrics["f1"], abs=0.02)
+    ddp_loss = [r.split(",")[2] for r in (tmp_path / "ddp" / "history.csv").read_text().splitlines()[1:]]
+    one_loss = [r.split(",")[2] for r in (tmp_path / "single" / "history.csv").read_text().splitlines()[1:]]
+    assert [float(x) for x in ddp_loss] == pytest.approx([float(x) for x in one_loss], rel=1e-3)

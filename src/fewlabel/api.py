@@ -186,9 +186,11 @@ def detect_nuclei(
 def nuclei_transfer(
     datasets: list[str], out: str | Path = "runs/transfer", few: int = 5, few_val: int = 1, seed: int = 0, **options
 ) -> dict:
-    """Xing et al.'s transfer experiment over DATA folders (see :mod:`fewlabel.nuclei.transfer`)."""
+    """Xing et al.'s transfer experiment over DATA folders (see :mod:`fewlabel.nuclei.transfer`);
+    ``seed`` draws the few target images and seeds every run."""
     from .nuclei.transfer import run_transfer
 
+    options = options | {"seed": seed}
     def one_run(data: str, run_out: Path, **run_options) -> dict:
         return train_nuclei(data, run_out, overwrite=True, **run_options).metrics
 

@@ -49,6 +49,7 @@ class Style:
     positive_stain: Stain  # a DAB-positive nucleus (nuclear immunostain)
     positive_fraction: float
     cytoplasm_stain: Stain
+    stain_over_nuclei: float  # share of the cytoplasm's stain kept over a nucleus (IHC: DAB above and below it)
     membrane_stain: Stain
     stroma_stain: Stain
     fibre_texture: float  # amplitude of the stroma's fibrous texture
@@ -66,7 +67,7 @@ STYLES: dict[str, Style] = {
             "breast-he", "H&E, breast-like: medium nuclei in clustered epithelium, pink fibrous stroma",
             radius=6.0, radius_sd=1.2, elongation=(1.0, 1.5), stroma_elongation=(1.6, 3.0), epithelium=0.5,
             density_epithelium=4.5, density_stroma=0.9, min_separation=0.75, nucleus_stain=(1.05, 0.12, 0.0),
-            positive_stain=(1.05, 0.12, 0.0), positive_fraction=0.0, cytoplasm_stain=(0.06, 0.5, 0.0),
+            positive_stain=(1.05, 0.12, 0.0), positive_fraction=0.0, cytoplasm_stain=(0.06, 0.5, 0.0), stain_over_nuclei=0.0,
             membrane_stain=(0.05, 0.15, 0.0), stroma_stain=(0.02, 0.6, 0.0), fibre_texture=0.35, chromatin=0.35,
             rim=0.35, irregularity=0.08, blur=0.8, noise=4.0,
         ),
@@ -74,17 +75,17 @@ STYLES: dict[str, Style] = {
             "lymph-he", "H&E, lymph-node-like: small, round, dark, densely packed nuclei",
             radius=3.8, radius_sd=0.5, elongation=(1.0, 1.15), stroma_elongation=(1.2, 2.0), epithelium=0.7,
             density_epithelium=12.0, density_stroma=2.5, min_separation=0.85, nucleus_stain=(1.6, 0.05, 0.0),
-            positive_stain=(1.6, 0.05, 0.0), positive_fraction=0.0, cytoplasm_stain=(0.08, 0.25, 0.0),
+            positive_stain=(1.6, 0.05, 0.0), positive_fraction=0.0, cytoplasm_stain=(0.08, 0.25, 0.0), stain_over_nuclei=0.0,
             membrane_stain=(0.0, 0.0, 0.0), stroma_stain=(0.03, 0.45, 0.0), fibre_texture=0.3, chromatin=0.15,
             rim=0.0, irregularity=0.04, blur=1.0, noise=5.0,
         ),
         Style(
             "ihc-dab", "immunohistochemistry: blue counterstained nuclei, brown DAB cytoplasm and membranes",
-            radius=6.5, radius_sd=1.3, elongation=(1.2, 1.9), stroma_elongation=(1.8, 3.5), epithelium=0.5,
-            density_epithelium=3.8, density_stroma=0.7, min_separation=0.8, nucleus_stain=(0.6, 0.0, 0.02),
-            positive_stain=(0.5, 0.0, 0.5), positive_fraction=0.1, cytoplasm_stain=(0.02, 0.0, 0.38),
-            membrane_stain=(0.0, 0.0, 0.7), stroma_stain=(0.07, 0.0, 0.03), fibre_texture=0.5, chromatin=0.25,
-            rim=0.2, irregularity=0.1, blur=1.0, noise=3.0,
+            radius=6.5, radius_sd=1.3, elongation=(1.3, 2.4), stroma_elongation=(1.8, 3.5), epithelium=0.6,
+            density_epithelium=4.5, density_stroma=0.7, min_separation=0.8, nucleus_stain=(0.7, 0.0, 0.02),
+            positive_stain=(0.5, 0.0, 0.5), positive_fraction=0.1, cytoplasm_stain=(0.03, 0.0, 0.9),
+            stain_over_nuclei=0.4, membrane_stain=(0.0, 0.0, 1.4), stroma_stain=(0.07, 0.0, 0.03),
+            fibre_texture=0.5, chromatin=0.25, rim=0.2, irregularity=0.1, blur=1.2, noise=3.0,
         ),
     )
 }  # fmt: skip
@@ -202,7 +203,7 @@ def render_tile(style: Style, size: int | tuple[int, int], rng: np.random.Genera
         for channel in range(3):
             nuclear[channel, r0:r1, c0:c1] += coverage * texture * colour[channel]
         occupied[r0:r1, c0:c1] += coverage
-    stain = stain * (1 - np.clip(occupied, 0, 1)) + nuclear
+    stain = stain * (1 - (1 - style.stain_over_nuclei) * np.clip(occupied, 0, 1)) + nuclear
     optical_density = np.tensordot(stain, rgb_from_hed, axes=([0], [0]))  # H x W x RGB
     image = 245.0 * np.exp(-optical_density)
     image = gaussian_filter(image, (style.blur, style.blur, 0)) + rng.normal(0, style.noise, image.shape)

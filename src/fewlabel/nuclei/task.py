@@ -111,6 +111,11 @@ class NucleiTask(Task):
             raise FewlabelError(
                 "--refit: task 'nuclei' needs its validation images after training (the threshold); remove it"
             )
+        if cfg.augment != "auto" or cfg.vflip:
+            raise FewlabelError(
+                "augment/vflip: the nuclei task augments its own way (the square's 8 symmetries and a stain jitter, "
+                "--stain-jitter); remove them"
+            )
         pool = load_nuclei(cfg.data, cfg.strict, cfg.progress)
         val, held_out = self._validation(cfg, pool, seed)
         held = set(val.ids) if held_out else set()
@@ -141,6 +146,11 @@ class NucleiTask(Task):
         if ":" not in cfg.data and has_split(cfg.data, "test"):
             return load_nuclei(f"{cfg.data}:test", cfg.strict), "test"
         return val, "val"
+
+    def resolve_augment(self, cfg: TrainConfig, data: DataBundle, engine) -> tuple[TrainConfig, dict | None]:
+        """Nothing to decide: crops always take one of the square's 8 symmetries and the stain
+        jitter (``--augment`` does not apply to this task)."""
+        return cfg, None
 
     def splits_record(self, data: DataBundle, seed: int) -> dict:
         return super().splits_record(data, seed) | {"summary": self.data_summary(data)}
