@@ -35,6 +35,7 @@ from fewlabel.nuclei.synth import STYLES, render_tile, write_synthetic
 from fewlabel.nuclei.workflows import overlay
 from fewlabel.rundir import read_metrics
 
+TRANSFER_KEYS = ("f1_matrix", "targets", "answers", "few", "few_val", "few_crops_per_image")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
@@ -110,7 +111,7 @@ def main() -> None:
         "options": options | {"defaults": "fewlabel nuclei train (efficientnet_lite0 imagenet, full, 128 px, lr 1e-3)"},
         "held_out_f1_radius_6": per_style,
         "goal_f1_at_least_0.9": all(v["f1"] >= 0.9 for v in per_style.values()),
-        "transfer": {k: record[k] for k in ("f1_matrix", "targets", "answers", "few", "few_val", "few_crops_per_image")},
+        "transfer": {k: record[k] for k in TRANSFER_KEYS},
         "throughput": throughput(detectors["breast-he"]),
         "ihc_photo": ihc_photo(detectors["ihc-dab"], detectors),
         "seconds": time.perf_counter() - started,

@@ -191,6 +191,7 @@ def nuclei_transfer(
     from .nuclei.transfer import run_transfer
 
     options = options | {"seed": seed}
+
     def one_run(data: str, run_out: Path, **run_options) -> dict:
         return train_nuclei(data, run_out, overwrite=True, **run_options).metrics
 
