@@ -124,6 +124,9 @@ def test_bad_annotations_are_named(tmp_path):
     (tmp_path / "cols" / "a.csv").write_text("col,row\n1,2\n")
     with pytest.raises(FewlabelError, match=r"a\.csv.*\['col', 'row'\].*x,y"):
         load_nuclei(str(tmp_path / "cols"))
+    (tmp_path / "cols" / "a.csv").write_text("x,y\n1,2\n3,abc\n")
+    with pytest.raises(FewlabelError, match=r"a\.csv', line 3: x and y must be numbers"):
+        load_nuclei(str(tmp_path / "cols"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FewlabelError, match="holds no images"):
         load_nuclei(str(tmp_path / "empty"))

@@ -97,20 +97,32 @@ def has_split(spec: str, split: str) -> bool:
     return (Path(location) / split).is_dir()
 
 
-def read_points(path: Path) -> np.ndarray:
-    """The ``x,y`` rows of a point CSV (N x 2); wrong columns are refused, naming them."""
+def _checked_rows(path: Path, columns: tuple[str, ...], what: str, accepted: str) -> list[tuple[int, dict]]:
+    """(line number, row) of a CSV whose header starts with ``columns``; another header is
+    refused naming the columns found."""
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        if columns[:2] != list(POINT_COLUMNS):
-            raise FewlabelError(
-                f"Point file '{path}': columns {columns or 'none'}; accepted: a header 'x,y' then one centre per row."
-            )
-        try:
-            rows = [(float(r["x"]), float(r["y"])) for r in reader if (r.get("x") or "").strip()]
-        except (TypeError, ValueError) as exc:
-            raise FewlabelError(f"Point file '{path}': a value is not a number ({exc}).") from None
-    return np.asarray(rows, dtype=np.float32).reshape(-1, 2)
+        found = [c.strip() for c in reader.fieldnames or []]
+        if found[: len(columns)] != list(columns):
+            raise FewlabelError(f"{what} '{path}': columns {found or 'none'}; accepted: {accepted}.")
+        return list(enumerate(reader, start=2))
+
+
+def _point(path: Path, line: int, row: dict) -> tuple[float, float] | None:
+    """A row's centre; None when x is empty (an image without nuclei in a table)."""
+    if not (row.get("x") or "").strip():
+        return None
+    try:
+        return float(row["x"]), float(row["y"])
+    except (TypeError, ValueError):
+        raise FewlabelError(f"'{path}', line {line}: x and y must be numbers.") from None
+
+
+def read_points(path: Path) -> np.ndarray:
+    """The ``x,y`` rows of a point CSV (N x 2); wrong columns are refused, naming them."""
+    rows = _checked_rows(path, POINT_COLUMNS, "Point file", "a header 'x,y' then one centre per row")
+    points = [p for line, row in rows if (p := _point(path, line, row)) is not None]
+    return np.asarray(points, dtype=np.float32).reshape(-1, 2)
 
 
 def mask_centres(path: Path) -> np.ndarray:
@@ -145,22 +157,12 @@ def _is_mask(path: Path) -> bool:
 
 def _read_table(path: Path) -> tuple[list[Path], list[np.ndarray]]:
     """Images and their centres from one ``image,x,y`` CSV."""
+    rows = _checked_rows(path, TABLE_COLUMNS, "Point table", "a header 'image,x,y' (image paths relative to the CSV)")
     points: dict[str, list[tuple[float, float]]] = {}
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        if columns[:3] != list(TABLE_COLUMNS):
-            raise FewlabelError(
-                f"Point table '{path}': columns {columns or 'none'}; accepted: a header 'image,x,y' "
-                "(image paths relative to the CSV)."
-            )
-        for line, row in enumerate(reader, start=2):
-            centres = points.setdefault(row["image"], [])
-            if (row.get("x") or "").strip():
-                try:
-                    centres.append((float(row["x"]), float(row["y"])))
-                except (TypeError, ValueError):
-                    raise FewlabelError(f"Point table '{path}', line {line}: x,y must be numbers.") from None
+    for line, row in rows:
+        centres = points.setdefault(row["image"], [])
+        if (point := _point(path, line, row)) is not None:
+            centres.append(point)
     images = [path.parent / name for name in points]
     return images, [np.asarray(points[name], dtype=np.float32).reshape(-1, 2) for name in points]
 
