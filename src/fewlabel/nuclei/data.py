@@ -199,7 +199,7 @@ def drop_outside(points: np.ndarray, height: int, width: int) -> tuple[np.ndarra
     """The points inside a ``height`` x ``width`` image (pixel i spans i - 0.5 to i + 0.5), and
     how many were not."""
     inside = (
-        (points[:, 0] >= -0.5) & (points[:, 0] < width - 0.5) & (points[:, 1] >= -0.5) & (points[:, 1] < height - 0.5)
+        (points[:, 0] >= -0.5) & (points[:, 0] <= width - 0.5) & (points[:, 1] >= -0.5) & (points[:, 1] <= height - 0.5)
     )
     return points[inside], int((~inside).sum())
 

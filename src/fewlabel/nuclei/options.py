@@ -30,5 +30,5 @@ class NucleiOptions(BaseModel):
     match_radius: float = Field(6.0, gt=0, description="a detection matches a true centre within this distance")
     stages: int = Field(4, ge=2, le=5, description="encoder stages the decoder uses (4: strides 2 to 16)")
     decoder_width: int = Field(32, ge=4, description="channels of the decoder's convolutions")
-    tile: int = Field(512, ge=32, description="inference tile side for large images")
+    tile: int = Field(384, ge=32, description="inference tile side for large images")
     overlap: int = Field(64, ge=0, description="pixels shared by neighbouring inference tiles")

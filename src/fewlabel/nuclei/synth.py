@@ -46,6 +46,7 @@ class Style:
     density_stroma: float
     min_separation: float  # least centre distance as a share of the two radii; below 1 nuclei overlap
     nucleus_stain: Stain
+    nucleus_variation: float  # sd of a per-nucleus factor on its stain (pale and dark nuclei side by side)
     positive_stain: Stain  # a DAB-positive nucleus (nuclear immunostain)
     positive_fraction: float
     cytoplasm_stain: Stain
@@ -67,6 +68,7 @@ STYLES: dict[str, Style] = {
             "breast-he", "H&E, breast-like: medium nuclei in clustered epithelium, pink fibrous stroma",
             radius=6.0, radius_sd=1.2, elongation=(1.0, 1.5), stroma_elongation=(1.6, 3.0), epithelium=0.5,
             density_epithelium=4.5, density_stroma=0.9, min_separation=0.75, nucleus_stain=(1.05, 0.12, 0.0),
+            nucleus_variation=0.0,
             positive_stain=(1.05, 0.12, 0.0), positive_fraction=0.0, cytoplasm_stain=(0.06, 0.5, 0.0),
             stain_over_nuclei=0.0,
             membrane_stain=(0.05, 0.15, 0.0), stroma_stain=(0.02, 0.6, 0.0), fibre_texture=0.35, chromatin=0.35,
@@ -76,6 +78,7 @@ STYLES: dict[str, Style] = {
             "lymph-he", "H&E, lymph-node-like: small, round, dark, densely packed nuclei",
             radius=3.8, radius_sd=0.5, elongation=(1.0, 1.15), stroma_elongation=(1.2, 2.0), epithelium=0.7,
             density_epithelium=12.0, density_stroma=2.5, min_separation=0.85, nucleus_stain=(1.6, 0.05, 0.0),
+            nucleus_variation=0.0,
             positive_stain=(1.6, 0.05, 0.0), positive_fraction=0.0, cytoplasm_stain=(0.08, 0.25, 0.0),
             stain_over_nuclei=0.0,
             membrane_stain=(0.0, 0.0, 0.0), stroma_stain=(0.03, 0.45, 0.0), fibre_texture=0.3, chromatin=0.15,
@@ -85,8 +88,9 @@ STYLES: dict[str, Style] = {
             "ihc-dab", "immunohistochemistry: blue counterstained nuclei, brown DAB cytoplasm and membranes",
             radius=6.5, radius_sd=1.3, elongation=(1.3, 2.4), stroma_elongation=(1.8, 3.5), epithelium=0.6,
             density_epithelium=4.5, density_stroma=0.7, min_separation=0.8, nucleus_stain=(0.7, 0.0, 0.02),
+            nucleus_variation=0.3,
             positive_stain=(0.5, 0.0, 0.5), positive_fraction=0.1, cytoplasm_stain=(0.03, 0.0, 0.9),
-            stain_over_nuclei=0.4, membrane_stain=(0.0, 0.0, 1.4), stroma_stain=(0.07, 0.0, 0.03),
+            stain_over_nuclei=0.6, membrane_stain=(0.0, 0.0, 1.4), stroma_stain=(0.07, 0.0, 0.03),
             fibre_texture=0.5, chromatin=0.25, rim=0.2, irregularity=0.1, blur=1.2, noise=3.0,
         ),
     )
@@ -106,6 +110,11 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: tuple
     """Zero-mean, unit-sd smooth noise."""
     field = gaussian_filter(rng.standard_normal(shape), sigma)
     return (field - field.mean()) / (field.std() + 1e-8)
+
+
+def _intensity(rng: np.random.Generator, sd: float) -> float:
+    """A nucleus's stain factor; no draw at all without variation (older styles' tiles stay the same)."""
+    return float(np.clip(rng.normal(1.0, sd), 0.4, 1.6)) if sd > 0 else 1.0
 
 
 def _place_nuclei(rng: np.random.Generator, style: Style, epithelium: np.ndarray, fibre_angle: float) -> list[dict]:
@@ -137,6 +146,7 @@ def _place_nuclei(rng: np.random.Generator, style: Style, epithelium: np.ndarray
                 "x": x, "y": y, "a": radius * np.sqrt(aspect), "b": radius / np.sqrt(aspect), "angle": angle,
                 "bumps": rng.normal(0, style.irregularity, size=(3, 2)), "phase": rng.uniform(0, 2 * np.pi, 3),
                 "positive": bool(rng.random() < style.positive_fraction), "epithelium": in_epithelium,
+                "intensity": _intensity(rng, style.nucleus_variation),
             })  # fmt: skip
             centres = np.vstack([centres, (x, y)])
             radii = np.append(radii, radius)
@@ -201,7 +211,7 @@ def render_tile(style: Style, size: int | tuple[int, int], rng: np.random.Genera
         rows, cols = np.mgrid[r0:r1, c0:c1]
         coverage, depth = _nucleus_mask(nucleus, rows, cols)
         texture = np.clip(1.0 + style.chromatin * chromatin[r0:r1, c0:c1] + style.rim * (depth < 0.25), 0.2, None)
-        colour = style.positive_stain if nucleus["positive"] else style.nucleus_stain
+        colour = np.asarray(style.positive_stain if nucleus["positive"] else style.nucleus_stain) * nucleus["intensity"]
         for channel in range(3):
             nuclear[channel, r0:r1, c0:c1] += coverage * texture * colour[channel]
         occupied[r0:r1, c0:c1] += coverage
