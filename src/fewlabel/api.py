@@ -183,6 +183,46 @@ def detect_nuclei(
     return detect_files(detector, images, out, overlays, threshold)
 
 
+def render_depth(out: str | Path, style: str = "cinematic", n: int = 200, seed: int = 0, size: int = 256,
+                 test_share: float = 0.2, overwrite: bool = False) -> dict:  # fmt: skip
+    """Rendered colon-like scenes with exact depth (see :mod:`fewlabel.depth.render`) in
+    ``out/train`` and ``out/test`` (held-out anatomy and lighting); returns render.json's record."""
+    from .depth.render import write_renders
+
+    return write_renders(Path(out), style, n, seed, size, test_share, overwrite)
+
+
+def train_depth(data: str | None = None, out: str | Path = "runs/depth", init: str | Path | None = None,
+                **options: Any) -> TrainResult:  # fmt: skip
+    """:func:`train` of the depth task; ``init`` a depth run to fine-tune (its whole network, its
+    depth offset, and a comparison against it in the report). Without a ``config``,
+    ``TRAIN_DEFAULTS`` (full fine-tuning at 128 px, lr 1e-3) fill in what ``options`` leave out."""
+    from .depth.options import TRAIN_DEFAULTS
+
+    defaults = {} if options.get("config") is not None else TRAIN_DEFAULTS
+    if init is not None:
+        parent = model_dir(init)
+        card = read_card(parent)
+        if card.task != "depth":
+            raise FewlabelError(f"--init '{init}' is a {card.task} run; the depth task fine-tunes a depth run.")
+        given = options.get("model")
+        if given and given != card.arch:
+            raise FewlabelError(f"model '{given}': --init keeps the run's architecture ({card.arch}); leave it out.")
+        options = options | {"model": card.arch, "pretrained": str(parent / WEIGHTS)}
+    return train(data, out, **(defaults | options | {"task": "depth"}))
+
+
+def predict_depth(run_dir: str | Path, images: list[str | Path], out: str | Path | None = None) -> list[dict]:
+    """Depth maps of image files with a depth run: ``<out or image stem>-depth.png`` (colour-mapped)
+    and ``.npy`` (float32, the card's units) per image; returns their paths and depth range."""
+    from .depth.workflows import predict_files
+
+    predictor = load(run_dir)
+    if getattr(predictor.card, "task", None) != "depth":
+        raise FewlabelError(f"'{run_dir}' is a {predictor.card.task} run; depth predict takes a depth run.")
+    return predict_files(predictor, images, out)
+
+
 def nuclei_transfer(
     datasets: list[str], out: str | Path = "runs/transfer", few: int = 5, few_val: int = 1, seed: int = 0, **options
 ) -> dict:

@@ -34,6 +34,8 @@ QUANT = "quant.json"  # the qat method: float parent, precision, schedule stages
 ONNX = "model.onnx"  # fewlabel export, and the qat method's deployment check
 DETECTIONS = "detections.csv"  # the nuclei task: one row per detected or missed nucleus of the evaluation images
 NUCLEI_EXAMPLES = "nuclei-examples.npz"  # the nuclei task: a few evaluation crops, their maps and centres
+DEPTH_EXAMPLES = "depth-examples.npz"  # the depth task: a few evaluation images, true and predicted depth
+RENDER_RECORD = "render.json"  # fewlabel depth render: style, ranges and counts of rendered scenes
 TRANSFER = "transfer.json"  # fewlabel nuclei transfer: the F1 matrix, fine-tuning and mixing results
 ROBUSTNESS = "robustness.json"  # accuracy under Gaussian noise and FGSM, written with the metrics
 INFOPLANE_AUDIT = f"audit/{INFOPLANE}"  # where ``audit infoplane`` leaves a run its comparison
@@ -185,6 +187,20 @@ FILES: tuple[Entry, ...] = (
         "the nuclei task",
         "report (overlays, proximity map next to its target)",
         "up to 4 evaluation crops (uint8), their predicted and target proximity maps, true and detected centres",
+    ),
+    Entry(
+        DEPTH_EXAMPLES,
+        "depth run",
+        "the depth task",
+        "report (image, true and predicted depth, error map; against the parent run)",
+        "up to 4 evaluation images (uint8), their true and predicted depth (float32, the card's units), the parent's",
+    ),
+    Entry(
+        RENDER_RECORD,
+        "rendered depth data",
+        "fewlabel depth render",
+        "bench/depth.py, a person",
+        "style, image size, field of view, units, training and held-out parameter ranges, counts",
     ),
     Entry(
         TRANSFER,

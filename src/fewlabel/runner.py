@@ -269,4 +269,4 @@ def evaluate_run(run_dir: str | Path, data: str, strict: bool = False, settings:
         card = replace(card, extras=card.extras | settings)
     task = get_task(card.task)
     metrics, _ = task.evaluate(model, card, task.load_split(data, card, strict), progress=True)
-    return metrics | {"eval_data": data, "run": str(run_dir)}
+    return metrics | {"eval_data": data, "run": str(run_dir), "task": card.task}

@@ -16,7 +16,7 @@ os.environ.setdefault("TYPER_USE_RICH", "0")  # read once, when Typer is first i
 
 from ..distributed import is_rank_zero
 from ..errors import FewlabelError
-from . import commands, intermediate, nuclei  # noqa: F401  (they register their commands on app)
+from . import commands, depth, intermediate, nuclei  # noqa: F401  (they register their commands on app)
 from .app import app
 
 

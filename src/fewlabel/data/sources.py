@@ -282,3 +282,27 @@ def load_images_by_id(ids: list[str], image_size: int) -> list[torch.Tensor | No
         except (ImageDecodeError, OSError):
             images.append(None)
     return images
+
+
+def split_folder(spec: str) -> Path:
+    """The folder or file a dense task's DATA spec names: ``DATA:split`` is ``DATA/split``; a folder
+    holding a ``train/`` sub-folder means its training split."""
+    location, sep, split = spec.rpartition(":")
+    if not sep or split not in SPLITS:
+        location, split = spec, None
+    path = Path(location)
+    if not path.exists():
+        raise FewlabelError(f"DATA '{spec}': no such file or folder.")
+    if split is not None:
+        if not (path / split).is_dir():
+            found = [s for s in SPLITS if (path / s).is_dir()]
+            raise FewlabelError(
+                f"DATA '{spec}': no '{split}' folder in '{path}' (found: {', '.join(found) or 'none'})."
+            )
+        return path / split
+    return path / "train" if (path / "train").is_dir() else path
+
+
+def has_split(spec: str, split: str) -> bool:
+    location = spec.rpartition(":")[0] if spec.rpartition(":")[2] in SPLITS else spec
+    return (Path(location) / split).is_dir()

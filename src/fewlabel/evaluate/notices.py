@@ -77,10 +77,15 @@ def refit_sentence(refit: dict) -> str:
     if not refit.get("refit"):
         return f"No refit ({refit.get('why', '')})."
     pre = refit["pre_refit"]
+    if "accuracy" in pre:
+        score = f"accuracy {100 * pre['accuracy']:.1f}%"
+    else:  # another task: its first metric
+        name = next((k for k, v in pre.items() if isinstance(v, float)), None)
+        score = f"{name} {pre[name]:.4g}" if name else "(no score)"
     text = (
         f"Refit ({refit['why']}): the chosen plan was retrained on all {refit['images']} labelled images, validation "
         f"included, so the validation score above is of the model before the refit; before the refit the model "
-        f"scored accuracy {100 * pre['accuracy']:.1f}% on the {pre['eval_data']} data."
+        f"scored {score} on the {pre['eval_data']} data."
     )
     if refit.get("eval_trained_on"):
         text += (

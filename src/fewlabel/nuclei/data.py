@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..data.images import is_image_file
-from ..data.sources import SPLITS, decode_files
+from ..data.sources import decode_files, split_folder
 from ..errors import FewlabelError
 
 log = logging.getLogger("fewlabel.data")
@@ -71,30 +71,6 @@ class NucleusSet:
 
     def megapixels(self) -> float:
         return sum(im.shape[1] * im.shape[2] for im in self.images) / 1e6
-
-
-def split_folder(spec: str) -> Path:
-    """The folder or CSV a nuclei DATA spec names: ``DATA:split`` is ``DATA/split``; a folder
-    holding a ``train/`` sub-folder means its training split."""
-    location, sep, split = spec.rpartition(":")
-    if not sep or split not in SPLITS:
-        location, split = spec, None
-    path = Path(location)
-    if not path.exists():
-        raise FewlabelError(f"DATA '{spec}': no such file or folder.")
-    if split is not None:
-        if not (path / split).is_dir():
-            found = [s for s in SPLITS if (path / s).is_dir()]
-            raise FewlabelError(
-                f"DATA '{spec}': no '{split}' folder in '{path}' (found: {', '.join(found) or 'none'})."
-            )
-        return path / split
-    return path / "train" if (path / "train").is_dir() else path
-
-
-def has_split(spec: str, split: str) -> bool:
-    location = spec.rpartition(":")[0] if spec.rpartition(":")[2] in SPLITS else spec
-    return (Path(location) / split).is_dir()
 
 
 def _checked_rows(path: Path, columns: tuple[str, ...], what: str, accepted: str) -> list[tuple[int, dict]]:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..data.sources import has_split
 from ..data.splits import random_subset
 from ..errors import FewlabelError
 from ..fileio import atomic_write
@@ -27,7 +28,7 @@ from ..rundir import DETECTIONS, NUCLEI_EXAMPLES
 from ..tasks.base import DataBundle, Task
 from ..train.module import EngineModule
 from .augment import TrainingCrops, ValidationTiles, to_targets
-from .data import NucleusSet, has_split, load_nuclei
+from .data import NucleusSet, load_nuclei
 from .inference import NucleusDetector
 from .matching import best_threshold, detection_scores, f1_by_threshold, match_points
 from .model import build_detector

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.sources import split_folder
 from ..errors import FewlabelError
 from ..fileio import write_text
 from ..rundir import METRICS, REPORT, TRANSFER, WEIGHTS, read_metrics, read_record, read_splits, write_record
-from .data import MASK_SUFFIXES, load_nuclei, split_folder
+from .data import MASK_SUFFIXES, load_nuclei
 from .options import NucleiOptions
 
 Trainer = Callable[..., dict]  # (data, out, **options) -> metrics of a finished run

@@ -5,7 +5,7 @@ Light on purpose (the command line reads these names without importing the build
 
 from dataclasses import dataclass, field
 
-from ..rundir import BUILT_LABELS, CLUSTERS_MARKER, SYNTHETIC_MARKER
+from ..rundir import BUILT_LABELS, CLUSTERS_MARKER, RENDER_RECORD, SYNTHETIC_MARKER
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ INTERMEDIATE_BUILDERS: dict[str, IntermediateBuilder] = {
     "synthetic": IntermediateBuilder(
         "fewlabel.stepwise.build:build_generated", SYNTHETIC_MARKER, BUILT_LABELS, {"generator": "module:function"}
     ),
+    "depth-render": IntermediateBuilder("fewlabel.depth.render:build_renders", RENDER_RECORD),
 }
 INTERMEDIATE_METHODS = tuple(INTERMEDIATE_BUILDERS)
 DESCRIPTORS = ("handcrafted", "embedding", "both")

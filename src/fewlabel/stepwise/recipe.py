@@ -312,6 +312,15 @@ def run_recipe(
         recipe = recipe.model_copy(update={"seeds": list(seeds)})
     if compare not in (None, DIRECT):
         raise FewlabelError(f"--compare '{compare}' is not accepted; use --compare {DIRECT}.")
+    last = len(recipe.stages) - 1
+    if (
+        compare == DIRECT
+        and (task := stage_config(recipe, last, Path(out), 0, overrides=overrides).task) != "classification"
+    ):
+        raise FewlabelError(
+            f"--compare {DIRECT}: the paired comparison is of accuracy, for classification recipes; this recipe's "
+            f"target stage has task '{task}' (its report compares each stage's own scores)."
+        )
     out = Path(out)
     _prepare_out(out, recipe, overwrite)
     results: dict[int, dict[str, dict]] = {}
@@ -414,12 +423,21 @@ def _run_stage(cfg: TrainConfig, run_dir: Path, name: str) -> dict:
         shutil.rmtree(run_dir)
     log.info("stage %s: %s", name, "resuming" if resume else "training")
     result = run_training(cfg, run_dir, resume=resume)
-    metrics = {k: result.metrics[k] for k in (*COMPARED, "eval_data", "n_samples", "class_names")}
+    metrics = {k: result.metrics.get(k) for k in compared_keys(cfg.task)}
+    metrics |= {k: result.metrics.get(k) for k in ("eval_data", "n_samples", "class_names")} | {"task": cfg.task}
     metrics["robustness"] = read_record(run_dir, ROBUSTNESS)
     quant = read_record(run_dir, QUANT)
     metrics["precision"] = f"{quant['precision']} {quant['qat_schedule']}" if quant else "float"
     write_stage(run_dir, cfg.to_yaml_dict(), metrics)
     return metrics
+
+
+def compared_keys(task: str) -> tuple[str, ...]:
+    """The scores a recipe compares its stages by: accuracy, balanced accuracy and macro-F1 for
+    classification, the task's own metrics otherwise."""
+    from ..tasks import get_task
+
+    return COMPARED if task == "classification" else get_task(task).metric_keys
 
 
 def summarise(recipe: Recipe, results: dict[int, dict[str, dict]], compared: bool) -> dict:
@@ -429,19 +447,23 @@ def summarise(recipe: Recipe, results: dict[int, dict[str, dict]], compared: boo
     for stage in recipe.stages:
         per_seed = {str(s): results[s][stage.name] for s in seeds}
         first = per_seed[str(seeds[0])]
+        keys = compared_keys(first.get("task", "classification"))
         stages.append(
             {
                 "name": stage.name,
                 "data": stage.data or f"built: {stage.build.method}",
                 "eval_data": first["eval_data"],
-                "classes": len(first["class_names"]),
+                "classes": len(first["class_names"] or []) or "–",
                 "precision": first.get("precision", "float"),
-                "per_seed": {s: {k: m[k] for k in COMPARED} for s, m in per_seed.items()},
-                "metrics": {k: mean_sd_ci([m[k] for m in per_seed.values()]) for k in COMPARED},
+                "task": first.get("task", "classification"),
+                "per_seed": {s: {k: m[k] for k in keys} for s, m in per_seed.items()},
+                "metrics": {k: mean_sd_ci([m[k] for m in per_seed.values()]) for k in keys},
                 "robustness": robustness_over_seeds([m.get("robustness") for m in per_seed.values()]),
             }
         )
-    summary = {"recipe": recipe.name, "seeds": seeds, "target": recipe.stages[-1].name, "stages": stages}
+    target_task = stages[-1]["task"]
+    summary = {"recipe": recipe.name, "seeds": seeds, "target": recipe.stages[-1].name, "stages": stages,
+               "metric_keys": list(compared_keys(target_task)), "percent": target_task == "classification"}  # fmt: skip
     if compared:
         target = recipe.stages[-1].name
         summary["comparison"] = paired_comparison(

@@ -1,4 +1,5 @@
-"""The task registry: what a run predicts (a class per image; nucleus centres from a map per pixel).
+"""The task registry: what a run predicts (a class per image; nucleus centres from a map per pixel;
+depth per pixel).
 
 A task is one implementation of :class:`fewlabel.tasks.base.Task`; classification is the
 built-in one. Registered by name with a ``"module:Class"`` reference (imported on first use,
@@ -20,8 +21,12 @@ DEFAULT_TASK = "classification"
 _TASKS: dict[str, Any] = {
     "classification": "fewlabel.tasks.classification:ClassificationTask",
     "nuclei": "fewlabel.nuclei.task:NucleiTask",
+    "depth": "fewlabel.depth.task:DepthTask",
 }
-_OPTIONS: dict[str, Any] = {"nuclei": "fewlabel.nuclei.options:NucleiOptions"}  # a task's own config section
+_OPTIONS: dict[str, Any] = {
+    "nuclei": "fewlabel.nuclei.options:NucleiOptions",
+    "depth": "fewlabel.depth.options:DepthOptions",
+}  # a task's own config section
 _INSTANCES: dict[str, Task] = {}
 
 

@@ -1,0 +1,1 @@
+"""Monocular depth from rendered endoscopy (Mahmood et al. 2018)."""
