@@ -289,7 +289,7 @@ def test_nuclei_commands_synth_detect_eval_and_fine_tune(trained, synth, tmp_pat
         **NUCLEI | {"epochs": 1, "pretrained": str(trained.run_dir / "model.safetensors")},
     )
     assert tuned.metrics["f1"] >= 0 and fewlabel.load(tuned.run_dir).card.extras["threshold"] > 0
-    with pytest.raises(FewlabelError, match="nuclei detector with encoder test_efficientnet, 4 stages"):
+    with pytest.raises(FewlabelError, match="nuclei network with encoder test_efficientnet, 4 stages"):
         fewlabel.train_nuclei(
             str(tmp_path / "ihc"),
             tmp_path / "other",

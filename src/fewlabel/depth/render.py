@@ -221,7 +221,7 @@ def ray_cast(tube: Tube, size: int, angles: int = ANGLES, slices: int = SLICES) 
     inverse = 1.0 / polar_depth(tube, angles, slopes[None], slices)
     inverse = torch.cat([inverse, inverse[:1]])[None, None]
     pixels = F.grid_sample(inverse, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return 1.0 / pixels[0, 0]
+    return (1.0 / pixels[0, 0]).clamp(NEAR_MM, FAR_MM)
 
 
 def _length(vectors: torch.Tensor) -> torch.Tensor:
