@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..report.figures import _encode, plt
+from ..report.figures import _encode, plt, read_example_arrays
 from ..rundir import DEPTH_EXAMPLES
 from .metrics import ERROR_KEYS
 
@@ -19,14 +19,7 @@ LABELS = {"abs_rel": "abs. relative error", "rmse": "RMSE", "log_rmse": "log RMS
 
 
 def read_examples(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / DEPTH_EXAMPLES
-    if not path.is_file():
-        return []
-    with np.load(path, allow_pickle=False) as stored:
-        arrays = {k: stored[k] for k in stored.files}
-    count = sum(k.startswith("image_") for k in arrays)
-    names = ("image", "true", "predicted", "parent")
-    return [{n: arrays[f"{n}_{k}"] for n in names if f"{n}_{k}" in arrays} for k in range(count)]
+    return read_example_arrays(Path(run_dir) / DEPTH_EXAMPLES, ("image", "true", "predicted", "parent"))
 
 
 def examples_figure(examples: list[dict], units: str) -> str:

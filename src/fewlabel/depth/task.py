@@ -28,6 +28,7 @@ from ..fileio import atomic_write
 from ..models import BackboneInfo, ModelCard
 from ..models.dense import build_encoder_decoder, run_card
 from ..rundir import DEPTH_EXAMPLES
+from ..tasks import card_task_options
 from ..tasks.base import DataBundle, Task
 from ..train.module import EngineModule
 from .augment import DepthPairs, resized_pairs
@@ -45,8 +46,7 @@ def options_of(cfg: TrainConfig) -> DepthOptions:
 
 
 def card_options(card: ModelCard) -> DepthOptions:
-    known = DepthOptions.model_fields
-    return DepthOptions(**{k: v for k, v in card.extras.items() if k in known})
+    return card_task_options(card, DepthOptions)
 
 
 def depth_loss(log_predicted: torch.Tensor, depth: torch.Tensor, loss: str, si_lambda: float,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..report.figures import _encode, plt
+from ..report.figures import _encode, plt, read_example_arrays
 from ..rundir import CARD, NUCLEI_EXAMPLES
 from .matching import match_points
 
@@ -18,14 +18,7 @@ COLOURS = {"true": "#00c853", "matched": "#2962ff", "false positive": "#d50000",
 
 def read_examples(run_dir: Path) -> list[dict]:
     """The examples of nuclei-examples.npz as one dict per image (empty when absent)."""
-    path = Path(run_dir) / NUCLEI_EXAMPLES
-    if not path.is_file():
-        return []
-    with np.load(path, allow_pickle=False) as stored:
-        arrays = {k: stored[k] for k in stored.files}
-    count = sum(k.startswith("image_") for k in arrays)
-    names = ("image", "map", "target", "true", "detected")
-    return [{name: arrays[f"{name}_{k}"] for name in names} for k in range(count)]
+    return read_example_arrays(Path(run_dir) / NUCLEI_EXAMPLES, ("image", "map", "target", "true", "detected"))
 
 
 def draw_detections(ax, image: np.ndarray, true: np.ndarray, detected: np.ndarray, radius: float) -> None:

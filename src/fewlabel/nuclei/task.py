@@ -25,6 +25,7 @@ from ..errors import FewlabelError
 from ..fileio import atomic_write
 from ..models import BackboneInfo, ModelCard
 from ..rundir import DETECTIONS, NUCLEI_EXAMPLES
+from ..tasks import card_task_options
 from ..tasks.base import DataBundle, Task
 from ..train.module import EngineModule
 from .augment import TrainingCrops, ValidationTiles, to_targets
@@ -46,8 +47,7 @@ def options_of(cfg: TrainConfig) -> NucleiOptions:
 
 
 def card_options(card: ModelCard) -> NucleiOptions:
-    known = NucleiOptions.model_fields
-    return NucleiOptions(**{k: v for k, v in card.extras.items() if k in known})
+    return card_task_options(card, NucleiOptions)
 
 
 def weighted_mse(predicted: torch.Tensor, target: torch.Tensor, center_weight: float) -> torch.Tensor:

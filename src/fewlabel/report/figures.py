@@ -20,6 +20,17 @@ def _encode(fig) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def read_example_arrays(path: Path, names: tuple[str, ...]) -> list[dict]:
+    """The examples a dense task stored in ``path`` (an .npz of ``<name>_<k>`` arrays), one dict
+    per example with the ``names`` it holds; empty when the file is absent."""
+    if not Path(path).is_file():
+        return []
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {k: stored[k] for k in stored.files}
+    count = sum(k.startswith(f"{names[0]}_") for k in arrays)
+    return [{n: arrays[f"{n}_{k}"] for n in names if f"{n}_{k}" in arrays} for k in range(count)]
+
+
 def confusion_figure(matrix: list[list[int]], class_names: list[str], normalise: bool) -> str:
     cm = np.asarray(matrix, dtype=float)
     shown = cm / np.clip(cm.sum(1, keepdims=True), 1, None) if normalise else cm

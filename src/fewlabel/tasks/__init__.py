@@ -73,3 +73,9 @@ def get_task(name: str) -> Task:
     if name not in _INSTANCES:
         _INSTANCES[name] = _resolve(_TASKS[name])()
     return _INSTANCES[name]
+
+
+def card_task_options(card: Any, options_model: type) -> Any:
+    """A task's options as a trained model's card stored them (its extras; other extras ignored)."""
+    known = options_model.model_fields
+    return options_model(**{k: v for k, v in card.extras.items() if k in known})
