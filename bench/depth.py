@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--epochs-synthetic", type=int, default=4)
     parser.add_argument("--epochs-few", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-depth"))
+    parser.add_argument("--result", default="depth", help="results/<result>.json")
     args = parser.parse_args()
     start = time.perf_counter()
     rate = renderer_rate()
@@ -155,7 +156,7 @@ def main() -> None:
         "summary": summary(per_seed),
         "seconds": time.perf_counter() - start,
     }
-    print(save("depth", result))
+    print(save(args.result, result))
 
 
 if __name__ == "__main__":
