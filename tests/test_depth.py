@@ -113,6 +113,13 @@ def test_silog_ignores_scale_at_lambda_one_and_l1_counts_units():
     assert half == pytest.approx(0.5 * math.log(3) ** 2, rel=1e-5)
     assert depth_loss(log_true + math.log(3), true, "l1", 0.5).item() == pytest.approx((2 + 4 + 8) / 3, rel=1e-5)
     assert depth_loss(log_true + math.log(3), true, "l1", 0.5, max_depth=2.0).item() == pytest.approx(3.0, rel=1e-5)
+    empty = torch.full((2, 1, 2, 2), float("nan"))
+    for loss in ("silog", "l1"):
+        assert depth_loss(torch.zeros(2, 1, 2, 2, requires_grad=True), empty, loss, 0.5).item() == 0.0
+    one_empty = torch.cat([true, torch.full_like(true, float("nan"))])
+    assert depth_loss(torch.cat([log_true, log_true]) + math.log(3), one_empty, "silog", 1.0).item() == pytest.approx(
+        0.0, abs=1e-6
+    )  # an image without valid depth does not count in the mean over images
 
 
 def test_resizing_ignores_invalid_depth_and_symmetries_move_image_and_depth_together():
@@ -308,3 +315,16 @@ def test_the_render_cinematic_target_recipe_chains_whole_networks(rendered, tmp_
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(FewlabelError, match=r"\['colour'\]: depth-render accepts style, n, size, test_share"):
         run_recipe(path, tmp_path / "out3")
+
+
+def test_an_interrupted_depth_run_resumes_to_the_same_result(rendered, tmp_path):
+    from test_methods import EpochCounter
+
+    options = DEPTH | {"epochs": 3}
+    reference = api.train_depth(str(rendered / "cinematic"), tmp_path / "ref", **options)
+    with pytest.raises(RuntimeError, match="power cut"):
+        api.train_depth(str(rendered / "cinematic"), tmp_path / "cut", callbacks=[EpochCounter(crash_at=2)], **options)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    resumed = api.train_depth(str(rendered / "cinematic"), tmp_path / "cut", resume=True, **options)
+    assert resumed.metrics["abs_rel"] == pytest.approx(reference.metrics["abs_rel"], rel=1e-5)
+    assert resumed.metrics["median_scaled"] == pytest.approx(reference.metrics["median_scaled"], rel=1e-5)

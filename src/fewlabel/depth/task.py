@@ -59,6 +59,8 @@ def depth_loss(log_predicted: torch.Tensor, depth: torch.Tensor, loss: str, si_l
     if max_depth is not None:
         valid &= depth <= max_depth
     log_predicted = log_predicted.float()
+    if not valid.any():  # a batch without valid depth: no signal (0, still attached to the graph), not NaN
+        return log_predicted.sum() * 0.0
     if loss == "l1":
         return (torch.exp(log_predicted) - torch.nan_to_num(depth, nan=1.0)).abs()[valid].mean()
     d = torch.where(valid, log_predicted - torch.log(torch.nan_to_num(depth, nan=1.0).clamp(min=1e-6)), 0.0)
