@@ -26,10 +26,10 @@ from ..data.splits import random_subset
 from ..errors import FewlabelError
 from ..fileio import atomic_write
 from ..models import BackboneInfo, ModelCard
-from ..models.dense import build_encoder_decoder, run_card
+from ..models.dense import build_encoder_decoder, check_side, run_card
 from ..rundir import DEPTH_EXAMPLES
 from ..tasks import card_task_options
-from ..tasks.base import DataBundle, Task
+from ..tasks.base import DataBundle, Task, evaluation_split
 from ..train.module import EngineModule
 from .augment import DepthPairs, resized_pairs
 from .data import DepthSet, load_depth
@@ -117,7 +117,9 @@ class DepthTask(Task):
         train = pool.subset([i for i, image_id in enumerate(pool.ids) if image_id not in held])
         if options.images is not None:
             train = random_subset(train, options.images, seed)
-        evaluation, eval_name = self._evaluation(cfg, val, options)
+        evaluation, eval_name = evaluation_split(
+            cfg, val, lambda spec: load_depth(spec, cfg.strict, png_scale=options.png_scale)
+        )
         return DataBundle(train, val, evaluation, eval_name, val_held_out=held_out)
 
     def _validation(self, cfg: TrainConfig, pool: DepthSet, seed: int, options) -> tuple[DepthSet | None, bool]:
@@ -129,18 +131,6 @@ class DepthTask(Task):
         if count == 0 or count >= len(pool):
             return None, False
         return random_subset(pool, count, seed + 1), True
-
-    def _evaluation(self, cfg: TrainConfig, val: DepthSet | None, options) -> tuple[DepthSet, str]:
-        if cfg.eval_data:
-            return load_depth(cfg.eval_data, cfg.strict, png_scale=options.png_scale), cfg.eval_data
-        if ":" not in cfg.data and has_split(cfg.data, "test"):
-            return load_depth(f"{cfg.data}:test", cfg.strict, png_scale=options.png_scale), "test"
-        if val is None:
-            raise FewlabelError(
-                f"DATA '{cfg.data}': nothing to evaluate on (no test/ or val/ folder, too few images to hold some "
-                "out); give --eval-data."
-            )
-        return val, "val"
 
     def refit_data(self, data: DataBundle) -> DataBundle:
         joined = DepthSet(data.train.images + data.val.images, data.train.depths + data.val.depths,
@@ -163,12 +153,7 @@ class DepthTask(Task):
         model, info, _ = build_encoder_decoder(
             "depth", cfg.model, cfg.pretrained, options.stages, options.decoder_width
         )
-        if cfg.img_size % model.stride:
-            nearest = max(model.stride, cfg.img_size // model.stride * model.stride)
-            raise FewlabelError(
-                f"img_size {cfg.img_size}: the depth task needs a side that is a multiple of the network's stride "
-                f"{model.stride} (e.g. {nearest})."
-            )
+        check_side(model, cfg.img_size, "depth")
         return model, info
 
     def rebuild_model(self, card: ModelCard) -> nn.Module:

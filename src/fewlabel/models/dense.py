@@ -68,6 +68,16 @@ class EncoderDecoder(nn.Module):
         return self.out(y)
 
 
+def check_side(model: EncoderDecoder, img_size: int, task: str) -> None:
+    """Refuse a training side that is not a multiple of the network's stride, naming the nearest that is."""
+    if img_size % model.stride:
+        nearest = max(model.stride, img_size // model.stride * model.stride)
+        raise FewlabelError(
+            f"img_size {img_size}: the {task} task trains on squares whose side is a multiple of the network's "
+            f"stride {model.stride} (e.g. {nearest})."
+        )
+
+
 def build_encoder_decoder(
     task: str, arch: str, pretrained: str = "imagenet", stages: int = DEFAULT_STAGES, width: int = 32
 ) -> tuple[EncoderDecoder, BackboneInfo, ModelCard | None]:

@@ -24,9 +24,10 @@ from ..data.splits import random_subset
 from ..errors import FewlabelError
 from ..fileio import atomic_write
 from ..models import BackboneInfo, ModelCard
+from ..models.dense import check_side
 from ..rundir import DETECTIONS, NUCLEI_EXAMPLES
 from ..tasks import card_task_options
-from ..tasks.base import DataBundle, Task
+from ..tasks.base import DataBundle, Task, evaluation_split
 from ..train.module import EngineModule
 from .augment import TrainingCrops, ValidationTiles, to_targets
 from .data import NucleusSet, load_nuclei
@@ -126,7 +127,7 @@ class NucleiTask(Task):
         if train.n_nuclei == 0:
             raise FewlabelError(f"DATA '{cfg.data}': the training images hold no annotated nucleus; nothing to learn.")
         train.crops_per_image = options.crops_per_image
-        evaluation, eval_name = self._evaluation(cfg, val)
+        evaluation, eval_name = evaluation_split(cfg, val, lambda spec: load_nuclei(spec, cfg.strict))
         return DataBundle(train, val, evaluation, eval_name, val_held_out=held_out)
 
     def _validation(self, cfg: TrainConfig, pool: NucleusSet, seed: int) -> tuple[NucleusSet, bool]:
@@ -140,13 +141,6 @@ class NucleiTask(Task):
             )
         share = cfg.val_split if cfg.val_split is not None else DEFAULT_VAL_SHARE
         return random_subset(pool, max(1, round(share * len(pool))), seed + 1), True
-
-    def _evaluation(self, cfg: TrainConfig, val: NucleusSet) -> tuple[NucleusSet, str]:
-        if cfg.eval_data:
-            return load_nuclei(cfg.eval_data, cfg.strict), cfg.eval_data
-        if ":" not in cfg.data and has_split(cfg.data, "test"):
-            return load_nuclei(f"{cfg.data}:test", cfg.strict), "test"
-        return val, "val"
 
     def resolve_augment(self, cfg: TrainConfig, data: DataBundle, engine) -> tuple[TrainConfig, dict | None]:
         """Nothing to decide: crops always take one of the square's 8 symmetries and the stain
@@ -163,12 +157,7 @@ class NucleiTask(Task):
     def build_model(self, cfg: TrainConfig, data: DataBundle) -> tuple[nn.Module, BackboneInfo]:
         options = options_of(cfg)
         model, info = build_detector(cfg.model, cfg.pretrained, options.stages, options.decoder_width)
-        if cfg.img_size % model.stride:
-            nearest = max(model.stride, cfg.img_size // model.stride * model.stride)
-            raise FewlabelError(
-                f"img_size {cfg.img_size}: the nuclei task trains on square crops whose side is a multiple of the "
-                f"network's stride {model.stride} (e.g. {nearest})."
-            )
+        check_side(model, cfg.img_size, "nuclei")
         return model, info
 
     def rebuild_model(self, card: ModelCard) -> nn.Module:

@@ -11,6 +11,7 @@ it supports and one task every method.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -59,6 +60,23 @@ class RunContext:
     data: DataBundle
     task: Task
     engine: Engine
+
+
+def evaluation_split(cfg: TrainConfig, val: Any, load: Callable[[str], Any]) -> tuple[Any, str]:
+    """A dense task's evaluation split and its name: ``eval_data`` when given, else DATA's
+    ``test/`` folder, else the validation split (``load`` reads a DATA spec)."""
+    from ..data.sources import has_split
+
+    if cfg.eval_data:
+        return load(cfg.eval_data), cfg.eval_data
+    if ":" not in cfg.data and has_split(cfg.data, "test"):
+        return load(f"{cfg.data}:test"), "test"
+    if val is None:
+        raise FewlabelError(
+            f"DATA '{cfg.data}': nothing to evaluate on (no test/ or val/ folder, too few images to hold some out); "
+            "give --eval-data."
+        )
+    return val, "val"
 
 
 class Task(ABC):
