@@ -328,3 +328,20 @@ def test_an_interrupted_depth_run_resumes_to_the_same_result(rendered, tmp_path)
     resumed = api.train_depth(str(rendered / "cinematic"), tmp_path / "cut", resume=True, **options)
     assert resumed.metrics["abs_rel"] == pytest.approx(reference.metrics["abs_rel"], rel=1e-5)
     assert resumed.metrics["median_scaled"] == pytest.approx(reference.metrics["median_scaled"], rel=1e-5)
+
+
+def test_layer_decay_and_partial_reach_inside_the_encoder_decoder():
+    from fewlabel.models.dense import build_encoder_decoder
+    from fewlabel.train.functional import decayed_param_groups, freeze_all_but_last_blocks, layer_groups
+
+    model = build_encoder_decoder("depth", "test_efficientnet", "none")[0]
+    groups = layer_groups(model, coarse=True)
+    assert groups[0][0] == "encoder.model.conv_stem.weight" and "out.weight" in groups[-1]
+    assert all(name.startswith("encoder.") for group in groups[:-1] for name in group)
+    rates = {p: g["lr"] for g in decayed_param_groups(model, 1.0, 0.5, True, 0.0) for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert rates[named["out.weight"]] == 1.0 and rates[named["encoder.model.conv_stem.weight"]] == 0.5 ** (
+        len(groups) - 1
+    )
+    frozen = freeze_all_but_last_blocks(model, 1)
+    assert "encoder.model.conv_stem.weight" in frozen and named["ups.0.0.weight"].requires_grad

@@ -58,6 +58,24 @@ class EncoderDecoder(nn.Module):
         self.last = _block(deeper + width // 2, width // 2)
         self.out = nn.Conv2d(width // 2, 1, 1)
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's layer groups of the encoder (stem, then stages or blocks) with their names inside
+        this network; the decoder matches none, so it is the last group: ``layer-decay`` trains it
+        at the full rate and the encoder slower with depth, ``partial:N`` keeps it and the last N
+        encoder blocks trainable. Without this every strategy saw one group (layer-decay = full)."""
+        inner = getattr(self.encoder.model, "group_matcher", None)
+        if inner is None:
+            return {}
+        prefix = r"^encoder\.model\."
+
+        def named_here(pattern: str) -> str:
+            return f"{prefix}(?:{pattern.replace('^', '')})"
+
+        return {
+            group: named_here(rule) if isinstance(rule, str) else [(named_here(p), order) for p, order in rule]
+            for group, rule in inner(coarse=coarse).items()
+        }
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)
         y = features[-1]
