@@ -282,6 +282,7 @@ def test_depth_commands_render_train_predict_and_eval(trained, rendered, tmp_pat
     assert json.loads((tmp_path / "cli-ft" / "splits.json").read_text())["summary"]["train"] == 3
     nuclei_run = runner.invoke(app, ["depth", "predict", str(tmp_path / "cli-ft"), str(tmp_path / "f.npy")])
     assert isinstance(nuclei_run.exception, FewlabelError) and "nothing written" in str(nuclei_run.exception)
+    assert "f.npy" in str(nuclei_run.exception)  # the unreadable file is named
 
 
 def test_the_render_cinematic_target_recipe_chains_whole_networks(rendered, tmp_path, monkeypatch):

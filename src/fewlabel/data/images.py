@@ -73,6 +73,25 @@ def decode_image(source: str | Path | bytes) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).contiguous()
 
 
+def to_rgb(image: torch.Tensor) -> torch.Tensor:
+    """A decoded image (1 or 3 channels, :func:`pil_to_array`) as 3 x H x W, grayscale repeated."""
+    return image.expand(3, -1, -1).contiguous() if image.shape[0] == 1 else image
+
+
+def decode_rgb_files(paths: list[Path]) -> list[torch.Tensor]:
+    """Every file decoded as 3 x H x W uint8, all before any output is written: the first
+    unreadable one is refused, named, with nothing written."""
+    from ..errors import FewlabelError
+
+    images = []
+    for path in paths:
+        try:
+            images.append(to_rgb(decode_image(path)))
+        except ImageDecodeError as exc:
+            raise FewlabelError(f"Unreadable image '{path}': {exc}; nothing written.") from None
+    return images
+
+
 def resize_to_square(image: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the shorter side to ``size`` and centre-crop to size x size (uint8 in, uint8 out)."""
     _, h, w = image.shape

@@ -12,9 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torchvision.transforms import v2
 
-
-def _to_rgb(image: torch.Tensor) -> torch.Tensor:
-    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+from .images import to_rgb
 
 
 def build_dense_transform(
@@ -34,7 +32,7 @@ def build_dense_transform(
     to_float = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
     def transform(image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        image = _to_rgb(image)
+        image = to_rgb(image)
         if joint is not None:
             image, target = joint(tv_tensors.Image(image), tv_tensors.Mask(target))
         return to_float(image.as_subclass(torch.Tensor)), target.as_subclass(torch.Tensor)

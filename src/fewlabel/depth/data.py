@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import is_image_file
+from ..data.images import is_image_file, to_rgb
 from ..data.sources import decode_files, split_folder
 from ..errors import FewlabelError
 
@@ -121,7 +121,7 @@ def load_depth(spec: str, strict: bool = False, progress: bool = False, png_scal
                 f"'{paths[index].name}' is {width}x{height} (width x height); they must match pixel for pixel."
             )
         invalid += int(np.isnan(depth).sum())
-        images.append(image.expand(3, -1, -1).contiguous() if image.shape[0] == 1 else image[:3])
+        images.append(to_rgb(image))
         depths.append(torch.from_numpy(depth)[None])
         ids.append(str(paths[index]))
     if invalid:

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.images import ImageDecodeError, decode_image
-from ..errors import FewlabelError
+from ..data.images import decode_rgb_files
 from ..fileio import atomic_write
 
 
@@ -29,12 +28,7 @@ def predict_files(predictor, images: list[str | Path], out: str | Path | None = 
     ``<stem>-depth.png`` and ``<stem>-depth.npy`` beside ``out`` (a file name for one image, a
     folder for several) or beside each image."""
     paths = [Path(p) for p in images]
-    decoded = []
-    for path in paths:
-        try:
-            decoded.append(decode_image(path))
-        except ImageDecodeError as exc:
-            raise FewlabelError(f"{exc}; nothing written.") from None
+    decoded = decode_rgb_files(paths)
     targets = _targets(paths, out)
     results = []
     for path, depth, target in zip(paths, predictor.predict(decoded), targets, strict=True):

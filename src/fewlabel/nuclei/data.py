@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.images import is_image_file
+from ..data.images import is_image_file, to_rgb
 from ..data.sources import decode_files, split_folder
 from ..errors import FewlabelError
 
@@ -194,7 +194,7 @@ def load_nuclei(spec: str, strict: bool = False, progress: bool = False) -> Nucl
     for index, image, (height, width) in decoded:
         inside, outside = drop_outside(points[index], height, width)
         dropped += outside
-        images.append(image.expand(3, -1, -1).contiguous() if image.shape[0] == 1 else image[:3])
+        images.append(to_rgb(image))
         kept.append(inside)
         ids.append(str(paths[index]))
     if dropped:

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..data.images import ImageDecodeError, decode_image
-from ..errors import FewlabelError
+from ..data.images import decode_rgb_files
 from ..fileio import atomic_write
 from .inference import NucleusDetector
 
@@ -35,24 +34,18 @@ def detect_files(
     """Detect nuclei in every image file: ``out`` gets ``image,x,y,score`` rows, ``overlays``
     (default: beside ``out``) one ``<stem>.detections.png`` per image. An unreadable file is
     refused before anything is written. Returns the count per image."""
-    images = {}
-    for path in map(Path, paths):
-        try:
-            images[path] = decode_image(path)
-        except ImageDecodeError as exc:
-            raise FewlabelError(f"Unreadable image '{path}': {exc}.") from None
-        if images[path].shape[0] == 1:
-            images[path] = images[path].expand(3, -1, -1).contiguous()
+    paths = [Path(p) for p in paths]
+    images = dict(zip(paths, decode_rgb_files(paths), strict=True))
     out = Path(out)
     folder = Path(overlays) if overlays is not None else out.parent
     folder.mkdir(parents=True, exist_ok=True)
     rows, counts = ["image,x,y,score"], {}
     radius = float(detector.card.extras.get("match_radius", 6.0)) / 2 + 1
     for path, image in images.items():
-        points, scores = detector.detect(image[:3], threshold)
+        points, scores = detector.detect(image, threshold)
         rows += [f"{path},{x:.1f},{y:.1f},{s:.4f}" for (x, y), s in zip(points, scores, strict=True)]
         counts[str(path)] = len(points)
-        picture = overlay(image[:3].permute(1, 2, 0).numpy(), points, radius)
+        picture = overlay(image.permute(1, 2, 0).numpy(), points, radius)
         atomic_write(folder / f"{path.stem}.detections.png", lambda p, pic=picture: pic.save(p, format="PNG"))
     atomic_write(out, lambda p: p.write_text("\n".join(rows) + "\n"))
     return counts
