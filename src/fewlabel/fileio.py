@@ -46,6 +46,21 @@ def write_yaml(path: str | Path, data: Any) -> Path:
     return write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
+def write_arrays(path: str | Path, arrays: Any) -> Path:
+    """One array as .npy, or a dict of named arrays as compressed .npz (NumPy's formats, read
+    back with ``allow_pickle=False``)."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a handle: NumPy would add a suffix to the temporary name
+            if isinstance(arrays, dict):
+                np.savez_compressed(handle, **arrays)
+            else:
+                np.save(handle, arrays)
+
+    return atomic_write(path, write)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

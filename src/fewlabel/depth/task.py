@@ -24,7 +24,7 @@ from ..config import TrainConfig
 from ..data.sources import has_split
 from ..data.splits import random_subset
 from ..errors import FewlabelError
-from ..fileio import atomic_write
+from ..fileio import write_arrays
 from ..models import BackboneInfo, ModelCard
 from ..models.dense import build_encoder_decoder, check_side, run_card
 from ..rundir import DEPTH_EXAMPLES
@@ -209,7 +209,7 @@ class DepthTask(Task):
         return load_depth(spec, strict, png_scale=card_options(card).png_scale)
 
     def write_predictions(self, run_dir: Path, predictions: DepthPredictions) -> None:
-        atomic_write(Path(run_dir) / DEPTH_EXAMPLES, lambda path: _save_npz(path, predictions.examples))
+        write_arrays(Path(run_dir) / DEPTH_EXAMPLES, predictions.examples)
 
     def predictor(self, model: nn.Module, card: ModelCard, device: str | None = None) -> DepthPredictor:
         return DepthPredictor(model, card, device)
@@ -253,11 +253,6 @@ def parent_network(card: ModelCard):
     if not folder or not Path(folder).is_dir():
         return None
     return load_network(model_dir(folder))
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
 
 
 def example_arrays(split: DepthSet, predicted: list[np.ndarray], parent: list[np.ndarray] | None) -> dict:

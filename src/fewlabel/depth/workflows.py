@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import decode_rgb_files
-from ..fileio import atomic_write
+from ..fileio import atomic_write, write_arrays
 
 
 def colour_map(depth: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
@@ -32,18 +32,12 @@ def predict_files(predictor, images: list[str | Path], out: str | Path | None = 
     targets = _targets(paths, out)
     results = []
     for path, depth, target in zip(paths, predictor.predict(decoded), targets, strict=True):
-        target.parent.mkdir(parents=True, exist_ok=True)
         png, npy = target.with_suffix(".png"), target.with_suffix(".npy")
         atomic_write(png, lambda p, d=depth: Image.fromarray(colour_map(d)).save(p, format="PNG"))
-        atomic_write(npy, lambda p, d=depth: _save_npy(p, d))
+        write_arrays(npy, depth.astype(np.float32))
         summary = {"min": float(depth.min()), "median": float(np.median(depth)), "max": float(depth.max())}
         results.append({"image": str(path), "png": str(png), "npy": str(npy), "units": predictor.units} | summary)
     return results
-
-
-def _save_npy(path: Path, depth: np.ndarray) -> None:
-    with open(path, "wb") as handle:
-        np.save(handle, depth.astype(np.float32))
 
 
 def _targets(paths: list[Path], out: str | Path | None) -> list[Path]:

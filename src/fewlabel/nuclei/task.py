@@ -22,7 +22,7 @@ from ..config import TrainConfig
 from ..data.sources import has_split
 from ..data.splits import random_subset
 from ..errors import FewlabelError
-from ..fileio import atomic_write
+from ..fileio import write_arrays, write_text
 from ..models import BackboneInfo, ModelCard
 from ..models.dense import check_side
 from ..rundir import DETECTIONS, NUCLEI_EXAMPLES
@@ -234,8 +234,8 @@ class NucleiTask(Task):
         return load_nuclei(spec, strict)
 
     def write_predictions(self, run_dir: Path, predictions: NucleiPredictions) -> None:
-        atomic_write(Path(run_dir) / DETECTIONS, lambda path: path.write_text(detections_csv(predictions)))
-        atomic_write(Path(run_dir) / NUCLEI_EXAMPLES, lambda path: _save_npz(path, predictions.examples))
+        write_text(Path(run_dir) / DETECTIONS, detections_csv(predictions))
+        write_arrays(Path(run_dir) / NUCLEI_EXAMPLES, predictions.examples)
 
     def predictor(self, model: nn.Module, card: ModelCard, device: str | None = None) -> NucleusDetector:
         return NucleusDetector(model, card, device)
@@ -256,11 +256,6 @@ class NucleiTask(Task):
 
 def _finite(value):
     return None if isinstance(value, float) and not np.isfinite(value) else value
-
-
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as handle:
-        np.savez_compressed(handle, **arrays)
 
 
 def example_arrays(split: NucleusSet, maps: list[np.ndarray], detected: list[np.ndarray], options) -> dict:
