@@ -6,10 +6,11 @@ narrowed by haustral folds, ridges that repeat along the tube and are lower over
 taeniae (``cos 3 theta``). The camera (pinhole, light at the camera as in an endoscope) sits
 inside at the origin looking along +z; its offset from the centre line and the tube's tilt
 come from ``a(z)``. A pixel's ray is ``z (u, v, 1)``; it meets the wall at the first ``z`` where
-``|z (u, v) - a(z)| >= R(z, theta)``, found by marching a coarse grid of shared depths at a
-quarter of the resolution, then marching each pixel's bracket and refining it by regula falsi
-(Illinois). Rays that reach ``far_mm`` stop on a cap there (the lumen beyond a bend). Depth is
-the planar depth ``z`` in millimetres (what depth sensors and depth datasets store).
+``|z (u, v) - a(z)| >= R(z, theta)``. Rays of one image angle share a half-plane, where each
+depth slice's wall lies at two closed-form offsets, so the crossing is a sorted search over
+slices (:func:`polar_depth`), computed on a polar grid and resampled to pixels
+(:func:`ray_cast`). Rays that reach ``FAR_MM`` stop on a cap there (the lumen beyond a bend).
+Depth is the planar depth ``z`` in millimetres (what depth sensors and depth datasets store).
 
 Styles: ``synthetic`` shades the wall flat Lambertian in one colour (no fall-off, no
 texture); ``cinematic`` adds inverse-square fall-off of the light, a wet specular highlight
@@ -111,8 +112,8 @@ def pixel_rays(size: int, fov_degrees: float = FOV_DEGREES) -> tuple[torch.Tenso
 
 
 class Tube:
-    """The wall of one scene as a function of depth: its centre line, radius and the signed
-    distance-like ``outside(z, u, v)`` (>= 0 once the ray has left the lumen)."""
+    """The wall of one scene as a function of depth: its centre line, its haustral folds and
+    their height over the taeniae."""
 
     def __init__(self, scene: Scene) -> None:
         self.s = scene
@@ -266,14 +267,14 @@ def shade(scene: Scene, tube: Tube, depth: torch.Tensor, style: str, rng: np.ran
     """The RGB image (3 x H x W in [0, 1]) of a depth map in ``style``."""
     normal, points = surface_normals(depth)
     distance = _length(points)[0]
-    to_light = -points / distance
-    cosine = (normal * to_light).sum(0).clamp(min=0)
+    facing = (normal * -points / distance).sum(0)  # cosine to the light at the camera
+    cosine = facing.clamp(min=0)
     colour = torch.tensor(scene.colour)[:, None, None]
     if style == "synthetic":
         return (colour * (0.15 + 0.85 * cosine)).clamp(0, 1)
     wrap = scene.subsurface
-    diffuse = ((normal * to_light).sum(0) + wrap) / (1 + wrap)
-    diffuse = diffuse.clamp(min=0) / (distance / 30.0) ** 2
+    fall_off = (30.0 / distance) ** 2  # inverse square, 1 at 30 mm
+    diffuse = ((facing + wrap) / (1 + wrap)).clamp(min=0) * fall_off
     coordinates = _wall_coordinates(scene, points, tube)
     vessels = torch.exp(-((_texture(scene, coordinates, 0.35, 3, 7) / 0.06) ** 2).clamp(max=30)) * scene.vessels
     mucosa = 1 + 0.08 * _texture(scene, coordinates, 2.2, 3, 13)
@@ -281,7 +282,7 @@ def shade(scene: Scene, tube: Tube, depth: torch.Tensor, style: str, rng: np.ran
     image = albedo * diffuse
     blurred = F.interpolate(F.avg_pool2d(image[None], 4), size=image.shape[-2:], mode="bilinear")[0]
     image = image * (1 - 0.5 * wrap) + blurred * torch.tensor([0.5, 0.2, 0.15])[:, None, None] * wrap * 2
-    specular = scene.specular * cosine**scene.shininess / (distance / 30.0) ** 2
+    specular = scene.specular * cosine**scene.shininess * fall_off
     image = image + specular
     u, v = pixel_rays(depth.shape[-1])
     image = image * (1 - scene.vignetting * (u * u + v * v) / float((u * u + v * v).max()))

@@ -192,15 +192,16 @@ class DepthTask(Task):
         start = time.perf_counter()
         predicted = DepthPredictor(model, card).predict(split.images)
         seconds = time.perf_counter() - start
-        metrics = scores_record(predicted, split, card_options(card).max_depth)
-        metrics |= {"n_samples": len(split), "units": card_options(card).units,
+        options = card_options(card)
+        metrics = scores_record(predicted, split, options.max_depth)
+        metrics |= {"n_samples": len(split), "units": options.units,
                     "images_per_second": len(split) / seconds if seconds > 0 else None}  # fmt: skip
         parent_predicted = None
         parent = parent_network(card)
         if parent is not None:
             parent_model, parent_card = parent
             parent_predicted = DepthPredictor(parent_model, parent_card).predict(split.images)
-            parent_scores = scores_record(parent_predicted, split, card_options(card).max_depth)
+            parent_scores = scores_record(parent_predicted, split, options.max_depth)
             parent_scores.pop("per_image")
             metrics["parent"] = parent_scores | {"run": card.extras["parent_run"]}
         return metrics, DepthPredictions(split.ids, example_arrays(split, predicted, parent_predicted))
