@@ -162,8 +162,7 @@ def train_nuclei(data: str | None = None, out: str | Path = "runs/nuclei", **opt
     fine-tuning of 128-pixel crops at lr 1e-3) fill in what ``options`` leave out."""
     from .nuclei.options import TRAIN_DEFAULTS
 
-    defaults = {} if options.get("config") is not None else TRAIN_DEFAULTS
-    return train(data, out, **(defaults | options | {"task": "nuclei"}))
+    return _train_task("nuclei", TRAIN_DEFAULTS, data, out, options)
 
 
 def detect_nuclei(
@@ -177,10 +176,7 @@ def detect_nuclei(
     and an overlay PNG per image; returns the count per image."""
     from .nuclei.workflows import detect_files
 
-    detector = load(run_dir)
-    if getattr(detector.card, "task", None) != "nuclei":
-        raise FewlabelError(f"'{run_dir}' is a {detector.card.task} run; nuclei detect takes a nuclei run.")
-    return detect_files(detector, images, out, overlays, threshold)
+    return detect_files(_load_task_run(run_dir, "nuclei", "nuclei detect"), images, out, overlays, threshold)
 
 
 def render_depth(out: str | Path, style: str = "cinematic", n: int = 200, seed: int = 0, size: int = 256,
@@ -199,7 +195,6 @@ def train_depth(data: str | None = None, out: str | Path = "runs/depth", init: s
     ``TRAIN_DEFAULTS`` (full fine-tuning at 128 px, lr 1e-3) fill in what ``options`` leave out."""
     from .depth.options import TRAIN_DEFAULTS
 
-    defaults = {} if options.get("config") is not None else TRAIN_DEFAULTS
     if init is not None:
         parent = model_dir(init)
         card = read_card(parent)
@@ -209,7 +204,14 @@ def train_depth(data: str | None = None, out: str | Path = "runs/depth", init: s
         if given and given != card.arch:
             raise FewlabelError(f"model '{given}': --init keeps the run's architecture ({card.arch}); leave it out.")
         options = options | {"model": card.arch, "pretrained": str(parent / WEIGHTS)}
-    return train(data, out, **(defaults | options | {"task": "depth"}))
+    return _train_task("depth", TRAIN_DEFAULTS, data, out, options)
+
+
+def _train_task(task: str, defaults: dict, data: str | None, out: str | Path, options: dict) -> TrainResult:
+    """:func:`train` of ``task``; its ``defaults`` fill in what ``options`` leave out, unless a
+    ``config`` is given (the config's values stand)."""
+    chosen = {} if options.get("config") is not None else defaults
+    return train(data, out, **(chosen | options | {"task": task}))
 
 
 def predict_depth(run_dir: str | Path, images: list[str | Path], out: str | Path | None = None) -> list[dict]:
@@ -217,10 +219,15 @@ def predict_depth(run_dir: str | Path, images: list[str | Path], out: str | Path
     and ``.npy`` (float32, the card's units) per image; returns their paths and depth range."""
     from .depth.workflows import predict_files
 
+    return predict_files(_load_task_run(run_dir, "depth", "depth predict"), images, out)
+
+
+def _load_task_run(run_dir: str | Path, task: str, command: str):
+    """:func:`load` for a command of one task: another task's run is refused in one line."""
     predictor = load(run_dir)
-    if getattr(predictor.card, "task", None) != "depth":
-        raise FewlabelError(f"'{run_dir}' is a {predictor.card.task} run; depth predict takes a depth run.")
-    return predict_files(predictor, images, out)
+    if predictor.card.task != task:
+        raise FewlabelError(f"'{run_dir}' is a {predictor.card.task} run; {command} takes a {task} run.")
+    return predictor
 
 
 def nuclei_transfer(

@@ -447,7 +447,8 @@ def summarise(recipe: Recipe, results: dict[int, dict[str, dict]], compared: boo
     for stage in recipe.stages:
         per_seed = {str(s): results[s][stage.name] for s in seeds}
         first = per_seed[str(seeds[0])]
-        keys = compared_keys(first.get("task", "classification"))
+        task = first.get("task", "classification")  # a stage finished before stages recorded their task
+        keys = compared_keys(task)
         stages.append(
             {
                 "name": stage.name,
@@ -455,7 +456,7 @@ def summarise(recipe: Recipe, results: dict[int, dict[str, dict]], compared: boo
                 "eval_data": first["eval_data"],
                 "classes": len(first["class_names"] or []) or "–",
                 "precision": first.get("precision", "float"),
-                "task": first.get("task", "classification"),
+                "task": task,
                 "per_seed": {s: {k: m[k] for k in keys} for s, m in per_seed.items()},
                 "metrics": {k: mean_sd_ci([m[k] for m in per_seed.values()]) for k in keys},
                 "robustness": robustness_over_seeds([m.get("robustness") for m in per_seed.values()]),
