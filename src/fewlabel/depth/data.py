@@ -36,7 +36,7 @@ class DepthSet:
     depths: list[torch.Tensor]
     ids: list[str]
     source: dict = field(default_factory=dict)
-    cache: dict = field(default_factory=dict, repr=False)  # what is computed from this split (resized copies)
+    cache: dict = field(default_factory=dict, repr=False)  # computed from the split: resized copies, depth stats
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -50,11 +50,21 @@ class DepthSet:
 
     def depth_range(self) -> tuple[float, float]:
         """The least and greatest valid depth of the split."""
-        values = torch.cat([d[torch.isfinite(d)] for d in self.depths])
-        return float(values.min()), float(values.max())
+        stats = self._depth_stats()
+        return stats["min"], stats["max"]
 
     def median_depth(self) -> float:
-        return float(torch.cat([d[torch.isfinite(d)] for d in self.depths]).median())
+        return self._depth_stats()["median"]
+
+    def _depth_stats(self) -> dict:
+        """Least, greatest and median valid depth, computed once (the card, the summary and the
+        training offset all ask, and the valid depths of a large split are hundreds of MB)."""
+        if "depth_stats" not in self.cache:
+            values = torch.cat([d[torch.isfinite(d)] for d in self.depths])
+            self.cache["depth_stats"] = {
+                "min": float(values.min()), "max": float(values.max()), "median": float(values.median()),
+            }  # fmt: skip
+        return self.cache["depth_stats"]
 
 
 def depth_file_of(image: Path) -> Path | None:
