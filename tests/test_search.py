@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 
 import lightning as L
 import pytest
@@ -18,7 +19,7 @@ from fewlabel.errors import FewlabelError
 from fewlabel.evaluate.notices import refit_sentence, search_sentence
 from fewlabel.tasks.classification import prepare_classification_data
 from fewlabel.train.finetune import phase_chains, refit_plan
-from fewlabel.train.search import PARTIAL_BLOCKS, PREFERENCE, candidates, choose
+from fewlabel.train.search import PARTIAL_BLOCKS, PREFERENCE, _fine_tuning_helped, candidates, choose
 from fewlabel.train.strategies import Phase
 
 AUTO = FAST | {"epochs": 2, "head_epochs": 3}
@@ -73,9 +74,9 @@ def _history(run_dir) -> list[dict]:
 
 
 def test_auto_tries_every_candidate_keeps_the_preferred_within_noise_and_reports_them(split_folder, tmp_path):
-    result = fewlabel.train(str(split_folder), tmp_path / "auto", refit=False, **AUTO)
+    result = fewlabel.train(str(split_folder), tmp_path / "auto", refit=False, gentle_candidates="always", **AUTO)
     search, selection = result.metrics["strategy_search"], result.metrics["model_selection"]
-    ran = [c for c in search["candidates"] if c["status"] != "skipped"]
+    ran = [c for c in search["candidates"] if c["status"] in ("ran", "winner")]
     assert len(ran) == 6 and [c["strategy"] for c in ran][:3] == ["linear-probe"] * 3
     assert [PREFERENCE[c["rank"]].split("@")[0] for c in ran] == ["probe"] * 3 + ["freeze-unfreeze"] * 2 + ["partial"]
     rows = _history(result.run_dir)
@@ -84,7 +85,7 @@ def test_auto_tries_every_candidate_keeps_the_preferred_within_noise_and_reports
         assert candidate["score"]["val_acc"] == pytest.approx(float(own[-1]["val_acc"]), abs=1e-4)
         assert candidate["score"]["epoch"] == int(own[-1]["epoch"])
     top = max(c["score"]["val_acc"] for c in ran)
-    margin = math.sqrt(top * (1 - top) / search["val_images"])
+    margin = math.sqrt(top * (1 - top) / search["val_images"]) * math.sqrt(2 * math.log(len(ran)))
     close = [c for c in ran if c["score"]["val_acc"] >= top - margin - 1e-9]
     winner = next(c for c in ran if c["status"] == "winner")
     assert search["winner"] == winner["fit"] == min(close, key=lambda c: c["rank"])["fit"]
@@ -94,6 +95,41 @@ def test_auto_tries_every_candidate_keeps_the_preferred_within_noise_and_reports
     report = (result.run_dir / "report.html").read_text()
     assert "Strategy search (auto)" in report and all(c["fit"] in report for c in ran)
     assert search_sentence(search).split(";")[0] in report
+
+
+def test_the_gentle_candidates_are_needed_unless_fine_tuning_clearly_beat_its_probe():
+    from fewlabel.train.callbacks import RunSelection
+
+    selection, margin = RunSelection("val_acc", higher=True), lambda record: 0.05
+    probe = {"fit": "probe", "strategy": "linear-probe", "rank": PREFERENCE.index("probe@1"), "score": {"val_acc": 0.6}}
+
+    def rows(fu_score, rank="freeze-unfreeze@1"):
+        tuned = {"fit": "fu", "strategy": "freeze-unfreeze", "rank": PREFERENCE.index(rank)}
+        return [probe, tuned | ({"score": {"val_acc": fu_score}} if fu_score is not None else {})]
+
+    assert _fine_tuning_helped(rows(0.70), probe, selection, margin)  # 10 points above: clearly
+    assert not _fine_tuning_helped(rows(0.63), probe, selection, margin)  # within noise of the probe
+    assert not _fine_tuning_helped(rows(0.40), probe, selection, margin)  # fine-tuning harmed the features
+    assert not _fine_tuning_helped(rows(None), probe, selection, margin)  # skipped for the budget
+    assert not _fine_tuning_helped(rows(0.70, "freeze-unfreeze@0.333"), probe, selection, margin)
+    assert not _fine_tuning_helped(rows(0.70), None, selection, margin)  # no probe (a dense task)
+
+
+def test_auto_leaves_out_the_gentle_candidates_when_not_needed_and_says_so(split_folder, tmp_path, monkeypatch):
+    def fine_tuned_and_helped(rows, *args):  # as if freeze-unfreeze, once it ran, clearly beat its probe
+        return any(r["strategy"] != "linear-probe" for r in rows)
+
+    monkeypatch.setattr(sys.modules["fewlabel.train.search"], "_fine_tuning_helped", fine_tuned_and_helped)
+    result = fewlabel.train(str(split_folder), tmp_path / "auto", refit=False, **AUTO)
+    search = result.metrics["strategy_search"]
+    statuses = [(c["strategy"], c["status"]) for c in search["candidates"]][3:]
+    assert statuses[0][0] == "freeze-unfreeze" and statuses[0][1] in ("ran", "winner")
+    assert statuses[1:] == [("freeze-unfreeze", "not needed"), (f"partial:{PARTIAL_BLOCKS}", "not needed")]
+    assert {r["phase"] for r in _history(result.run_dir)} == {c["fit"] for c in search["candidates"][:4]}
+    sentence = search_sentence(search)
+    assert "tried 4 candidates" in sentence and "--gentle-candidates always" in sentence
+    with pytest.raises(FewlabelError, match="gentle_candidates: only --strategy auto uses it"):
+        build_config(str(split_folder), strategy="full", gentle_candidates="always")
 
 
 def test_auto_holds_out_validation_even_when_data_has_a_test_split(tmp_path):

@@ -36,6 +36,18 @@ def test_run_selection_keeps_the_best_score_breaks_ties_by_loss_and_copies_weigh
     assert lower.best["epoch"] == 0
 
 
+def test_the_best_of_many_scores_must_lead_by_more_than_one_standard_error():
+    from fewlabel.train.callbacks import best_of_many_margin
+
+    assert best_of_many_margin(0.05, 1) == best_of_many_margin(0.05, 2) == 0.05  # one comparison: one error
+    assert best_of_many_margin(0.05, 70) == pytest.approx(0.05 * 2.915, abs=1e-3)  # sqrt(2 ln 70)
+    widths = [best_of_many_margin(0.05, n) for n in range(3, 200)]
+    assert widths == sorted(widths) and widths[0] > 0.05
+    # the expected best of n independent N(0, 1) draws stays below sqrt(2 ln n) (checked by sampling)
+    draws = torch.randn(2000, 70, generator=torch.Generator().manual_seed(0))
+    assert draws.max(1).values.mean() < best_of_many_margin(1.0, 70)
+
+
 def test_selection_sentences():
     best = {"fit": "head", "epoch": 3, "val_acc": 0.77, "val_loss": 0.7}
     last = {"fit": "finetune", "epoch": 9, "val_acc": 0.5, "val_loss": 1.4}
@@ -81,8 +93,9 @@ def test_a_run_that_fine_tuning_wrecks_ends_with_the_head_phase_weights(split_fo
     }
     gap = selection["best"]["val_acc"] - selection["last"]["val_acc"]
     assert selection["restored_best"] == (gap > selection["margin"] > 0)
-    n, acc = selection["val_images"], selection["last"]["val_acc"]
-    assert selection["margin"] == pytest.approx(math.sqrt(acc * (1 - acc) / n))  # one binomial standard error
+    n, acc, epochs = selection["val_images"], selection["last"]["val_acc"], len(rows)
+    one_error = math.sqrt(acc * (1 - acc) / n)  # one binomial standard error, widened for the epochs compared
+    assert selection["margin"] == pytest.approx(one_error * math.sqrt(2 * math.log(epochs)))
     report = (result.run_dir / "report.html").read_text()
     assert selection_sentence(selection).split(";")[0].replace("'", "&#39;") in report
     off = fewlabel.train(str(split_folder), tmp_path / "last", keep_best=False, **wrecking)

@@ -22,6 +22,7 @@ from .models import ModelCard, save_model_files
 from .rundir import ROBUSTNESS, read_config, seed_dir, write_config, write_metrics, write_record, write_splits
 from .tasks import get_task
 from .tasks.base import RunContext
+from .train.callbacks import best_of_many_margin
 from .train.engine import Engine, check_logger_available
 
 log = logging.getLogger("fewlabel")
@@ -219,14 +220,15 @@ def refit_model(ctx: RunContext, model, info, method) -> tuple:
 def model_selection(engine: Engine, cfg: TrainConfig, task, val_images: int) -> dict | None:
     """With ``keep_best``, restore the best validated epoch of the run (over all its fits) when
     it is clearly better than the epoch the network holds (the last, or the winner's under
-    strategy auto): by more than the task's noise margin on ``val_images`` images. Record which
+    strategy auto): by more than the task's noise margin on ``val_images`` images, widened for
+    the number of epochs the best was chosen from (:func:`best_of_many_margin`). Record which
     epochs these were, the margin, and what the network holds (``engine.method_state['held']``,
     what a refit retrains up to)."""
     selection = engine.selection
     best, last = selection.best, selection.last
     if best is None:
         return None
-    margin = task.selection_margin(last[selection.key], val_images)
+    margin = best_of_many_margin(task.selection_margin(last[selection.key], val_images), len(selection.history))
     restored = cfg.keep_best and best != last and selection.clearly_beats(best, last, margin)
     if restored:
         engine.restore_best()

@@ -53,8 +53,9 @@ def run_sentences(metrics: dict) -> list[str]:
 def search_sentence(search: dict) -> str:
     """One sentence on what ``--strategy auto`` tried and chose (``metrics['strategy_search']``)."""
     key = search["monitor"]
-    ran = [c for c in search["candidates"] if c["status"] != "skipped"]
+    ran = [c for c in search["candidates"] if c["status"] in ("ran", "winner")]
     skipped = [c for c in search["candidates"] if c["status"] == "skipped"]
+    unneeded = [c for c in search["candidates"] if c["status"] == "not needed"]
     winner = next((c for c in ran if c["status"] == "winner"), None)
     text = f"Strategy (auto): tried {len(ran)} candidates in {search['spent_seconds'] / 60:.1f} of "
     text += f"{search['budget_seconds'] / 60:.0f} budgeted minutes"
@@ -64,6 +65,10 @@ def search_sentence(search: dict) -> str:
             text += f"; candidates within ±{search['margin']:.4f} of the top score on {search['val_images']} "
             text += "validation images count as tied, and the preferred one wins"
         text += ")"
+    if unneeded:
+        names = ", ".join(c["fit"] for c in unneeded)
+        text += f"; not needed, since freeze-unfreeze clearly beat its linear probe: {names}"
+        text += " (--gentle-candidates always tries them)"
     if skipped:
         text += f"; skipped for the budget: {', '.join(c['fit'] for c in skipped)}"
     if search.get("probes_exceeded_budget"):

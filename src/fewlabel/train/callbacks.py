@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from pathlib import Path
 
@@ -154,6 +155,17 @@ class LastCheckpoint(L.Callback):
             atomic_write(self.path, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
         else:  # every process must call it (it ends in a barrier); only process 0 writes
             trainer.save_checkpoint(self.path, weights_only=False)
+
+
+def best_of_many_margin(margin: float, compared: int) -> float:
+    """How much the best of ``compared`` validation scores must lead another to count as better,
+    given one score's noise ``margin`` (one standard error): ``margin`` x sqrt(2 ln compared),
+    about the expected maximum of that many independent standard normal draws. The best of many
+    noisy scores is high partly by luck (the winner's curse): with 40 validation images and 70
+    validated epochs the best epoch leads a run's last by 10 points on noise alone. Epochs of one
+    fit are correlated, so this errs towards keeping what the run chose (a choice: the restore is
+    for a fit that clearly wrecked the model, not for a lucky epoch)."""
+    return margin * math.sqrt(2 * math.log(compared)) if compared > 2 else margin
 
 
 class RunSelection:

@@ -9,6 +9,12 @@ Candidates, cheapest first, each one fit through the engine named after it:
 3. ``partial:N`` (:data:`PARTIAL_BLOCKS`) at ``lr`` from the same head, where the backbone has
    more blocks than N.
 
+The gentler candidates (the lower rate and ``partial:N``) guard against whole-network
+fine-tuning that harms the pretrained features. When freeze-unfreeze at ``lr`` clearly beats
+(by the noise margin) the probe it started from, that did not happen: they are recorded as
+"not needed" and do not run (``gentle_candidates: always`` runs them anyway). This keeps the
+search near twice a freeze-unfreeze run where fine-tuning works.
+
 A task without a head on cached features (dense tasks) has no probes: ``full`` at the same
 learning rates and ``partial:N``, from the initial network.
 
@@ -16,7 +22,8 @@ A candidate scores its last validated epoch (what it converged to; the run's kee
 still restore an earlier epoch that is clearly better, see :mod:`fewlabel.runner`). With a few
 dozen validation images most differences are noise (20 images at 60% are ±11 points), so the
 winner is not simply the top score: it is the candidate first in :data:`PREFERENCE` among those
-within the task's noise margin (one binomial standard error, for accuracy) of the top score —
+within the task's noise margin (one binomial standard error, for accuracy, widened for the
+number of candidates compared: :func:`~fewlabel.train.callbacks.best_of_many_margin`) of the top score —
 whole-network fine-tuning at the configured learning rate unless another candidate is clearly
 better. The image candidates start from the probe chosen the same way among the probes.
 
@@ -43,6 +50,7 @@ import torch
 from torch import nn
 
 from ..distributed import same_on_every_process
+from .callbacks import best_of_many_margin
 from .inference import classifier_keys
 from .strategies import DEFAULT_BUDGET_MINUTES, Phase
 
@@ -101,7 +109,8 @@ def _rank(kind: str, factor: float) -> int:
 
 def choose(rows: list[dict], selection, margin: Callable[[dict], float]) -> dict | None:
     """The row first in preference among the rows whose score is within ``margin(top)`` of the
-    top score (None when none was validated)."""
+    top score, widened for the number of rows compared (:func:`best_of_many_margin`: the top of
+    six candidates is high partly by luck); None when none was validated."""
     scored = [r for r in rows if r.get("score")]
     if not scored:
         return None
@@ -109,7 +118,8 @@ def choose(rows: list[dict], selection, margin: Callable[[dict], float]) -> dict
     for row in scored[1:]:
         if selection.beats(row["score"], top["score"]):
             top = row
-    close = [r for r in scored if not selection.clearly_beats(top["score"], r["score"], margin(top["score"]))]
+    noise = best_of_many_margin(margin(top["score"]), len(scored))
+    close = [r for r in scored if not selection.clearly_beats(top["score"], r["score"], noise)]
     return min(close, key=lambda r: r["rank"])
 
 
@@ -131,6 +141,9 @@ def search(ctx: RunContext, model: nn.Module, info: BackboneInfo, initial: dict,
             if start is None:  # the probes are done: every image candidate starts from the chosen one
                 probe = choose(rows, selection, margin)
                 start = _weights(kept, probe["fit"], initial) if probe else initial
+            if cfg.method.gentle_candidates != "always" and _fine_tuning_helped(rows, probe, selection, margin):
+                rows.append(_row(candidate, "not needed"))
+                continue
             spent = engine.fit_seconds([r["fit"] for r in rows])
             estimate = same_on_every_process(last_on_images or _estimate_seconds(ctx, model, info, phase))
             if not engine.finished(phase.name) and spent + estimate > budget:
@@ -149,6 +162,17 @@ def search(ctx: RunContext, model: nn.Module, info: BackboneInfo, initial: dict,
         model.load_state_dict(_weights(kept, winner["fit"], initial))
         selection.last = winner["score"]  # the epoch the network now holds
     _record(engine, rows, winner, budget, chains, val_images, margin)
+
+
+def _fine_tuning_helped(rows: list[dict], probe: dict | None, selection, margin) -> bool:
+    """Whether the preferred whole-network candidate (the first on images) ran and clearly beat
+    the probe it started from: then fine-tuning at the configured rate did not harm the
+    pretrained features, and the gentler candidates (a third of the rate, only the top blocks),
+    which guard against that, are not needed."""
+    first = next((r for r in rows if r["strategy"] != "linear-probe"), None)
+    if probe is None or first is None or not first.get("score") or PREFERENCE[first["rank"]] != "freeze-unfreeze@1":
+        return False
+    return selection.clearly_beats(first["score"], probe["score"], margin(first["score"]))
 
 
 def _margin(task, key: str, images: int, record: dict) -> float:
@@ -172,13 +196,14 @@ def _weights(kept: dict, fit: str, initial: dict) -> dict:
 def _record(engine, rows: list[dict], winner: dict | None, budget: float, chains: dict, images: int, margin) -> None:
     """The search's record (metrics.json's ``strategy_search``) and each candidate's phases."""
     probes_seconds = sum(r.get("seconds", 0.0) for r in rows if r["strategy"] == "linear-probe")
+    scored = sum(1 for r in rows if r.get("score"))
     engine.method_state["search"] = {
         "budget_seconds": budget,
         "spent_seconds": sum(r.get("seconds", 0.0) for r in rows),
         "probes_exceeded_budget": probes_seconds > budget,
         "monitor": engine.selection.key,
         "val_images": images,
-        "margin": margin(winner["score"]) if winner else None,
+        "margin": best_of_many_margin(margin(winner["score"]), scored) if winner else None,
         "candidates": rows,
         "winner": winner["fit"] if winner else None,
     }

@@ -82,6 +82,11 @@ class FinetuneOptions(MethodOptions):
     budget_minutes: float | None = Field(
         None, gt=0, description=f"time for --strategy auto's candidates (default {DEFAULT_BUDGET_MINUTES:g})"
     )
+    gentle_candidates: Literal["when-needed", "always"] | None = Field(
+        None,
+        description="--strategy auto: when to try the gentler candidates (freeze-unfreeze at lr/3, partial:N): "
+        "when-needed (default: only when freeze-unfreeze at lr did not clearly beat its linear probe) | always",
+    )
 
     @field_validator("strategy")
     @classmethod
@@ -91,8 +96,9 @@ class FinetuneOptions(MethodOptions):
 
     @model_validator(mode="after")
     def _budget_for_auto(self) -> FinetuneOptions:
-        if self.budget_minutes is not None and self.strategy != AUTO:
-            raise ValueError(f"budget_minutes: only --strategy auto uses it (the strategy is '{self.strategy}')")
+        for name in ("budget_minutes", "gentle_candidates"):
+            if getattr(self, name) is not None and self.strategy != AUTO:
+                raise ValueError(f"{name}: only --strategy auto uses it (the strategy is '{self.strategy}')")
         return self
 
     @property
