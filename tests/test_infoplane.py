@@ -68,17 +68,42 @@ def test_the_limits_a_constant_output_and_a_perfect_classifier():
     assert knn["I_TY"] == pytest.approx(knn["H_Y"], abs=0.05) and knn["I_XT"] is None
 
 
-def test_codes_are_the_cells_of_the_simplex_and_bad_settings_are_refused():
-    codes = bin_codes(np.array([[1.0, 0.0], [0.55, 0.45], [0.049, 0.951]]), bins=10)
-    assert codes.tolist() == [[9, 0], [5, 4], [0, 9]]  # 1.0 falls in the last bin
+def test_codes_are_the_cells_of_the_simplex_or_the_top_class_and_its_bin_and_bad_settings_are_refused():
+    outputs = np.array([[1.0, 0.0, 0.0], [0.35, 0.45, 0.2], [0.049, 0.0, 0.951]])
+    assert bin_codes(outputs, bins=10, code="simplex").tolist() == [[9, 0, 0], [3, 4, 2], [0, 0, 9]]  # 1.0: last bin
+    assert bin_codes(outputs, bins=10, code="top").tolist() == [[0, 9], [1, 4], [2, 9]]
+    with pytest.raises(ValueError, match="code must be one of top, simplex"):
+        bin_codes(outputs, 10, code="cells")
     # finer bins separate outputs that coarse bins merge: H(T) grows
     outputs = np.random.default_rng(0).dirichlet(np.ones(3), 500)
     labels = np.zeros(500, dtype=int)
-    assert binned_plane(outputs, labels, 20)["I_XT"] > binned_plane(outputs, labels, 2)["I_XT"]
+    for code in ("top", "simplex"):
+        assert binned_plane(outputs, labels, 20, code)["I_XT"] > binned_plane(outputs, labels, 2, code)["I_XT"]
     with pytest.raises(ValueError, match="bins must be at least 2"):
         bin_codes(outputs, 1)
     with pytest.raises(ValueError, match="estimator must be one of binning, knn"):
         plane(outputs, labels, 3, estimator="kde")
+
+
+def _scattered_outputs(accuracy: float, n: int = 500, classes: int = 10, seed: int = 0):
+    """An unconfident classifier: the right class on top with probability ``accuracy`` (else a
+    random wrong one), its probability spread over the simplex by a flat Dirichlet."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    right = rng.random(n) < accuracy
+    top = np.where(right, labels, (labels + rng.integers(1, classes, n)) % classes)
+    outputs = rng.dirichlet(np.ones(classes), n)
+    outputs += np.eye(classes)[top] * (outputs.max(1, keepdims=True) + 0.01)  # the chosen class on top
+    return outputs / outputs.sum(1, keepdims=True), labels
+
+
+def test_the_top_code_ranks_scattered_outputs_by_what_they_say_where_the_simplex_code_saturates():
+    weak, strong = _scattered_outputs(0.3), _scattered_outputs(0.8, seed=1)
+    simplex = [binned_plane(*model, 10, "simplex")["I_TY"] for model in (weak, strong)]
+    top = [binned_plane(*model, 10, "top")["I_TY"] for model in (weak, strong)]
+    h_y = binned_plane(*weak, 10)["H_Y"]
+    assert min(simplex) > 0.95 * h_y  # every image alone in its cell: both look perfect
+    assert top[1] - top[0] > 1.0 and top[0] < 0.5 * h_y  # the strong model carries clearly more
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +183,7 @@ def test_runs_differing_only_in_pretraining_get_epochs_to_reach_a_share_of_h_y()
     assert "other-model" not in group["runs"]
 
 
-def test_bad_inputs_untracked_runs_and_different_class_sets(tracked_runs, tmp_path):
+def test_bad_inputs_untracked_runs_different_class_sets_and_different_codes(tracked_runs, tmp_path):
     _, data, runs = tracked_runs
     untracked = fewlabel.train(str(data), tmp_path / "untracked", **FAST).run_dir
     with pytest.raises(FewlabelError, match="trained without --track-infoplane .* retrain it with --track-infoplane"):
@@ -167,6 +192,15 @@ def test_bad_inputs_untracked_runs_and_different_class_sets(tracked_runs, tmp_pa
     two = fewlabel.train(str(other), tmp_path / "two", **FAST | {"track_infoplane": True}).run_dir
     with pytest.raises(FewlabelError, match=r"have different classes \(.*\): one plane holds runs of one class set"):
         fewlabel.audit_infoplane([runs[0], two], out=tmp_path / "out")
+    simplex = fewlabel.train(
+        str(data),
+        tmp_path / "simplex",
+        **FAST | {"track_infoplane": True, "infoplane_bins": 4, "infoplane_code": "simplex"},
+    ).run_dir
+    with pytest.raises(FewlabelError, match=r"binned differently \(4 bins, top code against 4 bins, simplex code\)"):
+        fewlabel.audit_infoplane([runs[0], simplex], out=tmp_path / "out")
+    with pytest.raises(FewlabelError, match=r"reach must be a share of H\(Y\) in \(0, 1\], got 1.5"):
+        fewlabel.audit_infoplane([runs[0]], out=tmp_path / "out", reach=1.5)
     assert not (tmp_path / "out").exists()
 
 

@@ -69,7 +69,8 @@ def test_chance_and_feature_map_warnings_by_hand():
     assert chance_warnings(0.125, 1.0, [100] * 10) == []
     majority = chance_warnings(0.8, 0.5, [800, 100, 100])  # 80% is the majority share
     assert len(majority) == 1 and "80.0%" in majority[0]
-    assert "ln(3)" in chance_warnings(0.9, 0.99 * math.log(3), [10, 10, 10])[0]
+    (flat,) = chance_warnings(0.9, 0.99 * math.log(3), [10, 10, 10])  # right ranking, flat probabilities
+    assert "ln(3)" in flat and "underconfident" in flat and "nothing was learned" not in flat
     assert "--img-size 64" in feature_map_warning(1, 32)[0]
     assert feature_map_warning(2, 64) == [] and feature_map_warning(None, 8) == []
 

@@ -107,6 +107,12 @@ class TrainConfig(BaseModel):
         "fewlabel audit infoplane compares runs)",
     )
     infoplane_bins: int = Field(10, ge=2, le=1000, description="bins per class probability of --track-infoplane")
+    infoplane_code: Literal["top", "simplex"] = Field(
+        "top",
+        description="--track-infoplane's discrete code of an output: top (the predicted class and its probability's "
+        "bin: at most classes x bins codes) | simplex (every class probability's bin, the paper's; needs many "
+        "validation images)",
+    )
     infoplane_knn: Literal["every", "last", "never"] = Field(
         "last", description="when --track-infoplane adds the k-NN estimate: every epoch, each fit's last, never"
     )

@@ -4,12 +4,24 @@ label, in bits. Pure functions of N x C softmax outputs and N labels.
 
 Two estimators, so a user sees whether a conclusion depends on the estimator:
 
-* ``binning`` (the paper's): every class probability is cut into ``bins`` equal-width bins
-  of [0, 1] (the last bin closed); an output's code is the tuple of its C bin indices, i.e.
-  the cell of the simplex it falls in. T is a deterministic function of X, so after this
-  discretisation I(X;T) = H(T), and I(T;Y) = H(T) + H(Y) - H(T, Y), all plug-in entropies of
-  the empirical code frequencies. Plug-in estimates are biased upwards when the codes are many
-  against the images: :func:`too_few_images` says when.
+* ``binning`` (the paper's): probabilities are cut into ``bins`` equal-width bins of [0, 1]
+  (the last bin closed) and each output gets a discrete code, formed in one of two ways
+  (``code``):
+
+  - ``top`` (default): the predicted class and the bin of its probability, i.e. which class's
+    corner of the simplex the output points to and how close it is: at most C x ``bins`` codes.
+  - ``simplex``: the tuple of all C bin indices, the cell of the simplex the output falls in
+    (the paper's per-neuron binning): up to ``bins``^(C-1) codes.
+
+  T is a deterministic function of X, so after this discretisation I(X;T) = H(T), and I(T;Y)
+  = H(T) + H(Y) - H(T, Y), all plug-in entropies of the empirical code frequencies. Plug-in
+  estimates are biased upwards when the codes are many against the images (each image alone
+  in its code gives I(T;Y) = H(Y), whatever the model): with the few hundred validation images
+  of few-label work, the ``simplex`` code rates an unconfident model, whose outputs scatter
+  over many cells, as informative as a good one (measured in bench/infoplane.py), hence the
+  ``top`` default, whose C x ``bins`` codes a few hundred images can fill. The paper's data
+  sets had tens of thousands of test images. :func:`too_few_images` says when even C x
+  ``bins`` codes are too many.
 * ``knn`` (does not bin): the k-nearest-neighbour estimator of mutual information between a
   continuous vector and a discrete label (Ross, PLoS ONE 2014; Kraskov-style, max-norm
   distances, on the probability vectors with a 1e-10 jitter against ties, as scikit-learn's
@@ -29,6 +41,8 @@ from collections.abc import Sequence
 import numpy as np
 
 ESTIMATORS = ("binning", "knn")
+CODES = ("top", "simplex")
+DEFAULT_CODE = "top"
 DEFAULT_BINS = 10
 DEFAULT_NEIGHBOURS = 3
 IMAGES_PER_CODE = 3  # warn below this many images per possible (class-wise) code cell
@@ -44,16 +58,26 @@ def entropy(codes: np.ndarray) -> float:
     return max(0.0, float(-(p * np.log2(p)).sum()))
 
 
-def bin_codes(probabilities: np.ndarray, bins: int = DEFAULT_BINS) -> np.ndarray:
-    """N x C integer codes: each probability's bin among ``bins`` equal-width bins of [0, 1]."""
+def bin_codes(probabilities: np.ndarray, bins: int = DEFAULT_BINS, code: str = DEFAULT_CODE) -> np.ndarray:
+    """Integer codes of N outputs: ``simplex``, N x C, each probability's bin among ``bins``
+    equal-width bins of [0, 1]; ``top``, N x 2, the predicted class and its probability's bin."""
     if bins < 2:
         raise ValueError(f"bins must be at least 2, got {bins}")
-    return np.minimum((np.asarray(probabilities, dtype=np.float64) * bins).astype(np.int64), bins - 1)
+    if code not in CODES:
+        raise ValueError(f"code must be one of {', '.join(CODES)}, got {code!r}")
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    binned = np.minimum((probabilities * bins).astype(np.int64), bins - 1)
+    if code == "simplex":
+        return binned
+    top = probabilities.argmax(1)
+    return np.stack([top, binned[np.arange(len(top)), top]], axis=1)
 
 
-def binned_plane(probabilities: np.ndarray, labels: np.ndarray, bins: int = DEFAULT_BINS) -> dict:
+def binned_plane(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = DEFAULT_BINS, code: str = DEFAULT_CODE
+) -> dict:
     """I(X;T) = H(T), I(T;Y) and H(Y) in bits from binned outputs."""
-    codes = bin_codes(probabilities, bins)
+    codes = bin_codes(probabilities, bins, code)
     labels = np.asarray(labels).reshape(-1, 1)
     h_t, h_y = entropy(codes), entropy(labels)
     return {"I_XT": h_t, "I_TY": max(0.0, h_t + h_y - entropy(np.hstack([codes, labels]))), "H_Y": h_y}
@@ -97,6 +121,7 @@ def plane(
     *,
     estimator: str = "binning",
     bins: int = DEFAULT_BINS,
+    code: str = DEFAULT_CODE,
     neighbours: int = DEFAULT_NEIGHBOURS,
 ) -> dict:
     """One point of the plane and the per-class I(T;Y_c): ``I_XT`` (None for ``knn``),
@@ -107,14 +132,14 @@ def plane(
 
     def information(targets: np.ndarray) -> dict:
         if estimator == "binning":
-            return binned_plane(probabilities, targets, bins)
+            return binned_plane(probabilities, targets, bins, code)
         return {"I_XT": None, "I_TY": knn_mutual_information(probabilities, targets, neighbours),
                 "H_Y": entropy(targets)}  # fmt: skip
 
     point = information(labels)
     point["per_class"] = [information((labels == c).astype(np.int64))["I_TY"] for c in range(num_classes)]
     point |= {"images": len(labels), "estimator": estimator}
-    point |= {"bins": bins} if estimator == "binning" else {"neighbours": neighbours}
+    point |= {"bins": bins, "code": code} if estimator == "binning" else {"neighbours": neighbours}
     return point
 
 

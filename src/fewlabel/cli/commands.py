@@ -362,11 +362,14 @@ def audit_infoplane(
     out: Annotated[Path, typer.Option(help="folder for infoplane.json and infoplane.png")],
     rank: Annotated[bool, typer.Option(help="rank runs by validation I(T;Y), correlate with test accuracy")] = False,
     per_class: Annotated[bool, typer.Option(help="per-class I(T;Y_c) trajectories and against class counts")] = False,
+    reach: Annotated[
+        float, typer.Option(help="runs differing in pretraining: epochs until I(T;Y) reaches this share of H(Y)")
+    ] = 0.5,
 ) -> None:
     """Information plane of the output (Cheng et al. 2019): runs' trajectories on one plane."""
     from ..audit.infoplane_audit import audit_infoplane as run_audit
 
-    result = run_audit(runs, out=out, rank=rank, per_class=per_class)
+    result = run_audit(runs, out=out, rank=rank, per_class=per_class, reach=reach)
     rows = table("run", "I(X;T)", "I(T;Y)", "I(T;Y) k-NN", "val acc", "test acc", title="information plane (bits)")
     names = [row["run"] for row in result["rank"]["order"]] if rank else list(result["runs"])
     for name in names:

@@ -133,7 +133,8 @@ def feature_map_warning(map_side: int | None, img_size: int) -> list[str]:
 def chance_warnings(accuracy: float, nll: float, class_counts: list[int]) -> list[str]:
     """Warnings that a classifier learned nothing: accuracy within two binomial standard errors
     of the majority-class share of the evaluation images, or a mean log loss above 90% of
-    ln(number of classes) (the loss of a uniform guess)."""
+    ln(number of classes) (the loss of a uniform guess; with an accuracy above chance that
+    says the probabilities, not the ranking, are worthless)."""
     n = sum(class_counts)
     classes = len(class_counts)
     if not n or classes < 2:
@@ -148,8 +149,13 @@ def chance_warnings(accuracy: float, nll: float, class_counts: list[int]) -> lis
             f"on {n} images): nothing was learned; {advice}."
         )
     if nll >= 0.9 * math.log(classes):
-        warnings.append(
-            f"the evaluation loss {nll:.3f} is close to ln({classes}) = {math.log(classes):.3f}, a uniform guess; "
-            f"{advice}."
-        )
+        uniform = f"the evaluation loss {nll:.3f} is close to ln({classes}) = {math.log(classes):.3f}, a uniform guess"
+        if warnings:
+            warnings.append(f"{uniform}; {advice}.")
+        else:  # the ranking is right, the probabilities are not
+            warnings.append(
+                f"{uniform}, although accuracy {100 * accuracy:.1f}% is above chance: the predicted probabilities "
+                "are nearly flat (underconfident), so read them as a ranking, not as probabilities; more epochs "
+                "or a higher learning rate for the head sharpen them."
+            )
     return warnings

@@ -293,9 +293,9 @@ class InfoPlaneTracker(L.Callback):
     epochs to be redone are dropped first. ``seconds`` counts the tracker's own time, so the
     report can print its cost."""
 
-    def __init__(self, run_dir: Path, fit: str, bins: int, knn: str = "last") -> None:
+    def __init__(self, run_dir: Path, fit: str, bins: int, knn: str = "last", code: str = "top") -> None:
         self.run_dir, self.fit = run_dir, fit
-        self.bins, self.knn = bins, knn
+        self.bins, self.knn, self.code = bins, knn, code
         self.record: dict | None = None
         self._outputs: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
@@ -324,7 +324,9 @@ class InfoPlaneTracker(L.Callback):
         last = trainer.current_epoch + 1 >= trainer.max_epochs or trainer.should_stop
         knn = self.knn == "every" or (self.knn == "last" and last)
         for estimator in ("binning", "knn") if knn else ("binning",):
-            point = plane(probabilities, labels, probabilities.shape[1], estimator=estimator, bins=self.bins)
+            point = plane(
+                probabilities, labels, probabilities.shape[1], estimator=estimator, bins=self.bins, code=self.code
+            )
             record["points"].append({"fit": self.fit, "epoch": trainer.current_epoch} | point)
         self._count(started)
         if trainer.is_global_zero:

@@ -298,7 +298,11 @@ class Engine:
             *self.extra_callbacks,
         ]
         if self.cfg.track_infoplane and fit.data.has_validation:
-            callbacks.append(InfoPlaneTracker(self.run_dir, name, self.cfg.infoplane_bins, self.cfg.infoplane_knn))
+            callbacks.append(
+                InfoPlaneTracker(
+                    self.run_dir, name, self.cfg.infoplane_bins, self.cfg.infoplane_knn, self.cfg.infoplane_code
+                )
+            )
         if self.cfg.early_stopping and fit.data.has_validation:
             callbacks += [EarlyStopping("val_loss", patience=self.cfg.early_stopping), BestWeights()]
         return L.Trainer(
