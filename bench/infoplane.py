@@ -10,8 +10,9 @@ of the test set. An unbalanced copy keeps 10 training images of one class (Shirt
 
 Runs (64 px, tracked with --track-infoplane, 10 bins, k-NN at each fit's last epoch): they
 differ in backbone (EfficientNet-Lite0, Lite1, ResNet-18), pretraining (ImageNet or none),
-strategy and labels per class; see RUNS (two pairs differ only in pretraining). Written: the comparison (fewlabel audit infoplane
---rank --per-class) and the per-run tracking cost.
+strategy and labels per class; see RUNS (two pairs differ only in pretraining). Written: the
+comparison (fewlabel audit infoplane --rank --per-class), the per-run tracking cost, and both
+binning codes on the saved models' validation outputs.
 
     python bench/infoplane.py [--runs NAME,NAME]
 """
