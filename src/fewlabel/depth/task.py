@@ -28,7 +28,7 @@ from ..fileio import write_arrays
 from ..models import BackboneInfo, ModelCard
 from ..models.dense import build_encoder_decoder, check_side, run_card
 from ..rundir import DEPTH_EXAMPLES
-from ..tasks import card_task_options
+from ..tasks import card_task_options, config_task_options
 from ..tasks.base import DataBundle, Task, evaluation_split
 from ..train.module import EngineModule
 from .augment import DepthPairs, resized_pairs
@@ -39,14 +39,6 @@ from .options import DepthOptions
 
 EXAMPLES, EXAMPLE_SIDE = 4, 256
 DEFAULT_VAL_SHARE = 0.2
-
-
-def options_of(cfg: TrainConfig) -> DepthOptions:
-    return DepthOptions(**cfg.task_options)
-
-
-def card_options(card: ModelCard) -> DepthOptions:
-    return card_task_options(card, DepthOptions)
 
 
 def depth_loss(log_predicted: torch.Tensor, depth: torch.Tensor, loss: str, si_lambda: float,
@@ -105,7 +97,7 @@ class DepthTask(Task):
     higher_is_better = False
 
     def prepare_data(self, cfg: TrainConfig, seed: int) -> DataBundle:
-        options = options_of(cfg)
+        options = config_task_options(cfg)
         if cfg.augment != "auto" or cfg.vflip:
             raise FewlabelError(
                 "augment/vflip: the depth task augments its own way (the square's 8 symmetries, --no-symmetries to "
@@ -149,7 +141,7 @@ class DepthTask(Task):
         return super().splits_record(data, seed) | {"summary": self.data_summary(data)}
 
     def build_model(self, cfg: TrainConfig, data: DataBundle) -> tuple[nn.Module, BackboneInfo]:
-        options = options_of(cfg)
+        options = config_task_options(cfg)
         model, info, _ = build_encoder_decoder(
             "depth", cfg.model, cfg.pretrained, options.stages, options.decoder_width
         )
@@ -157,11 +149,11 @@ class DepthTask(Task):
         return model, info
 
     def rebuild_model(self, card: ModelCard) -> nn.Module:
-        options = card_options(card)
+        options = card_task_options(card)
         return build_encoder_decoder("depth", card.arch, "none", options.stages, options.decoder_width)[0]
 
     def dataset(self, split: DepthSet, info: BackboneInfo, cfg: TrainConfig, train: bool, seed: int):
-        options = options_of(cfg)
+        options = config_task_options(cfg)
         images, depths = resized_pairs(split, cfg.img_size)
         if train:
             return DepthPairs(images, depths, info.mean, info.std, seed, options.symmetries, options.colour_jitter)
@@ -169,7 +161,8 @@ class DepthTask(Task):
 
     def module(self, net: nn.Module, param_groups: list[dict], cfg: TrainConfig, data: DataBundle) -> DepthModule:
         offset = self._offset(cfg, data)
-        return DepthModule(net, param_groups, cfg.optimizer, cfg.schedule, cfg.warmup_epochs, options_of(cfg), offset)
+        options = config_task_options(cfg)
+        return DepthModule(net, param_groups, cfg.optimizer, cfg.schedule, cfg.warmup_epochs, options, offset)
 
     def _offset(self, cfg: TrainConfig, data: DataBundle) -> float:
         parent = run_card(cfg.pretrained, "depth")
@@ -180,7 +173,7 @@ class DepthTask(Task):
     def card_fields(self, cfg: TrainConfig, data: DataBundle, info: BackboneInfo) -> dict:
         low, high = data.train.depth_range()
         parent = run_card(cfg.pretrained, "depth")
-        extras = options_of(cfg).model_dump() | {
+        extras = config_task_options(cfg).model_dump() | {
             "log_depth_offset": self._offset(cfg, data),
             "train_depth_range": [low, high],
             "parent_run": str(Path(cfg.pretrained).resolve().parent) if parent is not None else None,
@@ -192,7 +185,7 @@ class DepthTask(Task):
         start = time.perf_counter()
         predicted = DepthPredictor(model, card).predict(split.images)
         seconds = time.perf_counter() - start
-        options = card_options(card)
+        options = card_task_options(card)
         metrics = scores_record(predicted, split, options.max_depth)
         metrics |= {"n_samples": len(split), "units": options.units,
                     "images_per_second": len(split) / seconds if seconds > 0 else None}  # fmt: skip
@@ -207,7 +200,7 @@ class DepthTask(Task):
         return metrics, DepthPredictions(split.ids, example_arrays(split, predicted, parent_predicted))
 
     def load_split(self, spec: str, card: ModelCard, strict: bool = False) -> DepthSet:
-        return load_depth(spec, strict, png_scale=card_options(card).png_scale)
+        return load_depth(spec, strict, png_scale=card_task_options(card).png_scale)
 
     def write_predictions(self, run_dir: Path, predictions: DepthPredictions) -> None:
         write_arrays(Path(run_dir) / DEPTH_EXAMPLES, predictions.examples)

@@ -26,7 +26,7 @@ from ..fileio import write_arrays, write_text
 from ..models import BackboneInfo, ModelCard
 from ..models.dense import check_side
 from ..rundir import DETECTIONS, NUCLEI_EXAMPLES
-from ..tasks import card_task_options
+from ..tasks import card_task_options, config_task_options
 from ..tasks.base import DataBundle, Task, evaluation_split
 from ..train.module import EngineModule
 from .augment import TrainingCrops, ValidationTiles, to_targets
@@ -41,14 +41,6 @@ from .proximity import proximity_map
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95: the threshold search grid
 EXAMPLES, EXAMPLE_SIDE = 4, 256
 DEFAULT_VAL_SHARE = 0.2
-
-
-def options_of(cfg: TrainConfig) -> NucleiOptions:
-    return NucleiOptions(**cfg.task_options)
-
-
-def card_options(card: ModelCard) -> NucleiOptions:
-    return card_task_options(card, NucleiOptions)
 
 
 def weighted_mse(predicted: torch.Tensor, target: torch.Tensor, center_weight: float) -> torch.Tensor:
@@ -108,7 +100,7 @@ class NucleiTask(Task):
     can_refit = False
 
     def prepare_data(self, cfg: TrainConfig, seed: int) -> DataBundle:
-        options = options_of(cfg)
+        options = config_task_options(cfg)
         if cfg.refit:
             raise FewlabelError(
                 "--refit: task 'nuclei' needs its validation images after training (the threshold); remove it"
@@ -155,17 +147,17 @@ class NucleiTask(Task):
         return super().data_summary(data) | nuclei
 
     def build_model(self, cfg: TrainConfig, data: DataBundle) -> tuple[nn.Module, BackboneInfo]:
-        options = options_of(cfg)
+        options = config_task_options(cfg)
         model, info = build_detector(cfg.model, cfg.pretrained, options.stages, options.decoder_width)
         check_side(model, cfg.img_size, "nuclei")
         return model, info
 
     def rebuild_model(self, card: ModelCard) -> nn.Module:
-        options = card_options(card)
+        options = card_task_options(card)
         return build_detector(card.arch, "none", options.stages, options.decoder_width)[0]
 
     def dataset(self, split: NucleusSet, info: BackboneInfo, cfg: TrainConfig, train: bool, seed: int):
-        options = options_of(cfg)
+        options = config_task_options(cfg)
         targets = target_maps(split, options)
         if train:
             return TrainingCrops(
@@ -179,7 +171,7 @@ class NucleiTask(Task):
 
     def module(self, net: nn.Module, param_groups: list[dict], cfg: TrainConfig, data: DataBundle) -> NucleiModule:
         return NucleiModule(
-            net, param_groups, cfg.optimizer, cfg.schedule, cfg.warmup_epochs, options_of(cfg).center_weight
+            net, param_groups, cfg.optimizer, cfg.schedule, cfg.warmup_epochs, config_task_options(cfg).center_weight
         )
 
     def card_fields(self, cfg: TrainConfig, data: DataBundle, info: BackboneInfo) -> dict:
@@ -188,7 +180,7 @@ class NucleiTask(Task):
             "img_size": cfg.img_size,
             "mean": list(info.mean),
             "std": list(info.std),
-            "extras": options_of(cfg).model_dump(),
+            "extras": config_task_options(cfg).model_dump(),
         }
 
     def fitted_settings(self, model: nn.Module, info: BackboneInfo, cfg: TrainConfig, data: DataBundle) -> dict:
@@ -196,7 +188,7 @@ class NucleiTask(Task):
         when there are none), with the curve it was chosen on."""
         split = data.val if data.val is not None and len(data.val) else data.train
         card = ModelCard(arch=cfg.model, **self.card_fields(cfg, data, info))
-        options = options_of(cfg)
+        options = config_task_options(cfg)
         detector = NucleusDetector(model.eval(), card)
         peaks = [find_peaks(detector.proximity(im), THRESHOLDS[0], options.min_distance) for im in split.images]
         curve = f1_by_threshold(peaks, split.points, options.match_radius, THRESHOLDS)
@@ -205,7 +197,7 @@ class NucleiTask(Task):
         return {"threshold": threshold, "threshold_chosen_on": chosen_on, "threshold_curve": curve}
 
     def evaluate(self, model: nn.Module, card: ModelCard, split: NucleusSet, progress: bool = False):
-        options = card_options(card)
+        options = card_task_options(card)
         detector = NucleusDetector(model.eval(), card)
         start = time.perf_counter()
         maps = [detector.proximity(im) for im in split.images]

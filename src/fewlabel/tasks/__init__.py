@@ -75,7 +75,14 @@ def get_task(name: str) -> Task:
     return _INSTANCES[name]
 
 
-def card_task_options(card: Any, options_model: type) -> Any:
-    """A task's options as a trained model's card stored them (its extras; other extras ignored)."""
+def config_task_options(cfg: Any) -> Any:
+    """The ``task_options`` section of a config, as its task's registered options model reads it."""
+    return task_options_model(cfg.task)(**cfg.task_options)
+
+
+def card_task_options(card: Any) -> Any:
+    """A task's options as a trained model's card stored them (its extras; other extras ignored),
+    read by the card's task's registered options model."""
+    options_model = task_options_model(card.task)
     known = options_model.model_fields
     return options_model(**{k: v for k, v in card.extras.items() if k in known})
