@@ -363,13 +363,15 @@ def audit_infoplane(
     rank: Annotated[bool, typer.Option(help="rank runs by validation I(T;Y), correlate with test accuracy")] = False,
     per_class: Annotated[bool, typer.Option(help="per-class I(T;Y_c) trajectories and against class counts")] = False,
     reach: Annotated[
-        float, typer.Option(help="runs differing in pretraining: epochs until I(T;Y) reaches this share of H(Y)")
-    ] = 0.5,
+        float | None,
+        typer.Option(help="runs differing in pretraining: epochs to this share of H(Y) by I(T;Y) [default: half]"),
+    ] = None,
 ) -> None:
     """Information plane of the output (Cheng et al. 2019): runs' trajectories on one plane."""
     from ..audit.infoplane_audit import audit_infoplane as run_audit
 
-    result = run_audit(runs, out=out, rank=rank, per_class=per_class, reach=reach)
+    shares = {"reach": reach} if reach is not None else {}  # the audit's own default otherwise
+    result = run_audit(runs, out=out, rank=rank, per_class=per_class, **shares)
     rows = table("run", "I(X;T)", "I(T;Y)", "I(T;Y) k-NN", "val acc", "test acc", title="information plane (bits)")
     names = [row["run"] for row in result["rank"]["order"]] if rank else list(result["runs"])
     for name in names:
