@@ -364,7 +364,9 @@ def audit_infoplane(
     per_class: Annotated[bool, typer.Option(help="per-class I(T;Y_c) trajectories and against class counts")] = False,
     reach: Annotated[
         float | None,
-        typer.Option(help="runs differing in pretraining: epochs to this share of H(Y) by I(T;Y) [default: half]"),
+        typer.Option(
+            help="runs differing in pretraining: epochs until I(T;Y) reaches this share of H(Y) [default: half]"
+        ),
     ] = None,
 ) -> None:
     """Information plane of the output (Cheng et al. 2019): runs' trajectories on one plane."""
