@@ -160,21 +160,15 @@ class DepthTask(Task):
         return DepthPairs(images, depths, info.mean, info.std)
 
     def module(self, net: nn.Module, param_groups: list[dict], cfg: TrainConfig, data: DataBundle) -> DepthModule:
-        offset = self._offset(cfg, data)
+        offset = _offset(run_card(cfg.pretrained, "depth"), data)
         options = config_task_options(cfg)
         return DepthModule(net, param_groups, cfg.optimizer, cfg.schedule, cfg.warmup_epochs, options, offset)
-
-    def _offset(self, cfg: TrainConfig, data: DataBundle) -> float:
-        parent = run_card(cfg.pretrained, "depth")
-        if parent is not None:
-            return float(parent.extras.get("log_depth_offset", 0.0))
-        return median_offset(data.train.median_depth())
 
     def card_fields(self, cfg: TrainConfig, data: DataBundle, info: BackboneInfo) -> dict:
         low, high = data.train.depth_range()
         parent = run_card(cfg.pretrained, "depth")
         extras = config_task_options(cfg).model_dump() | {
-            "log_depth_offset": self._offset(cfg, data),
+            "log_depth_offset": _offset(parent, data),
             "train_depth_range": [low, high],
             "parent_run": str(Path(cfg.pretrained).resolve().parent) if parent is not None else None,
         }
@@ -219,6 +213,14 @@ class DepthTask(Task):
         from .report import depth_section
 
         return [depth_section(run_dir, metrics)]
+
+
+def _offset(parent: ModelCard | None, data: DataBundle) -> float:
+    """The log-depth offset the network's output is added to: the parent run's when fine-tuning
+    one (its output is trained on that scale), else the training depths' median."""
+    if parent is not None:
+        return float(parent.extras.get("log_depth_offset", 0.0))
+    return median_offset(data.train.median_depth())
 
 
 def scores_record(predicted: list[np.ndarray], split: DepthSet, max_depth: float | None) -> dict:
