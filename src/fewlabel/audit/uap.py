@@ -5,9 +5,12 @@ of Moosavi-Dezfooli et al. (2017) as the Adversarial Robustness Toolbox (ART) im
 Everything is in pixel space: images are floats in [0, 1] at the model's input size (N x C x
 H x W), and ``forward`` maps such pixels to logits through the model's own preprocessing
 (:func:`pixel_forward`), so the perturbation is a picture and ``clamp(x + v, 0, 1)`` a valid
-image. Sizes follow the paper's [-1, 1] pixel scale: the radius is ``zeta`` times the mean Lp
-norm of the images measured on that scale, and the FGSM step is given on it (0.0005 in the
-paper); both are halved to [0, 1] units here, where the perturbation is stored.
+image. The radius is ``zeta`` times the mean Lp norm of the target domain's images, measured
+as the paper's code measures it: on the pixel values themselves, not centred (its images are
+0-255 values whose norm is divided by 128, the scale of its [-1, 1] model inputs), so the ratio
+is the same in any pixel unit; on Fashion-MNIST's black backgrounds the centred norm would be
+8% smaller for L2 and half for L-infinity. The FGSM step is given on the paper's [-1, 1] scale
+(0.0005 in the paper) and halved to [0, 1] units here, where the perturbation is stored.
 
 The loop differs from ART's in one way. ART walks the building images one at a time: for each
 image the current perturbation does not fool, it runs one FGSM attack on that image alone,
@@ -18,7 +21,12 @@ before one projection. To first order in the step this is the per-image loop (AR
 images see a perturbation that moved by a few steps of size 0.0005, ours see the one before
 the batch), and the projection onto a convex ball applied once to the sum never leaves the
 ball either. What changes is the cost: one forward-backward pass per batch instead of one per
-image, which is why ART is slow. ART also folds an image's step in only when that one step
+image, which is why ART is slow. The stopping rule reads the building rate each pass already
+saw (each image at the perturbation its batch met) instead of predicting every building image
+again after the pass as ART does: that saves one forward pass over the building images per
+pass. The perturbation grows during a pass, so the rate seen trails the end-of-pass rate and the
+loop stops at ART's pass or later, never earlier; the rate returned is measured on the final
+perturbation. ART also folds an image's step in only when that one step
 changes the image's label; the paper's loop (and this one) folds in every step of a
 not-yet-fooled image — with the paper's small FGSM step a single step rarely flips a label, and
 stock ART's perturbation then barely moves (tests/test_uap.py compares both).
@@ -46,13 +54,13 @@ class UAP:
     perturbation: torch.Tensor  # C x H x W, [0, 1] pixel units
     norm: str
     zeta: float
-    radius: float  # in [0, 1] pixel units (the paper's scale: twice this)
+    radius: float  # in [0, 1] pixel units (on the paper's [-1, 1] input scale: twice this)
     target: int | None
     fooling_rate: float  # on the building images (targeted: success rate)
     passes: int
     images: int
     seconds: float
-    history: list[float] = field(default_factory=list)  # the building rate after each pass
+    history: list[float] = field(default_factory=list)  # per pass: share of images already fooled when seen
 
 
 def pixel_forward(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> Forward:
@@ -82,9 +90,9 @@ def lp_norms(x: torch.Tensor, norm: str) -> torch.Tensor:
 
 
 def radius_for(images: torch.Tensor, norm: str, zeta: float) -> float:
-    """The paper's radius, ``zeta`` times the mean Lp norm of ``images`` on the [-1, 1] scale,
-    in [0, 1] pixel units (half of it)."""
-    return zeta * float(lp_norms(2 * images - 1, norm).mean()) / 2
+    """The paper's radius: ``zeta`` times the mean Lp norm of ``images`` ([0, 1] pixels, not
+    centred, as the paper's code measures it), in the same units."""
+    return zeta * float(lp_norms(images, norm).mean())
 
 
 def project(v: torch.Tensor, norm: str, radius: float) -> torch.Tensor:
@@ -145,8 +153,9 @@ def universal_perturbation(
     """Build a UAP from ``images`` ([0, 1] pixels): passes over the images in a seeded order,
     each batch's not-yet-fooled images adding their FGSM steps (``step`` on the [-1, 1]
     scale; ascent on the model's own clean prediction, or descent towards ``target``), then a
-    projection onto the ball of :func:`radius_for`; stop once the building rate reaches
-    ``1 - delta`` or after ``max_passes`` passes (ART's ``delta`` and ``max_iter``). The paper
+    projection onto the ball of :func:`radius_for`; stop once the share of building images a
+    pass found already fooled reaches ``1 - delta``, or after ``max_passes`` passes (ART's
+    ``delta`` and ``max_iter``). The paper
     takes the radius from the *target domain's* images (``radius``: :func:`radius_for` of
     them); without it, from the building images."""
     _check_norm(norm)
@@ -157,31 +166,36 @@ def universal_perturbation(
     generator = torch.Generator().manual_seed(seed)
     history: list[float] = []
     for _ in range(max_passes):
+        fooled = 0
         for batch in torch.randperm(len(images), generator=generator).split(batch_size):
-            v = project(v + _batch_step(forward, images[batch], clean[batch], v, step / 2, target), norm, radius)
-        history.append(fooling_rate(clean, predict(forward, images, v, batch_size), target))
+            step_sum, already_fooled = _batch_step(forward, images[batch], clean[batch], v, step / 2, target)
+            v, fooled = project(v + step_sum, norm, radius), fooled + already_fooled
+        history.append(fooled / max(len(images), 1))
         if history[-1] >= 1 - delta:
             break
+    rate = fooling_rate(clean, predict(forward, images, v, batch_size), target)
     return UAP(
-        v.detach().cpu(), norm, zeta, radius, target, history[-1] if history else 0.0, len(history), len(images),
-        time.perf_counter() - started, history,
+        v.detach().cpu(), norm, zeta, radius, target, rate, len(history), len(images), time.perf_counter() - started,
+        history,
     )  # fmt: skip
 
 
 def _batch_step(forward: Forward, x: torch.Tensor, clean: torch.Tensor, v: torch.Tensor, step: float, target):
-    """The sum of the FGSM steps of the batch's images that ``v`` does not fool yet."""
+    """The sum of the FGSM steps of the batch's images that ``v`` does not fool yet, and how
+    many it fools already."""
     adversarial = (x + v).clamp(0, 1).requires_grad_(True)
     with torch.enable_grad():
         logits = forward(adversarial)
         predicted = logits.argmax(1)
         todo = predicted == clean if target is None else predicted != target
-        if not bool(todo.any()):
-            return torch.zeros_like(v)
+        already_fooled = len(x) - int(todo.sum())
+        if already_fooled == len(x):
+            return torch.zeros_like(v), already_fooled
         wanted = clean if target is None else torch.full_like(clean, target)
         loss = F.cross_entropy(logits[todo], wanted[todo], reduction="sum")
         (gradient,) = torch.autograd.grad(loss, adversarial)
     direction = 1.0 if target is None else -1.0  # away from the clean class, or towards the target
-    return direction * step * gradient[todo].sign().sum(0)
+    return direction * step * gradient[todo].sign().sum(0), already_fooled
 
 
 def sphere_rate(forward: Forward, images: torch.Tensor, v: torch.Tensor, target: int | None = None) -> float:

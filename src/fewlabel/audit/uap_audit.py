@@ -90,7 +90,8 @@ def audit_uap(
         "norm": norm,
         "zeta": zeta,
         "radius_pixels": uap.radius,
-        "radius_scale": "[0, 1] pixels (the paper's [-1, 1] scale: twice this), zeta x the evaluation images' norm",
+        "radius_scale": "[0, 1] pixels (the paper's [-1, 1] scale: twice this), zeta x the evaluation images' "
+        "mean norm (not centred, as the paper's code)",
         "target": target,
         "step": step,
         "built_from": built_from,
