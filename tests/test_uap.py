@@ -19,6 +19,7 @@ import fewlabel
 from conftest import FAST, make_image_folder
 from fewlabel.audit.uap import (
     check_zeta,
+    folded_for_inference,
     lp_norms,
     pixel_forward,
     predict,
@@ -93,6 +94,22 @@ def test_an_untargeted_uap_fools_far_more_than_the_random_control_at_the_same_no
     assert sphere_rate(forward, images, control) <= 0.1
     perturbed = (images + uap.perturbation).clamp(0, 1)
     assert perturbed.min() >= 0 and perturbed.max() <= 1
+
+
+def test_the_folded_copy_computes_the_same_logits_and_gradients_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+    model[1].running_mean.uniform_(-1, 1), model[1].running_var.uniform_(0.5, 2), model[1].weight.data.uniform_(0.5, 2)
+    model.train()
+    folded = folded_for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert isinstance(model[1], nn.BatchNorm2d) and model.training  # the original is untouched
+    x = torch.rand(5, 1, 8, 8, requires_grad=True)
+    model.eval()
+    assert torch.allclose(folded(x), model(x), atol=1e-5)
+    (plain,) = torch.autograd.grad(model(x).sum(), x)
+    (fast,) = torch.autograd.grad(folded(x).sum(), x)
+    assert torch.allclose(plain, fast, atol=1e-5)
 
 
 def test_the_batched_loop_fools_as_many_as_the_per_image_loop():

@@ -77,6 +77,24 @@ def pixel_forward(model: nn.Module, mean: Sequence[float], std: Sequence[float])
     return forward
 
 
+def folded_for_inference(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with every BatchNorm that follows a convolution folded
+    into it (the quantizer's :func:`~fewlabel.quant.layers.fold_batchnorm`): the same function up
+    to rounding, and on the bench's EfficientNet-Lite0 about 1.5x faster forward and backward on
+    a CPU. A network that cannot be traced is returned unfolded (in eval mode)."""
+    import copy
+
+    from ..errors import FewlabelError
+    from ..quant.layers import fold_batchnorm
+
+    folded = copy.deepcopy(model).eval()
+    try:
+        fold_batchnorm(folded)
+    except FewlabelError:
+        return model.eval()
+    return folded
+
+
 def _check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")

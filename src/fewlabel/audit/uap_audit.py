@@ -29,6 +29,7 @@ from ..fileio import write_json
 from .uap import (
     UAP,
     check_zeta,
+    folded_for_inference,
     fooling_rate,
     lp_norms,
     pixel_forward,
@@ -78,7 +79,7 @@ def audit_uap(
     evaluation = task.load_split(eval_spec, card)
     eval_pixels = model_pixels(evaluation.images, card.img_size)
     building, built_from = _building_images(task, card, natural, source, eval_pixels.shape[1], images, seed)
-    forward = pixel_forward(model.eval(), card.mean, card.std)
+    forward = pixel_forward(folded_for_inference(model), card.mean, card.std)
     started = time.perf_counter()
     uap = universal_perturbation(
         forward, building, norm=norm, zeta=zeta, step=step, target=target_index, delta=delta,
@@ -239,7 +240,7 @@ def _transfer(other, v: torch.Tensor, control: torch.Tensor, pixels: torch.Tenso
     target_index = card.class_names.index(target) if target in card.class_names else None
     if target is not None and target_index is None:
         record["note"] = f"class '{target}' is not one of this model's: untargeted rates"
-    forward = pixel_forward(model.eval(), card.mean, card.std)
+    forward = pixel_forward(folded_for_inference(model), card.mean, card.std)
     return record | _rates(forward, pixels, v, control, target_index)
 
 
