@@ -61,6 +61,8 @@ class UAP:
     images: int
     seconds: float
     history: list[float] = field(default_factory=list)  # per pass: share of images already fooled when seen
+    clean: torch.Tensor | None = None  # predicted classes of the building images, clean
+    predicted: torch.Tensor | None = None  # and with the final perturbation
 
 
 def pixel_forward(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> Forward:
@@ -191,10 +193,10 @@ def universal_perturbation(
         history.append(fooled / max(len(images), 1))
         if history[-1] >= 1 - delta:
             break
-    rate = fooling_rate(clean, predict(forward, images, v, batch_size), target)
+    predicted = predict(forward, images, v, batch_size)
     return UAP(
-        v.detach().cpu(), norm, zeta, radius, target, rate, len(history), len(images), time.perf_counter() - started,
-        history,
+        v.detach().cpu(), norm, zeta, radius, target, fooling_rate(clean, predicted, target), len(history),
+        len(images), time.perf_counter() - started, history, clean, predicted,
     )  # fmt: skip
 
 

@@ -87,6 +87,7 @@ def audit_uap(
     )  # fmt: skip
     control = random_control(uap.perturbation.shape, norm, uap.radius, torch.Generator().manual_seed(seed))
     eval_predicted = _predictions(forward, eval_pixels, uap.perturbation, control)
+    building_predicted = (uap.clean, uap.predicted, predict(forward, building, control))  # the loop made the two first
     record = {
         "norm": norm,
         "zeta": zeta,
@@ -102,7 +103,7 @@ def audit_uap(
         "ball_filled": _ball_filled(uap, length),
         "eval_data": eval_spec,
         "eval_images": len(evaluation),
-        "building": _rates(forward, building, uap.perturbation, control, target_index),
+        "building": _rates(forward, building, uap.perturbation, control, target_index, building_predicted),
         "evaluation": _rates(forward, eval_pixels, uap.perturbation, control, target_index, eval_predicted),
         "per_class": _per_class(*eval_predicted[:2], evaluation.labels, card.class_names),
         "seconds": time.perf_counter() - started,
