@@ -19,7 +19,7 @@ from fewlabel import FewlabelError
 from fewlabel.cli.app import app
 from fewlabel.config import make_config
 from fewlabel.evaluate.predictions import read_predictions
-from fewlabel.quant.export import export_model, export_onnx, parity_images
+from fewlabel.quant.export import checked_export, export_model, export_onnx, parity_images
 from fewlabel.quant.layers import (
     BitSpec,
     calibrate,
@@ -196,6 +196,24 @@ def test_an_8_bit_export_runs_on_integer_kernels_and_agrees_with_pytorch(float_r
     float_record = export_model(float_net, card, tmp_path / "f.onnx")
     assert float_record["argmax_agreement"] == 1.0 and float_record["max_abs_logit_difference"] < 1e-3
     assert record["size_bytes"] < float_record["size_bytes"] / 2
+
+
+def test_channels_with_vanishing_weights_still_export_and_agree_with_pytorch(tmp_path):
+    """A BatchNorm folded with a scale near 0 leaves a channel of tiny weights and a bias of
+    millions of input x weight steps, past what float32 holds to the unit (Brevitas refused it)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 32, 1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 30 * 30, 3)
+    )
+    with torch.no_grad():
+        net[2].weight[:16].mul_(3.5e-5)
+        net[2].bias.uniform_(0.5, 1.5)
+    x = torch.randn(16, 3, 32, 32)
+    quantize_layers(net, BitSpec(4, 4), signed_inputs(net, x))
+    calibrate(net, x, 8)
+    check = checked_export(net.eval(), x, tmp_path / "w4.onnx")
+    assert check.agreement == 1.0
+    assert float((check.got - check.expected).abs().max()) < 1e-3 * float(check.expected.abs().max())
 
 
 def test_an_export_that_fails_names_the_layer(tmp_path):

@@ -9,11 +9,15 @@ A float timm network becomes a quantization-aware one in two steps:
   an activation (timm's BatchNormAct2d) leaves its activation in place.
 * :func:`quantize_layers`: every Conv2d and Linear becomes a Brevitas QuantConv2d /
   QuantLinear whose weights (per output channel) and input activations (per tensor) are
-  quantized with learned scales, and whose bias is quantized to 32 bits at the product of the
-  input and weight scales. Scales are parameters initialised by Brevitas from statistics
-  (weights: the MSE-optimal scale on the first forward pass; activations: the MSE-optimal
-  scale averaged over calibration batches, :func:`calibrate`), then learned with the
-  straight-through estimator.
+  quantized with learned scales, and whose bias is quantized at the product of the input and
+  weight scales (an int32 in the export) to ``BIAS_BITS`` = 21 bits: a channel whose folded
+  BatchNorm scale is near 0 has tiny weights, hence a tiny weight scale, and a bias of millions
+  of steps; past 2**21 float32 no longer holds such an integer to the 0.2 Brevitas checks at
+  export, so the export failed. Clamping there changes only those near-constant channels (an
+  ordinary channel's bias is some thousands of steps), and training sees the clamp too.
+  Scales are parameters initialised by Brevitas from statistics (weights: the MSE-optimal
+  scale on the first forward pass; activations: the MSE-optimal scale averaged over
+  calibration batches, :func:`calibrate`), then learned with the straight-through estimator.
   A layer whose input was never negative on the sample (after ReLU/ReLU6) gets an unsigned
   activation quantizer, the others a signed one: at 2 bits a signed quantizer would leave a
   non-negative input one useful level. The first and the last quantized layers take
@@ -33,6 +37,7 @@ from torch import fx, nn
 from ..errors import FewlabelError
 
 MIN_BITS, MAX_BITS = 2, 16
+BIAS_BITS = 21
 QUANT_TYPES = (nn.Conv2d, nn.Linear)
 
 
@@ -204,6 +209,7 @@ def quantizers(bits: int, signed: bool) -> dict:
         weight_bit_width=bits,
         input_quant=Int8ActPerTensorFloatMSE if signed else Uint8ActPerTensorFloatMSE,
         bias_quant=Int32Bias,
+        bias_bit_width=BIAS_BITS,
     )
 
 
