@@ -17,7 +17,14 @@ of eager PyTorch float, onnxruntime float and onnxruntime quantized, and the ker
 onnxruntime runs; they are gathered for W8A8 (the precision onnxruntime runs with integer
 kernels). Runs already on disk are read back (resumable).
 
+Another float network: ``--model resnet18 --pretrained none --float-epochs 30 --img-size 32``
+trains the parent from scratch, whole (no depthwise convolutions: EfficientNet-Lite0 does not
+survive 2-bit weights or activations within a few epochs, a ResNet does). ``--runs`` names the
+runs of the seeds outside ``--grid-seeds`` (default: the ones the goals compare).
+
     python bench/quant.py [--seeds 0,1,2] [--grid-seeds 0] [--epochs 4] [--img-size 64]
+                          [--model efficientnet_lite0 --pretrained imagenet] [--float-epochs N]
+                          [--runs W4A4-direct,W2A2-direct,W2A2-hlhl] [--out runs/bench-quant] [--name quant]
 """
 
 from __future__ import annotations
@@ -26,13 +33,13 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import fewlabel
 from _common import save
 
-OUT = Path("runs/bench-quant")
 DATA = "fashion-mnist"
 PRECISIONS = ((8, 8), (4, 4), (2, 4), (2, 2))
 SCHEDULES = ("direct", "progressive", "hlhl")
@@ -49,33 +56,35 @@ def read(out: Path) -> dict:
     return entry
 
 
-def parent(seed: int, common: dict) -> Path:
-    out = OUT / f"seed-{seed}" / "float"
+def parent(root: Path, seed: int, net: dict, common: dict) -> Path:
+    """The float run: ``net`` holds its model, pretrained weights, strategy and epochs."""
+    out = root / f"seed-{seed}" / "float"
     if not (out / "metrics.json").is_file():
         started = time.perf_counter()
-        fewlabel.train(
-            DATA, out, overwrite=True, seed=seed, model="efficientnet_lite0", strategy="freeze-unfreeze", **common
-        )
+        fewlabel.train(DATA, out, overwrite=True, seed=seed, **net, **common)
         logging.info("float seed %d: %.0f s", seed, time.perf_counter() - started)
     return out
 
 
-def control(seed: int, float_dir: Path, epochs: int, common: dict) -> Path:
-    out = OUT / f"seed-{seed}" / "float-control"
+def control(root: Path, seed: int, float_dir: Path, epochs: int, model: str, common: dict) -> Path:
+    out = root / f"seed-{seed}" / "float-control"
     if not (out / "metrics.json").is_file():
         fewlabel.train(
-            DATA, out, overwrite=True, seed=seed, model="efficientnet_lite0", strategy="full", head_epochs=0,
+            DATA, out, overwrite=True, seed=seed, model=model, strategy="full", head_epochs=0,
             pretrained=str(float_dir / "model.safetensors"), epochs=epochs, **common,
         )  # fmt: skip
     return out
 
 
-def seed_runs(seed: int, epochs: int, common: dict, configs) -> dict:
-    float_dir = parent(seed, common)
-    runs = {"float": read(float_dir), "float control": read(control(seed, float_dir, epochs, common))}
+def seed_runs(root: Path, seed: int, epochs: int, net: dict, common: dict, configs) -> dict:
+    float_dir = parent(root, seed, net, common)
+    runs = {
+        "float": read(float_dir),
+        "float control": read(control(root, seed, float_dir, epochs, net["model"], common)),
+    }
     for weight_bits, act_bits, schedule in configs:
         name = f"W{weight_bits}A{act_bits} {schedule}"
-        out = OUT / f"seed-{seed}" / f"w{weight_bits}a{act_bits}-{schedule}"
+        out = root / f"seed-{seed}" / f"w{weight_bits}a{act_bits}-{schedule}"
         if not (out / "metrics.json").is_file():
             started = time.perf_counter()
             fewlabel.quantize(
@@ -100,10 +109,11 @@ def summary(per_seed: dict[int, dict]) -> dict:
     names = max((runs.keys() for runs in per_seed.values()), key=len)
     accuracy = {n: mean_sd([per_seed[s][n]["accuracy"] for s in per_seed if n in per_seed[s]]) for n in names}
     float_mean = max(accuracy["float"]["mean"], accuracy["float control"]["mean"])
-    goals = {
-        "W4A4 direct - best float (points)": 100 * (accuracy["W4A4 direct"]["mean"] - float_mean),
-        "W2A2 hlhl - direct (points)": 100 * (accuracy["W2A2 hlhl"]["mean"] - accuracy["W2A2 direct"]["mean"]),
-    }
+    goals = {}
+    if "W4A4 direct" in accuracy:
+        goals["W4A4 direct - best float (points)"] = 100 * (accuracy["W4A4 direct"]["mean"] - float_mean)
+    if {"W2A2 hlhl", "W2A2 direct"} <= accuracy.keys():
+        goals["W2A2 hlhl - direct (points)"] = 100 * (accuracy["W2A2 hlhl"]["mean"] - accuracy["W2A2 direct"]["mean"])
     deployments = [per_seed[s]["W8A8 direct"].get("deployment") for s in per_seed if "W8A8 direct" in per_seed[s]]
     deployments = [d for d in deployments if d and "error" not in d]
     deploy = {}
@@ -133,34 +143,58 @@ def summary(per_seed: dict[int, dict]) -> dict:
     return {"accuracy": accuracy, "deployment_w8a8": deploy, "goals": goals}
 
 
+def parse_runs(text: str) -> tuple[tuple[int, int, str], ...]:
+    """``W4A4-direct,W2A2-hlhl`` as (weight bits, activation bits, schedule) triples."""
+    runs = []
+    for item in filter(None, text.split(",")):
+        precision, _, schedule = item.partition("-")
+        weight, _, act = precision.upper().removeprefix("W").partition("A")
+        runs.append((int(weight), int(act), schedule))
+    return tuple(runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--img-size", type=int, default=64)
     parser.add_argument(
-        "--grid-seeds", default="0", help="seeds that run every precision and schedule (the others: GOAL_RUNS)"
+        "--grid-seeds", default="0", help="seeds that run every precision and schedule (the others: --runs)"
     )
+    parser.add_argument("--runs", default=",".join(f"W{w}A{a}-{s}" for w, a, s in GOAL_RUNS))
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--pretrained", default="imagenet")
+    parser.add_argument("--float-epochs", type=int, default=None, help="epochs of the float parent (default: train's)")
+    parser.add_argument("--out", default="runs/bench-quant")
     parser.add_argument("--name", default="quant")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     common = dict(img_size=args.img_size, labels_per_class=100, progress=False, robustness_images=0)
+    scratch = args.pretrained == "none"
+    net = dict(model=args.model, pretrained=args.pretrained, strategy="full" if scratch else "freeze-unfreeze")
+    net |= {"head_epochs": 0} if scratch else {}
+    net |= {"epochs": args.float_epochs} if args.float_epochs else {}
+    float_text = (
+        f"{args.model}, {'from scratch, whole' if scratch else 'ImageNet weights, freeze-unfreeze'}"
+        f"{f', {args.float_epochs} epochs' if args.float_epochs else ''} (defaults otherwise)"
+    )
     per_seed = {}
-    grid = {int(s) for s in args.grid_seeds.split(",")}
+    grid = {int(s) for s in args.grid_seeds.split(",") if s}
     for seed in [int(s) for s in args.seeds.split(",")]:
-        per_seed[seed] = seed_runs(seed, args.epochs, common, GRID if seed in grid else GOAL_RUNS)
+        configs = GRID if seed in grid else parse_runs(args.runs)
+        per_seed[seed] = seed_runs(Path(args.out), seed, args.epochs, net, common, configs)
         save(
             args.name,
             {
                 "protocol": {
                     "data": f"Fashion-MNIST (full), 100 labelled images per class, {args.img_size} px, "
                     "10,000 test images",
-                    "float": "efficientnet_lite0, ImageNet weights, freeze-unfreeze (defaults otherwise); the control: "
-                    f"{args.epochs} more epochs, whole network, BatchNorm statistics fixed (as folded into qat "
-                    "convolutions)",
+                    "float": f"{float_text}; the control: {args.epochs} more epochs, whole network, BatchNorm "
+                    "statistics fixed (as folded into qat convolutions)",
                     "qat": f"{args.epochs} epochs in all per schedule, lr 3e-4 (AdamW), first/last layers 8 bits",
                     "seeds": list(per_seed),
                     "grid_seeds": sorted(grid),
+                    "command": "python bench/quant.py " + " ".join(sys.argv[1:]),
                 },
                 "per_seed": per_seed,
                 "summary": summary(per_seed),

@@ -152,6 +152,14 @@ def test_stage_epochs_that_do_not_fit_the_schedule_are_refused():
 # --- the method end to end -----------------------------------------------------------------------
 
 
+def bias_widths(net: nn.Module) -> set[int]:
+    """The bit widths the bias quantizers of ``net`` clamp to."""
+    quantizers = [
+        m.bias_quant for m in net.modules() if getattr(m, "bias", None) is not None and hasattr(m, "bias_quant")
+    ]
+    return {int(q.tensor_quant.msb_clamp_bit_width_impl()) for q in quantizers}
+
+
 @pytest.fixture(scope="module")
 def float_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("quant")
@@ -173,6 +181,10 @@ def test_hlhl_trains_saves_reloads_exports_and_measures(float_run, tmp_path):
     saved = read_predictions(tmp_path / "q" / "predictions.csv")
     reloaded = fewlabel.load(tmp_path / "q").predict_proba(saved.ids)
     assert torch.allclose(reloaded, saved.probs.float(), atol=1e-5)
+    assert bias_widths(fewlabel.methods.load_network(tmp_path / "q")[0]) == {21}
+    card["extras"]["quant"].pop("bias_bits")  # a run saved before biases took 21 bits rebuilds at 32
+    (tmp_path / "q" / "model.json").write_text(json.dumps(card))
+    assert bias_widths(fewlabel.methods.load_network(tmp_path / "q")[0]) == {32}
     deploy = quant["deployment"]
     assert deploy["argmax_agreement"]["float"] >= 0.99  # onnxruntime runs the float export as PyTorch does
     assert deploy["size_bytes"]["quantized_onnx"] < deploy["size_bytes"]["float_onnx"]

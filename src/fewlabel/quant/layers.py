@@ -43,12 +43,13 @@ QUANT_TYPES = (nn.Conv2d, nn.Linear)
 
 @dataclass(frozen=True)
 class BitSpec:
-    """Bit widths of one precision: weights and activations of the inner layers, and of the
-    first and last layers."""
+    """Bit widths of one precision: weights and activations of the inner layers, of the first
+    and last layers, and of every bias (runs saved before the bias took ``BIAS_BITS`` used 32)."""
 
     weight_bits: int
     act_bits: int
     first_last_bits: int = 8
+    bias_bits: int = BIAS_BITS
 
     @property
     def label(self) -> str:
@@ -195,7 +196,7 @@ def materialize_scales(net: nn.Module, channels: int, side: int) -> nn.Module:
     return net.eval()
 
 
-def quantizers(bits: int, signed: bool) -> dict:
+def quantizers(bits: int, signed: bool, bias_bits: int = BIAS_BITS) -> dict:
     """Brevitas keyword arguments of one layer: learned-scale weight, input and bias quantizers."""
     from brevitas.quant.scaled_int import (
         Int8ActPerTensorFloatMSE,
@@ -209,15 +210,17 @@ def quantizers(bits: int, signed: bool) -> dict:
         weight_bit_width=bits,
         input_quant=Int8ActPerTensorFloatMSE if signed else Uint8ActPerTensorFloatMSE,
         bias_quant=Int32Bias,
-        bias_bit_width=BIAS_BITS,
+        bias_bit_width=bias_bits,
     )
 
 
-def quantized_layer(layer: nn.Module, weight_bits: int, act_bits: int, signed: bool) -> nn.Module:
+def quantized_layer(
+    layer: nn.Module, weight_bits: int, act_bits: int, signed: bool, bias_bits: int = BIAS_BITS
+) -> nn.Module:
     """A Brevitas copy of a Conv2d or Linear (or of a quant layer) with the float weights."""
     import brevitas.nn as qnn
 
-    kwargs = quantizers(weight_bits, signed) | {"input_bit_width": act_bits}
+    kwargs = quantizers(weight_bits, signed, bias_bits) | {"input_bit_width": act_bits}
     has_bias = layer.bias is not None
     if isinstance(layer, nn.Conv2d):
         if layer.padding_mode != "zeros":
@@ -250,7 +253,7 @@ def quantize_layers(net: nn.Module, spec: BitSpec, signed: list[str]) -> nn.Modu
         act_bits = spec.first_last_bits if edge else spec.act_bits
         layer = net.get_submodule(name)
         try:
-            new = quantized_layer(layer, weight_bits, act_bits, name in signed_set)
+            new = quantized_layer(layer, weight_bits, act_bits, name in signed_set, spec.bias_bits)
         except FewlabelError as exc:
             raise FewlabelError(f"layer '{name}': {exc}") from None
         set_module(net, name, new)

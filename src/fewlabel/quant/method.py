@@ -30,6 +30,7 @@ from ..train.datamodule import datamodule
 from ..train.engine import Fit
 from .export import checked_export, latencies
 from .layers import (
+    BIAS_BITS,
     BitSpec,
     calibrate,
     fold_batchnorm,
@@ -62,7 +63,9 @@ def train(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
     calibration = calibration[: opts.calibration_images]
     stages = plan_stages(opts, cfg.epochs, cfg.lr)
     state = ctx.engine.method_state
-    state["card_extras"] = {"quant": {"signed_inputs": signed, "float_parent": str(Path(cfg.pretrained).parent)}}
+    state["card_extras"] = {
+        "quant": {"signed_inputs": signed, "float_parent": str(Path(cfg.pretrained).parent), "bias_bits": BIAS_BITS}
+    }
     quantize_layers(net, stages[0].spec(opts.first_last_bits), signed)
     restored = ctx.engine.start(net)
     saved = {k: v.clone() for k, v in net.state_dict().items()} if restored else None
@@ -163,7 +166,8 @@ def build_from_card(card: ModelCard) -> nn.Module:
     quant = card.extras.get("quant", {})
     net = get_task(card.task).rebuild_model(card)
     fold_batchnorm(net.eval())
-    spec = BitSpec(card.extras["weight_bits"], card.extras["act_bits"], card.extras["first_last_bits"])
+    bits = (card.extras["weight_bits"], card.extras["act_bits"], card.extras["first_last_bits"])
+    spec = BitSpec(*bits, bias_bits=quant.get("bias_bits", 32))  # runs saved before BIAS_BITS: 32
     quantize_layers(net, spec, quant.get("signed_inputs", []))
     return materialize_scales(net, 3, card.img_size)
 
