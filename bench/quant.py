@@ -43,8 +43,11 @@ from _common import save
 DATA = "fashion-mnist"
 PRECISIONS = ((8, 8), (4, 4), (2, 4), (2, 2))
 SCHEDULES = ("direct", "progressive", "hlhl")
-GRID = tuple((w, a, s) for w, a in PRECISIONS for s in SCHEDULES)
-GOAL_RUNS = ((4, 4, "direct"), (2, 2, "direct"), (2, 2, "hlhl"))  # what the goals compare, on every seed
+# hlhl-coarse-low: the other reading of the paper's rates (coarse tuning, the high rate, at low
+# precision; fine tuning at high precision): high stages at lr / 10, low stages at lr
+VARIANTS = {"hlhl-coarse-low": {"qat_schedule": "hlhl", "lr": 3e-5, "low_lr_factor": 10.0}}
+GRID = (*((w, a, s) for w, a in PRECISIONS for s in SCHEDULES), (2, 2, "hlhl-coarse-low"))
+GOAL_RUNS = ((4, 4, "direct"), (2, 2, "direct"), (2, 2, "hlhl"), (2, 2, "hlhl-coarse-low"))  # on every seed
 
 
 def read(out: Path) -> dict:
@@ -87,9 +90,10 @@ def seed_runs(root: Path, seed: int, epochs: int, net: dict, common: dict, confi
         out = root / f"seed-{seed}" / f"w{weight_bits}a{act_bits}-{schedule}"
         if not (out / "metrics.json").is_file():
             started = time.perf_counter()
+            options = {"qat_schedule": schedule} | VARIANTS.get(schedule, {})
             fewlabel.quantize(
                 float_dir, DATA, out, overwrite=True, seed=seed, epochs=epochs, weight_bits=weight_bits,
-                act_bits=act_bits, qat_schedule=schedule, **common,
+                act_bits=act_bits, **options, **common,
             )  # fmt: skip
             logging.info("%s seed %d: %.0f s", name, seed, time.perf_counter() - started)
         runs[name] = read(out)

@@ -138,6 +138,10 @@ def test_schedules_share_the_epochs_and_end_at_the_target_precision():
     assert progressive_bits(8, 8) == [(8, 8)]
     given = plan_stages(QatOptions(qat_schedule="hlhl", weight_bits=4, act_bits=4, stage_epochs="1,3,1,3"), 8, 1e-3)
     assert [s.epochs for s in given] == [1, 3, 1, 3]
+    coarse_low = plan_stages(QatOptions(qat_schedule="hlhl", weight_bits=2, act_bits=2, low_lr_factor=10), 4, 1e-4)
+    assert [s.lr for s in coarse_low] == pytest.approx([1e-4, 1e-3, 1e-4, 1e-3])  # the high rate at low precision
+    with pytest.raises(ValueError, match="low_lr_factor"):
+        QatOptions(low_lr_factor=101)
 
 
 def test_stage_epochs_that_do_not_fit_the_schedule_are_refused():

@@ -29,7 +29,12 @@ class QatOptions(MethodOptions):
     stage_epochs: str | None = Field(
         None, description="epochs of each stage, e.g. 3,3,2,2 (must sum to --epochs); default an even split"
     )
-    low_lr_factor: float = Field(0.1, gt=0, le=1, description="hlhl: learning rate of the low stages, times --lr")
+    low_lr_factor: float = Field(
+        0.1,
+        gt=0,
+        le=100,
+        description="hlhl: learning rate of the low stages, times --lr (above 1: coarse tuning at low precision)",
+    )
     calibration_images: int = Field(
         256, ge=1, description="labelled images (un-augmented) that initialise the activation scales at each stage"
     )

@@ -10,7 +10,8 @@ of epochs and a learning rate, over a fixed total of epochs.
   precision and fine tuning at low; it leaves open the high precision, the stage lengths and
   the rates. Choices (each a parameter): high = ``high_bits`` (8) for weights and activations;
   four even stages; a constant rate per stage, ``lr`` at each high stage and ``lr *
-  low_lr_factor`` (0.1) at each low stage.
+  low_lr_factor`` (0.1) at each low stage. Summaries of the paper differ on which stages get
+  the coarse (high) rate; ``low_lr_factor`` above 1 puts it at low precision instead.
 """
 
 from __future__ import annotations
