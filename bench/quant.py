@@ -195,7 +195,9 @@ def main() -> None:
                     "10,000 test images",
                     "float": f"{float_text}; the control: {args.epochs} more epochs, whole network, BatchNorm "
                     "statistics fixed (as folded into qat convolutions)",
-                    "qat": f"{args.epochs} epochs in all per schedule, lr 3e-4 (AdamW), first/last layers 8 bits",
+                    "qat": f"{args.epochs} epochs in all per schedule, lr 3e-4 (AdamW) unless a variant sets it, "
+                    "first/last layers 8 bits",
+                    "variants": VARIANTS,
                     "seeds": list(per_seed),
                     "grid_seeds": sorted(grid),
                     "command": "python bench/quant.py " + " ".join(sys.argv[1:]),

@@ -54,9 +54,8 @@ def fashion(card, split: str, per_class: int | None, count: int | None) -> tuple
         index = torch.cat([torch.nonzero(data.labels == c).flatten()[:per_class] for c in range(10)])
     else:
         index = torch.arange(count)
-    images = data.images[index]
-    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-    return BatchTransform("none", card.img_size, card.mean, card.std, train=False)(images), data.labels[index]
+    fixed = BatchTransform("none", card.img_size, card.mean, card.std, train=False)  # grayscale to 3 channels too
+    return fixed(data.images[index]), data.labels[index]
 
 
 @torch.no_grad()
