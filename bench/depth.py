@@ -5,6 +5,8 @@ every training draw.
 
 * (a) synthetic only: ``--synthetic`` renders (seed s), 4 epochs;
 * (b) cinematic only: ``--few`` cinematic renders (seed 100 + s; a fifth validates), from ImageNet;
+  with ``--few-patients K`` they show only K colons, each from several places and lightings
+  (the issue's cinematic set: renderings of CT colonography under several rendering conditions);
 * (c) (a)'s network fine-tuned on the same ``--few`` images (``fewlabel depth train --init``);
 
 each with the defaults of ``fewlabel depth train`` (EfficientNet-Lite0 with offline ImageNet
@@ -15,7 +17,8 @@ error: absolute (depth as predicted, in mm) and median-scaled (each prediction t
 median(true) / median(predicted)). Also the renderer's images per
 second (256 x 256, both styles, in this process), and training and inference images per second.
 
-    python bench/depth.py [--seeds 0 1 2] [--synthetic 1000] [--few 50] [--test 100] [--out runs/bench-depth]
+    python bench/depth.py [--seeds 0 1 2] [--synthetic 1000] [--few 50] [--few-patients K] [--test 100]
+                          [--out runs/bench-depth] [--result depth]
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ def renderer_rate(size: int = 256, count: int = 60) -> dict:
     return {"size": size, "images": count, "images_per_second": rates}
 
 
-def ensure_renders(folder: Path, style: str, n: int, seed: int, test_share: float) -> Path:
+def ensure_renders(folder: Path, style: str, n: int, seed: int, test_share: float, patients: int | None = None) -> Path:
     if not (folder / "render.json").is_file():
-        api.render_depth(folder, style, n, seed, 256, test_share, overwrite=True)
+        api.render_depth(folder, style, n, seed, 256, test_share, overwrite=True, patients=patients)
     return folder
 
 
@@ -63,13 +66,14 @@ def figures(metrics: dict) -> dict:
 def one_seed(seed: int, args, test: Path) -> dict:
     data = args.out / f"seed-{seed}"
     synthetic = ensure_renders(data / "synthetic", "synthetic", args.synthetic, seed, 0.0)
-    few = ensure_renders(data / "cinematic-few", "cinematic", args.few, 100 + seed, 0.0)
+    few_name = f"cinematic-few-{args.few_patients}-patients" if args.few_patients else "cinematic-few"
+    few = ensure_renders(data / few_name, "cinematic", args.few, 100 + seed, 0.0, args.few_patients)
     common = {"seed": seed, "eval_data": str(test), "progress": False, "batch_size": 16}
-    runs = data / "runs"
+    runs = data / ("runs" if not args.few_patients else f"runs-{args.few_patients}-patients")
     results = {}
 
-    def train(name: str, folder: Path, epochs: int, **options) -> dict:
-        run = runs / name
+    def train(name: str, folder: Path, epochs: int, where: Path = runs, **options) -> dict:
+        run = where / name
         metrics_file = run / "metrics.json"
         if metrics_file.is_file():  # finished earlier: resume the bench where it stopped
             from fewlabel.rundir import read_metrics
@@ -77,9 +81,9 @@ def one_seed(seed: int, args, test: Path) -> dict:
             return read_metrics(run)
         return api.train_depth(str(folder), run, overwrite=True, epochs=epochs, **common, **options).metrics
 
-    results["a_synthetic_only"] = figures(train("a", synthetic, args.epochs_synthetic))
+    results["a_synthetic_only"] = figures(train("a", synthetic, args.epochs_synthetic, data / "runs"))
     results["b_cinematic_only"] = figures(train("b", few, args.epochs_few))
-    results["c_synthetic_then_cinematic"] = figures(train("c", few, args.epochs_few, init=runs / "a"))
+    results["c_synthetic_then_cinematic"] = figures(train("c", few, args.epochs_few, init=data / "runs" / "a"))
     for variant in ("absolute", "median_scaled"):
         a, c = (results[k][variant]["abs_rel"] for k in ("a_synthetic_only", "c_synthetic_then_cinematic"))
         results[f"c_lowers_a_abs_rel_by_{variant}"] = 1 - c / a
@@ -120,6 +124,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--synthetic", type=int, default=1000, help="synthetic renders for (a)")
     parser.add_argument("--few", type=int, default=50, help="cinematic renders for (b) and (c)")
+    parser.add_argument("--few-patients", type=int, default=None, help="colons the cinematic renders show")
     parser.add_argument("--test", type=int, default=100, help="held-out cinematic renders")
     parser.add_argument("--epochs-synthetic", type=int, default=4)
     parser.add_argument("--epochs-few", type=int, default=30)
@@ -141,6 +146,7 @@ def main() -> None:
             "size": 256,
             "synthetic": args.synthetic,
             "few_cinematic": args.few,
+            "few_cinematic_patients": args.few_patients or "each image its own colon",
             "held_out_test": args.test,
             "test_seed": 999,
             "held_out": "every anatomy and lighting parameter drawn outside the training ranges",

@@ -17,6 +17,7 @@ median of repeated forwards of both networks in this process) are measured last.
 on disk are read back (resumable).
 
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
+                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 25] [--name distill]
 """
 
 from __future__ import annotations
@@ -55,7 +56,12 @@ def run(name: str, seed: int, options: dict) -> dict:
     return {"accuracy": metrics["accuracy"], "train_seconds": metrics["train_seconds"], "robustness": robustness}
 
 
-def seed_runs(seed: int, epochs: int, pool_size: int, reg_weights: list[float], losses: tuple[str, ...]) -> dict:
+def seed_runs(
+    seed: int, epochs: int, pool_size: int, reg_weights: list[float], losses: tuple[str, ...],
+    graph_weight: float | None = None,
+) -> dict:  # fmt: skip
+    """Every run of one seed; ``graph_weight`` (lambda of the LGG term; default the option's) names
+    the LGG runs when given, so runs at several lambdas sit side by side."""
     teacher_dir = OUT / f"seed-{seed}" / "teacher"
     runs = {"teacher": run("teacher", seed, TEACHER)}
     for weight in reg_weights:
@@ -63,11 +69,16 @@ def seed_runs(seed: int, epochs: int, pool_size: int, reg_weights: list[float], 
         runs[f"teacher+lgg-smooth {weight:g}"] = run(f"teacher-smooth-{weight:g}", seed, smooth)
     student = STUDENT | dict(teacher=str(teacher_dir), epochs=epochs)
     for loss in losses:
+        term = student | dict(loss=loss)
+        name = loss
+        if "lgg" in loss and graph_weight is not None:
+            term, name = term | dict(graph_weight=graph_weight), f"{loss} lambda {graph_weight:g}"
+        tag = name.replace(" ", "-")
         if loss in WITHOUT_POOL:
-            runs[f"student {loss}"] = run(f"student-{loss}", seed, student | dict(loss=loss))
+            runs[f"student {name}"] = run(f"student-{tag}", seed, term)
         if loss != "ce":
-            pooled = student | dict(loss=loss, unlabeled="rest", pool_size=pool_size)
-            runs[f"student {loss} + pool"] = run(f"student-{loss}-pool", seed, pooled)
+            pooled = term | dict(unlabeled="rest", pool_size=pool_size)
+            runs[f"student {name} + pool"] = run(f"student-{tag}-pool", seed, pooled)
     return runs
 
 
@@ -122,6 +133,7 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=10000)
     parser.add_argument("--reg-weights", default=None, help="comma-separated; default the config's REG_WEIGHT")
     parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--graph-weight", type=float, default=None, help="lambda of the LGG runs (default 25)")
     parser.add_argument("--name", default="distill")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -132,7 +144,7 @@ def main() -> None:
     losses = tuple(args.losses.split(","))
     per_seed = {}
     for seed in seeds:
-        per_seed[seed] = seed_runs(seed, args.epochs, args.pool_size, reg_weights, losses)
+        per_seed[seed] = seed_runs(seed, args.epochs, args.pool_size, reg_weights, losses, args.graph_weight)
         result = {
             "protocol": {
                 "data": "Fashion-MNIST (full), 100 labelled images per class, 64 px, 10,000 test images",
@@ -140,6 +152,9 @@ def main() -> None:
                 "student": STUDENT | {"epochs": args.epochs},
                 "pool": f"seeded draw of {args.pool_size} images from the unlabeled rest of the training split",
                 "reg_weights": reg_weights,
+                "graph_weight": args.graph_weight or "the option's default (25)",
+                "command": "python bench/distill.py "
+                + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
                 "robustness_images": COMMON["robustness_images"],
                 "seeds": list(per_seed),
             },

@@ -24,6 +24,7 @@ from fewlabel.depth.render import (
     ANATOMY,
     FAR_MM,
     LIGHTING,
+    PATIENT_ANATOMY,
     Scene,
     Tube,
     draw_scene,
@@ -87,6 +88,30 @@ def test_held_out_scenes_draw_every_parameter_outside_the_training_ranges():
         for name, r in ranges.items():
             assert r.low <= train[name] <= r.high
             assert not r.low < test[name] < r.high and r.low - r.spread <= test[name] <= r.high + r.spread
+
+
+def test_views_of_one_patient_share_the_colon_seen_from_elsewhere_under_new_light():
+    patient = draw_scene(np.random.default_rng(0))
+    views = [draw_scene(np.random.default_rng(seed), patient=patient) for seed in (1, 2)]
+    for view in views:
+        assert {k: view.values[k] for k in PATIENT_ANATOMY} == {k: patient.values[k] for k in PATIENT_ANATOMY}
+        assert view.colour == patient.colour and view.phases[0] == patient.phases[0]
+        moved = (view.phases[6] - patient.phases[6]) * patient.fold_spacing_mm / (2 * math.pi)
+        z = torch.linspace(1, 150, 64)
+        assert torch.allclose(Tube(view).fold(z), Tube(patient).fold(z + moved), atol=1e-4)  # the same folds, shifted
+        bend_moved = (view.phases[4] - patient.phases[4]) * patient.bend_wavelength_mm / (2 * math.pi)
+        assert bend_moved == pytest.approx(moved) and 0 <= moved < patient.bend_wavelength_mm
+    assert views[0].exposure != views[1].exposure and views[0].offset != views[1].offset
+
+
+def test_renders_from_few_patients_repeat_their_colons_and_refuse_more_patients_than_images(tmp_path):
+    record = write_renders(tmp_path / "few", "synthetic", 5, seed=0, size=24, test_share=0.2, patients=2)
+    assert record["patients"] == 2 and record["train"] == 4
+    depths = [np.load(tmp_path / "few" / "train" / f"{i:05d}_depth.npy") for i in range(4)]
+    assert not np.array_equal(depths[0], depths[2])  # the same patient from another place
+    with pytest.raises(FewlabelError, match="patients 5: accepted 1 to the number of training images \\(4\\)"):
+        write_renders(tmp_path / "many", "synthetic", 5, size=24, test_share=0.2, patients=5)
+    assert not (tmp_path / "many").exists()  # refused before anything was written
 
 
 def test_depth_errors_match_values_worked_by_hand():

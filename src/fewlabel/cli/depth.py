@@ -31,13 +31,17 @@ def render(
             min=0.0, max=0.9, help="share in test/, drawn outside the training ranges of anatomy and lighting"
         ),
     ] = 0.2,
+    patients: Annotated[
+        int | None,
+        typer.Option(min=1, help="training images show only this many colons, each from several places and lightings"),
+    ] = None,
     out: Annotated[Path, typer.Option(help="folder to write (train/, test/, render.json)")] = Path("data/colon"),
     overwrite: OverwriteOption = False,
 ) -> None:
     """Colon-like scenes seen by an endoscope, with exact depth maps (NAME_depth.npy, mm)."""
     from .. import api
 
-    record = api.render_depth(out, style.value, n, seed, size, test_share, overwrite)
+    record = api.render_depth(out, style.value, n, seed, size, test_share, overwrite, patients)
     console().print(f"{out}: {record['train']} training and {record['test_held_out']} held-out images ({style.value})")
 
 

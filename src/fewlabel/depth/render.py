@@ -69,6 +69,8 @@ ANATOMY = {
     "offset": Range(0.0, 0.3, 0.1),  # camera's distance from the centre line, share of the radius
     "tilt": Range(0.0, 0.12, 0.05),  # slope of the tube's axis against the camera's
 }
+PATIENT_ANATOMY = ("radius_mm", "fold_depth", "fold_spacing_mm", "bend_mm", "bend_wavelength_mm")
+PATIENT_PHASES = (0, 3, 4, 5, 6)  # Tube's bend axes, taeniae, bend and fold phases (see Tube)
 LIGHTING = {
     "exposure": Range(0.75, 0.95, 0.1),  # the brightness auto-exposure aims the 99th percentile at
     "specular": Range(0.15, 0.45, 0.15),
@@ -95,11 +97,26 @@ class Scene:
             raise AttributeError(name) from None
 
 
-def draw_scene(rng: np.random.Generator, held_out: bool = False) -> Scene:
-    """Anatomy and lighting from the training ranges, or (``held_out``) from the bands outside them."""
+def draw_scene(rng: np.random.Generator, held_out: bool = False, patient: Scene | None = None) -> Scene:
+    """Anatomy and lighting from the training ranges, or (``held_out``) from the bands outside them.
+
+    With ``patient`` (a scene drawn before), the colon is that patient's: its :data:`PATIENT_ANATOMY`,
+    fold and bend phases and mucosa colour; the view is new: the camera moved along the colon by a
+    random distance (the bends and folds shift), its offset and tilt, the stretch of mucosa
+    (texture) and the lighting are drawn afresh."""
     values = {name: r.draw(rng, held_out) for name, r in (ANATOMY | LIGHTING).items()}
     colour = tuple(float(c) for c in np.array([0.85, 0.45, 0.38]) * rng.uniform(0.85, 1.1, 3))
-    return Scene(values, tuple(float(p) for p in rng.uniform(0, 2 * math.pi, 24)), colour)
+    phases = [float(p) for p in rng.uniform(0, 2 * math.pi, 24)]
+    if patient is None:
+        return Scene(values, tuple(phases), colour)
+    values |= {name: patient.values[name] for name in PATIENT_ANATOMY}
+    for index in PATIENT_PHASES:
+        phases[index] = patient.phases[index]
+    moved = float(rng.uniform(0, values["bend_wavelength_mm"]))  # the camera's new place along the colon
+    bend = 2 * math.pi * moved / values["bend_wavelength_mm"]
+    phases[4], phases[5] = phases[4] + bend, phases[5] + 1.7 * bend  # Tube.centre's two waves
+    phases[6] += 2 * math.pi * moved / values["fold_spacing_mm"]  # Tube.fold's
+    return Scene(values, tuple(phases), patient.colour)
 
 
 @functools.lru_cache(maxsize=8)
@@ -323,28 +340,37 @@ def straight_tube_depth(size: int, radius_mm: float) -> np.ndarray:
 
 
 def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256, test_share: float = 0.2,
-                  overwrite: bool = False) -> dict:  # fmt: skip
+                  overwrite: bool = False, patients: int | None = None) -> dict:  # fmt: skip
     """``n`` renders in ``out/train`` (training ranges) and ``out/test`` (``test_share`` of them,
     anatomy and lighting drawn outside the training ranges): ``NNNNN.png`` with
     ``NNNNN_depth.npy`` (float32 mm) each, and render.json (written last) describing them. A
-    folder that holds files already is refused unless ``overwrite``."""
+    folder that holds files already is refused unless ``overwrite``.
+
+    ``patients``: the training images show only this many colons (patients), each seen from
+    several places under several rendering conditions (:func:`draw_scene`), as a cinematic set
+    made from a few CT volumes is; default: every image its own colon. Held-out images always
+    have their own."""
     if style not in STYLE_NAMES:
         raise unknown_choice("depth style", style, STYLE_NAMES)
+    n_test = round(n * test_share)
+    if patients is not None and not 1 <= patients <= n - n_test:
+        raise FewlabelError(f"patients {patients}: accepted 1 to the number of training images ({n - n_test}).")
     out = Path(out)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise FewlabelError(f"Output folder '{out}' already holds files; pass --overwrite to replace it.")
         shutil.rmtree(out)
-    n_test = round(n * test_share)
+    colons = [draw_scene(np.random.default_rng([seed, index, 0])) for index in range(patients or 0)]
     record = {"style": style, "n": n, "seed": seed, "size": size, "units": "mm", "fov_degrees": FOV_DEGREES,
-              "far_mm": FAR_MM, "train": n - n_test, "test_held_out": n_test,
+              "far_mm": FAR_MM, "train": n - n_test, "test_held_out": n_test, "patients": patients,
               "ranges": {k: [r.low, r.high, r.spread] for k, r in (ANATOMY | LIGHTING).items()}}  # fmt: skip
     for index in range(n):
         held_out = index >= n - n_test
         folder = out / ("test" if held_out else "train")
         folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng([seed, index])
-        image, depth = render(draw_scene(rng, held_out), size, style, seed=int(rng.integers(2**31)))
+        patient = colons[index % len(colons)] if colons and not held_out else None
+        image, depth = render(draw_scene(rng, held_out, patient), size, style, seed=int(rng.integers(2**31)))
         Image.fromarray(image).save(folder / f"{index:05d}.png")
         np.save(folder / f"{index:05d}_depth.npy", depth)
     (out / RENDER_RECORD).write_text(json.dumps(record, indent=2))
@@ -352,9 +378,9 @@ def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256,
 
 
 def build_renders(data: str | None, out: Path, *, options: dict, seed: int, **_) -> dict:
-    """A recipe stage's ``build: {method: depth-render, options: {style, n, size, test_share}}``:
+    """A recipe stage's ``build: {method: depth-render, options: {style, n, size, test_share, patients}}``:
     :func:`write_renders` into the stage's data folder (DATA is not used)."""
-    accepted = ("style", "n", "size", "test_share")
+    accepted = ("style", "n", "size", "test_share", "patients")
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise FewlabelError(f"build options {unknown}: depth-render accepts {', '.join(accepted)}.")
