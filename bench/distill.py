@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pool-size", type=int, default=10000)
-    parser.add_argument("--reg-weights", default=None, help="comma-separated; default the config's REG_WEIGHT")
+    parser.add_argument("--reg-weights", default=None, help="comma-separated; default the config's REG_WEIGHT; '' none")
     parser.add_argument("--losses", default=",".join(LOSSES))
     parser.add_argument("--graph-weight", type=float, default=None, help="lambda of the LGG runs (default 25)")
     parser.add_argument("--name", default="distill")
@@ -139,7 +139,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from fewlabel.config import REG_WEIGHT
 
-    reg_weights = [float(w) for w in args.reg_weights.split(",")] if args.reg_weights else [REG_WEIGHT]
+    reg_weights = [float(w) for w in args.reg_weights.split(",") if w] if args.reg_weights is not None else [REG_WEIGHT]
     seeds = [int(s) for s in args.seeds.split(",")]
     losses = tuple(args.losses.split(","))
     per_seed = {}
