@@ -26,8 +26,12 @@ def machine() -> dict:
     }
 
 
-def save(name: str, result: dict) -> Path:
-    path = RESULTS / f"{name}.json"
+def save(name: str, result: dict, partial: bool = False) -> Path:
+    """results/NAME.json; ``partial`` (a bench still running) writes NAME.partial.json instead, so an
+    interrupted run never replaces a complete result; the complete one removes the partial file."""
+    path = RESULTS / f"{name}.partial.json" if partial else RESULTS / f"{name}.json"
     write_json(path, {"benchmark": name, "machine": machine(), **result})
+    if not partial:
+        (RESULTS / f"{name}.partial.json").unlink(missing_ok=True)
     print(f"wrote {path}")
     return path

@@ -161,7 +161,7 @@ def main() -> None:
             "per_seed": per_seed,
             "summary": summary(per_seed),
         }
-        save(args.name, result)
+        save(args.name, result, partial=True)
     result["latency"] = latency(seeds[0])
     save(args.name, result)
 

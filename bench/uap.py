@@ -250,7 +250,7 @@ def main() -> None:
     }
 
     def saved(rates: dict) -> None:
-        save("uap", result | {"rates": rates})
+        save("uap", result | {"rates": rates}, partial=True)
 
     seeds = {name: [int(s) for s in args.seeds.split(",")] for name in runs}
     if args.other_seeds:
