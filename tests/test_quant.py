@@ -216,20 +216,29 @@ def test_an_8_bit_export_runs_on_integer_kernels_and_agrees_with_pytorch(float_r
 
 def test_channels_with_vanishing_weights_still_export_and_agree_with_pytorch(tmp_path):
     """A BatchNorm folded with a scale near 0 leaves a channel of tiny weights and a bias of
-    millions of input x weight steps, past what float32 holds to the unit (Brevitas refused it)."""
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 32, 1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 30 * 30, 3)
-    )
-    with torch.no_grad():
-        net[2].weight[:16].mul_(3.5e-5)
-        net[2].bias.uniform_(0.5, 1.5)
-    x = torch.randn(16, 3, 32, 32)
-    quantize_layers(net, BitSpec(4, 4), signed_inputs(net, x))
-    calibrate(net, x, 8)
-    check = checked_export(net.eval(), x, tmp_path / "w4.onnx")
-    assert check.agreement == 1.0
-    assert float((check.got - check.expected).abs().max()) < 1e-3 * float(check.expected.abs().max())
+    millions of input x weight steps, past what float32 holds to the unit (Brevitas refused it).
+    The export must agree with PyTorch as closely as the same network without those channels:
+    onnxruntime's integer kernels differ by CPU (on AVX2 without VNNI, u8 x s8 pair sums saturate
+    at 16 bits: ~8% of the logit range here, ~1e-6 with VNNI), so the bound is that network's own
+    difference, not a fixed tolerance."""
+    differences = {}
+    for vanishing in (False, True):
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 32, 1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 30 * 30, 3)
+        )
+        with torch.no_grad():
+            if vanishing:
+                net[2].weight[:16].mul_(3.5e-5)
+            net[2].bias.uniform_(0.5, 1.5)
+        x = torch.randn(16, 3, 32, 32)
+        quantize_layers(net, BitSpec(4, 4), signed_inputs(net, x))
+        calibrate(net, x, 8)
+        check = checked_export(net.eval(), x, tmp_path / f"w4-{vanishing}.onnx")
+        assert check.agreement == 1.0
+        scale = float(check.expected.abs().max())
+        differences[vanishing] = float((check.got - check.expected).abs().max()) / scale
+    assert differences[True] <= 1.5 * differences[False] + 1e-3
 
 
 def test_an_export_that_fails_names_the_layer(tmp_path):
