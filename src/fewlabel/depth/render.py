@@ -113,10 +113,7 @@ def draw_scene(rng: np.random.Generator, held_out: bool = False, patient: Scene 
     for index in PATIENT_PHASES:
         phases[index] = patient.phases[index]
     moved = float(rng.uniform(0, values["bend_wavelength_mm"]))  # the camera's new place along the colon
-    bend = 2 * math.pi * moved / values["bend_wavelength_mm"]
-    phases[4], phases[5] = phases[4] + bend, phases[5] + 1.7 * bend  # Tube.centre's two waves
-    phases[6] += 2 * math.pi * moved / values["fold_spacing_mm"]  # Tube.fold's
-    return Scene(values, tuple(phases), patient.colour)
+    return Scene(values, tuple(Tube.moved_along(phases, values, moved)), patient.colour)
 
 
 @functools.lru_cache(maxsize=8)
@@ -132,6 +129,8 @@ class Tube:
     """The wall of one scene as a function of depth: its centre line, its haustral folds and
     their height over the taeniae."""
 
+    WOBBLE = 1.7  # frequency of the centre line's second wave, in multiples of the bend's
+
     def __init__(self, scene: Scene) -> None:
         self.s = scene
         p = scene.phases
@@ -144,10 +143,21 @@ class Tube:
         s, p = self.s, self.s.phases
         k = 2 * math.pi / s.bend_wavelength_mm
         bend = s.bend_mm * (torch.sin(k * z + p[4]) - math.sin(p[4]))
-        wobble = 0.3 * s.bend_mm * (torch.sin(1.7 * k * z + p[5]) - math.sin(p[5]))
+        wobble = 0.3 * s.bend_mm * (torch.sin(self.WOBBLE * k * z + p[5]) - math.sin(p[5]))
         x = self.offset[0] + self.tilt[0] * z + bend * self.bend_axes[0] - wobble * self.bend_axes[1]
         y = self.offset[1] + self.tilt[1] * z + bend * self.bend_axes[1] + wobble * self.bend_axes[0]
         return x, y
+
+    @staticmethod
+    def moved_along(phases: list[float], values: dict, distance: float) -> list[float]:
+        """``phases`` of the same colon seen from ``distance`` mm further along it: the phases of
+        :meth:`centre`'s two waves and of :meth:`fold` advance by what each covers in that distance."""
+        bend = 2 * math.pi * distance / values["bend_wavelength_mm"]
+        moved = list(phases)
+        moved[4] += bend
+        moved[5] += Tube.WOBBLE * bend
+        moved[6] += 2 * math.pi * distance / values["fold_spacing_mm"]
+        return moved
 
     def fold(self, z: torch.Tensor) -> torch.Tensor:
         """Height of the haustral folds at depth z, 0 between folds and 1 at a crest."""
