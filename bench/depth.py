@@ -66,10 +66,10 @@ def figures(metrics: dict) -> dict:
 def one_seed(seed: int, args, test: Path) -> dict:
     data = args.out / f"seed-{seed}"
     synthetic = ensure_renders(data / "synthetic", "synthetic", args.synthetic, seed, 0.0)
-    few_name = f"cinematic-few-{args.few_patients}-patients" if args.few_patients else "cinematic-few"
-    few = ensure_renders(data / few_name, "cinematic", args.few, 100 + seed, 0.0, args.few_patients)
+    patients = f"-{args.few_patients}-patients" if args.few_patients else ""  # (b), (c) and their data apart
+    few = ensure_renders(data / f"cinematic-few{patients}", "cinematic", args.few, 100 + seed, 0.0, args.few_patients)
     common = {"seed": seed, "eval_data": str(test), "progress": False, "batch_size": 16}
-    runs = data / ("runs" if not args.few_patients else f"runs-{args.few_patients}-patients")
+    synthetic_runs, runs = data / "runs", data / f"runs{patients}"
     results = {}
 
     def train(name: str, folder: Path, epochs: int, where: Path = runs, **options) -> dict:
@@ -81,9 +81,9 @@ def one_seed(seed: int, args, test: Path) -> dict:
             return read_metrics(run)
         return api.train_depth(str(folder), run, overwrite=True, epochs=epochs, **common, **options).metrics
 
-    results["a_synthetic_only"] = figures(train("a", synthetic, args.epochs_synthetic, data / "runs"))
+    results["a_synthetic_only"] = figures(train("a", synthetic, args.epochs_synthetic, synthetic_runs))
     results["b_cinematic_only"] = figures(train("b", few, args.epochs_few))
-    results["c_synthetic_then_cinematic"] = figures(train("c", few, args.epochs_few, init=data / "runs" / "a"))
+    results["c_synthetic_then_cinematic"] = figures(train("c", few, args.epochs_few, init=synthetic_runs / "a"))
     for variant in ("absolute", "median_scaled"):
         a, c = (results[k][variant]["abs_rel"] for k in ("a_synthetic_only", "c_synthetic_then_cinematic"))
         results[f"c_lowers_a_abs_rel_by_{variant}"] = 1 - c / a

@@ -100,10 +100,12 @@ def summary(per_seed: dict[int, dict]) -> dict:
 
 
 def latency(seed: int) -> dict:
-    """Parameters and CPU forward latency (median of 20, after 3 warm-ups) of teacher and student."""
+    """Parameters and CPU forward latency (median of 20, after 3 warm-ups) of teacher and student
+    (the first finished student run: every loss and lambda trains the same architecture)."""
     folder = OUT / f"seed-{seed}"
+    students = sorted(run.parent.name for run in folder.glob("student-*/model.json"))
     result = {}
-    for role, name in (("teacher", "teacher"), ("student", "student-lgg-pool")):
+    for role, name in (("teacher", "teacher"), ("student", students[0] if students else "student")):
         if not (folder / name / "model.json").is_file():
             continue
         net, card = load_network(folder / name)
