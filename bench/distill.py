@@ -11,13 +11,18 @@ images), 64 px, per seed:
 * the regulariser: the teacher's run again with ``--regularize lgg-smooth`` at each of
   ``--reg-weights``.
 
+``--data SET`` runs the same protocol on one of bench/defaults.py's small sets (``letters``,
+``colour``, ``textures``: their labels per class, the rest of their train split as the pool,
+their test split), to see whether a weight chosen on Fashion-MNIST holds on other data.
+
 Every run also writes robustness.json (accuracy under Gaussian noise and FGSM, the first
 ``--robustness-images`` test images of a seeded draw). Sizes and CPU latency (batch 1 and 64,
 median of repeated forwards of both networks in this process) are measured last. Runs already
 on disk are read back (resumable).
 
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
-                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 25] [--name distill]
+                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 25] [--labelled-only]
+                            [--data SET] [--name distill]
 """
 
 from __future__ import annotations
@@ -37,11 +42,22 @@ from fewlabel.methods import load_network
 
 OUT = Path("runs/bench-distill")
 DATA = "fashion-mnist"
+FASHION = "Fashion-MNIST (full), 100 labelled images per class, 64 px, 10,000 test images"
 COMMON = dict(img_size=64, labels_per_class=100, progress=False, robustness_images=1000)
 TEACHER = dict(model="efficientnet_lite0", pretrained="imagenet", strategy="freeze-unfreeze")
 STUDENT = dict(model="mobilenetv3_small_050", pretrained="none", lr=2e-3, method="distill")
 LOSSES = ("ce", "kd", "rkd", "lgg", "lgg+kd")
 WITHOUT_POOL = ("ce", "kd", "lgg")  # the student alone, and the two terms the goals compare, on the labelled images
+
+
+def use_set(name: str) -> str:
+    """Point the bench at one of bench/defaults.py's sets (built on first use); its description."""
+    global OUT, DATA
+    from defaults import SETS, dataset
+
+    DATA, OUT = dataset(name), Path(f"runs/bench-distill-{name}")
+    COMMON["labels_per_class"] = SETS[name][1]
+    return f"bench/defaults.py set '{name}' ({SETS[name][2]}), 64 px, its test split"
 
 
 def run(name: str, seed: int, options: dict) -> dict:
@@ -58,10 +74,11 @@ def run(name: str, seed: int, options: dict) -> dict:
 
 def seed_runs(
     seed: int, epochs: int, pool_size: int, reg_weights: list[float], losses: tuple[str, ...],
-    graph_weight: float | None = None,
+    graph_weight: float | None = None, pooled: bool = True,
 ) -> dict:  # fmt: skip
     """Every run of one seed; ``graph_weight`` (lambda of the LGG term; default the option's) names
-    the LGG runs when given, so runs at several lambdas sit side by side."""
+    the LGG runs when given, so runs at several lambdas sit side by side; without ``pooled`` only
+    the runs on the labelled images (the pool's runs take about four times as long)."""
     teacher_dir = OUT / f"seed-{seed}" / "teacher"
     runs = {"teacher": run("teacher", seed, TEACHER)}
     for weight in reg_weights:
@@ -76,9 +93,9 @@ def seed_runs(
         tag = name.replace(" ", "-")
         if loss in WITHOUT_POOL:
             runs[f"student {name}"] = run(f"student-{tag}", seed, term)
-        if loss != "ce":
-            pooled = term | dict(unlabeled="rest", pool_size=pool_size)
-            runs[f"student {name} + pool"] = run(f"student-{tag}-pool", seed, pooled)
+        if loss != "ce" and pooled:
+            pooled_term = term | dict(unlabeled="rest", pool_size=pool_size)
+            runs[f"student {name} + pool"] = run(f"student-{tag}-pool", seed, pooled_term)
     return runs
 
 
@@ -128,6 +145,18 @@ def latency(seed: int) -> dict:
     return result
 
 
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (flags as given; switches only when on)."""
+    words = ["python bench/distill.py"]
+    for key, value in vars(args).items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif value not in (None, False):
+            words.append(f"{flag} {value!r}" if value == "" else f"{flag} {value}")
+    return " ".join(words)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="0,1,2")
@@ -136,9 +165,12 @@ def main() -> None:
     parser.add_argument("--reg-weights", default=None, help="comma-separated; default the config's REG_WEIGHT; '' none")
     parser.add_argument("--losses", default=",".join(LOSSES))
     parser.add_argument("--graph-weight", type=float, default=None, help="lambda of the LGG runs (default 25)")
+    parser.add_argument("--labelled-only", action="store_true", help="no runs with the unlabeled pool")
+    parser.add_argument("--data", default=None, help="a small set of bench/defaults.py instead of Fashion-MNIST")
     parser.add_argument("--name", default="distill")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    described = use_set(args.data) if args.data else FASHION
     from fewlabel.config import REG_WEIGHT
 
     reg_weights = [float(w) for w in args.reg_weights.split(",") if w] if args.reg_weights is not None else [REG_WEIGHT]
@@ -146,17 +178,18 @@ def main() -> None:
     losses = tuple(args.losses.split(","))
     per_seed = {}
     for seed in seeds:
-        per_seed[seed] = seed_runs(seed, args.epochs, args.pool_size, reg_weights, losses, args.graph_weight)
+        per_seed[seed] = seed_runs(
+            seed, args.epochs, args.pool_size, reg_weights, losses, args.graph_weight, not args.labelled_only
+        )
         result = {
             "protocol": {
-                "data": "Fashion-MNIST (full), 100 labelled images per class, 64 px, 10,000 test images",
+                "data": described,
                 "teacher": TEACHER,
                 "student": STUDENT | {"epochs": args.epochs},
                 "pool": f"seeded draw of {args.pool_size} images from the unlabeled rest of the training split",
                 "reg_weights": reg_weights,
                 "graph_weight": args.graph_weight or "the option's default (25)",
-                "command": "python bench/distill.py "
-                + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+                "command": command_line(args),
                 "robustness_images": COMMON["robustness_images"],
                 "seeds": list(per_seed),
             },

@@ -258,6 +258,27 @@ def test_fine_tuning_from_a_depth_run_is_compared_with_its_parent(trained, rende
         api.train_depth(str(rendered / "cinematic"), tmp_path / "key", **DEPTH | {"task_options": {"max_depht": 1}})
 
 
+def test_rehearsal_adds_a_seeded_draw_of_another_set_to_training_only(trained, rendered, tmp_path):
+    synthetic = str(rendered / "synthetic")
+
+    def tune(name: str, **options):
+        one_epoch = DEPTH | {"epochs": 1, "task_options": {"images": 4, "rehearse": synthetic} | options}
+        return api.train_depth(str(rendered / "cinematic"), tmp_path / name, init=trained.run_dir, **one_epoch)
+
+    runs = [tune(f"ft{k}", rehearse_images=3) for k in range(2)]
+    splits = [json.loads((run.run_dir / "splits.json").read_text()) for run in runs]
+    assert splits[0]["summary"]["train"] == 7 and splits[0]["summary"]["rehearsal"] == {"data": synthetic, "images": 3}
+    rehearsed = [i for i in splits[0]["labeled"] if Path(i).parent == rendered / "synthetic" / "train"]
+    assert len(rehearsed) == 3 and splits[0]["labeled"] == splits[1]["labeled"]  # seeded, the same draw again
+    assert splits[0]["val"] and all(Path(i).parent == rendered / "cinematic" / "train" for i in splits[0]["val"])
+    assert runs[0].metrics["n_samples"] == 2  # scored on DATA's own test split
+    one_to_one = tune("all")
+    assert json.loads((one_to_one.run_dir / "splits.json").read_text())["summary"]["rehearsal"]["images"] == 4
+    with pytest.raises(FewlabelError, match="--rehearse: DATA '.*nowhere': no such file or folder"):
+        tune("bad", rehearse=str(tmp_path / "nowhere"))
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
 def test_depth_commands_render_train_predict_and_eval(trained, rendered, tmp_path):
     from typer.testing import CliRunner
 

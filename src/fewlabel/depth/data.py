@@ -48,6 +48,10 @@ class DepthSet:
             self.source,
         )  # fmt: skip
 
+    def joined(self, other: DepthSet) -> DepthSet:
+        """This split's images followed by ``other``'s, with this split's source."""
+        return DepthSet(self.images + other.images, self.depths + other.depths, self.ids + other.ids, self.source)
+
     def depth_range(self) -> tuple[float, float]:
         """The least and greatest valid depth of the split."""
         stats = self._depth_stats()

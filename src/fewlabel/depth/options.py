@@ -24,6 +24,14 @@ class DepthOptions(BaseModel):
         0.5, ge=0, le=1, description="silog: weight of the scale-invariant term (1: scale ignored)"
     )
     images: int | None = Field(None, ge=1, description="labelled training images drawn (seeded); default all")
+    rehearse: str | None = Field(
+        None,
+        description="depth DATA whose images join the training split (rehearsal: e.g. the parent's synthetic "
+        "renders while fine-tuning on a few cinematic ones); validation and scoring stay DATA's",
+    )
+    rehearse_images: int | None = Field(
+        None, ge=1, description="images drawn (seeded, once) from --rehearse; default as many as DATA trains on"
+    )
     symmetries: bool = Field(True, description="train on the square's 8 symmetries (valid when the scene has no up)")
     colour_jitter: float = Field(0.1, ge=0, lt=1, description="strength of the brightness, contrast and colour jitter")
     units: str = Field("mm", description="the unit of the depth files (recorded in the model card)")

@@ -109,6 +109,8 @@ class DepthTask(Task):
         train = pool.subset([i for i, image_id in enumerate(pool.ids) if image_id not in held])
         if options.images is not None:
             train = random_subset(train, options.images, seed)
+        if options.rehearse is not None:
+            train = with_rehearsal(train, options, cfg.strict, seed)
         evaluation, eval_name = evaluation_split(
             cfg, val, lambda spec: load_depth(spec, cfg.strict, png_scale=options.png_scale)
         )
@@ -125,9 +127,7 @@ class DepthTask(Task):
         return random_subset(pool, count, seed + 1), True
 
     def refit_data(self, data: DataBundle) -> DataBundle:
-        joined = DepthSet(data.train.images + data.val.images, data.train.depths + data.val.depths,
-                          data.train.ids + data.val.ids, data.train.source)  # fmt: skip
-        return DataBundle(joined, None, data.eval, data.eval_name)
+        return DataBundle(data.train.joined(data.val), None, data.eval, data.eval_name)
 
     def resolve_augment(self, cfg: TrainConfig, data: DataBundle, engine) -> tuple[TrainConfig, dict | None]:
         """Nothing to decide: the depth task's own symmetries and colour jitter apply."""
@@ -135,7 +135,9 @@ class DepthTask(Task):
 
     def data_summary(self, data: DataBundle) -> dict:
         low, high = data.train.depth_range()
-        return super().data_summary(data) | {"train_depth_range": [low, high]}
+        summary = super().data_summary(data) | {"train_depth_range": [low, high]}
+        rehearsal = data.train.source.get("rehearsal")
+        return summary | ({"rehearsal": rehearsal} if rehearsal else {})
 
     def splits_record(self, data: DataBundle, seed: int) -> dict:
         return super().splits_record(data, seed) | {"summary": self.data_summary(data)}
@@ -213,6 +215,20 @@ class DepthTask(Task):
         from .report import depth_section
 
         return [depth_section(run_dir, metrics)]
+
+
+def with_rehearsal(train: DepthSet, options: DepthOptions, strict: bool, seed: int) -> DepthSet:
+    """``train`` and a seeded draw (made once, fixed over the epochs) of ``options.rehearse``'s
+    images: rehearsal, so fine-tuning on a few images of a new style keeps seeing the style the
+    parent learned from. Not in Mahmood et al.; 1:1 by default (``rehearse_images``)."""
+    try:
+        pool = load_depth(options.rehearse, strict, png_scale=options.png_scale)
+    except FewlabelError as exc:
+        raise FewlabelError(f"--rehearse: {exc}") from None
+    drawn = random_subset(pool, options.rehearse_images or len(train), seed + 2)
+    joined = train.joined(drawn)
+    joined.source = train.source | {"rehearsal": {"data": options.rehearse, "images": len(drawn)}}
+    return joined
 
 
 def _offset(parent: ModelCard | None, data: DataBundle) -> float:
