@@ -8,6 +8,8 @@ every training draw.
   with ``--few-patients K`` they show only K colons, each from several places and lightings
   (the issue's cinematic set: renderings of CT colonography under several rendering conditions);
 * (c) (a)'s network fine-tuned on the same ``--few`` images (``fewlabel depth train --init``);
+* with ``--rehearse N``, also (c') as (c) with N of (a)'s synthetic renders mixed into the
+  fine-tuning (``--rehearse``: the same cinematic images, validation and test; not in the paper);
 
 each with the defaults of ``fewlabel depth train`` (EfficientNet-Lite0 with offline ImageNet
 weights, the shared encoder-decoder, scale-invariant log loss, 128 px, lr 1e-3), tested on
@@ -17,7 +19,7 @@ error: absolute (depth as predicted, in mm) and median-scaled (each prediction t
 median(true) / median(predicted)). Also the renderer's images per
 second (256 x 256, both styles, in this process), and training and inference images per second.
 
-    python bench/depth.py [--seeds 0 1 2] [--synthetic 1000] [--few 50] [--few-patients K] [--test 100]
+    python bench/depth.py [--seeds 0 1 2] [--synthetic 1000] [--few 50] [--few-patients K] [--test 100] [--rehearse N]
                           [--out runs/bench-depth] [--result depth]
 """
 
@@ -34,7 +36,8 @@ from _common import save
 from fewlabel import api
 from fewlabel.depth.render import draw_scene, render
 
-SETTINGS = ("a_synthetic_only", "b_cinematic_only", "c_synthetic_then_cinematic")
+SETTINGS = ("a_synthetic_only", "b_cinematic_only", "c_synthetic_then_cinematic", "c_rehearsal")
+FINE_TUNED = ("c_synthetic_then_cinematic", "c_rehearsal")  # the settings the goal judges
 REPORTED = ("abs_rel", "rmse", "log_rmse", "delta_1")
 
 
@@ -84,30 +87,35 @@ def one_seed(seed: int, args, test: Path) -> dict:
     results["a_synthetic_only"] = figures(train("a", synthetic, args.epochs_synthetic, synthetic_runs))
     results["b_cinematic_only"] = figures(train("b", few, args.epochs_few))
     results["c_synthetic_then_cinematic"] = figures(train("c", few, args.epochs_few, init=synthetic_runs / "a"))
-    for variant in ("absolute", "median_scaled"):
-        a, c = (results[k][variant]["abs_rel"] for k in ("a_synthetic_only", "c_synthetic_then_cinematic"))
-        results[f"c_lowers_a_abs_rel_by_{variant}"] = 1 - c / a
+    if args.rehearse:
+        rehearsal = {"rehearse": str(synthetic), "rehearse_images": args.rehearse}
+        results["c_rehearsal"] = figures(
+            train(
+                f"c-rehearse-{args.rehearse}", few, args.epochs_few, init=synthetic_runs / "a", task_options=rehearsal
+            )
+        )
     return results
 
 
 def summary(per_seed: dict) -> dict:
-    """Mean and sd over seeds of each setting's figures, and the goal."""
+    """Mean and sd over seeds of each setting's figures, and the goal for each fine-tuned setting."""
     out = {}
-    for setting in SETTINGS:
+    present = [s for s in SETTINGS if s in next(iter(per_seed.values()))]
+    for setting in present:
         out[setting] = {}
         for variant in ("absolute", "median_scaled"):
             out[setting][variant] = {k: _mean_sd([r[setting][variant][k] for r in per_seed.values()]) for k in REPORTED}
     for variant in ("absolute", "median_scaled"):
-        lowered = [r[f"c_lowers_a_abs_rel_by_{variant}"] for r in per_seed.values()]
-        beats_b = [
-            r["c_synthetic_then_cinematic"][variant]["abs_rel"] < r["b_cinematic_only"][variant]["abs_rel"]
-            for r in per_seed.values()
-        ]
-        out[variant] = {
-            "c_lowers_a_abs_rel_by": _mean_sd(lowered),
-            "c_beats_b_in_seeds": f"{sum(beats_b)}/{len(beats_b)}",
-            "goal_met": bool(statistics.mean(lowered) >= 0.3 and all(beats_b)),
-        }
+        out[variant] = {}
+        for tuned in (s for s in FINE_TUNED if s in present):
+            abs_rel = [{k: r[k][variant]["abs_rel"] for k in (tuned, *SETTINGS[:2])} for r in per_seed.values()]
+            lowered = [1 - e[tuned] / e["a_synthetic_only"] for e in abs_rel]
+            beats_b = [e[tuned] < e["b_cinematic_only"] for e in abs_rel]
+            out[variant][tuned] = {
+                "lowers_a_abs_rel_by": _mean_sd(lowered),
+                "beats_b_in_seeds": f"{sum(beats_b)}/{len(beats_b)}",
+                "goal_met": bool(statistics.mean(lowered) >= 0.3 and all(beats_b)),
+            }
     return out
 
 
@@ -126,6 +134,7 @@ def main() -> None:
     parser.add_argument("--few", type=int, default=50, help="cinematic renders for (b) and (c)")
     parser.add_argument("--few-patients", type=int, default=None, help="colons the cinematic renders show")
     parser.add_argument("--test", type=int, default=100, help="held-out cinematic renders")
+    parser.add_argument("--rehearse", type=int, default=None, help="also (c'): N synthetic renders rehearsed")
     parser.add_argument("--epochs-synthetic", type=int, default=4)
     parser.add_argument("--epochs-few", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-depth"))
