@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
@@ -24,6 +25,21 @@ def machine() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+
+
+def command_line(script: str, args: argparse.Namespace) -> str:
+    """The command that reproduces a bench run: every option with its value (lists spaced,
+    an empty string quoted), switches only when on, options left unset (None) out."""
+    words = [f"python bench/{script}"]
+    for key, value in vars(args).items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif isinstance(value, list):
+            words.append(" ".join([flag, *map(str, value)]))
+        elif value is not None and value is not False:  # 0 is a value, not an unset option
+            words.append(f"{flag} {value!r}" if value == "" else f"{flag} {value}")
+    return " ".join(words)
 
 
 def save(name: str, result: dict, partial: bool = False) -> Path:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import save
+from _common import command_line, save
 from fewlabel import api
 from fewlabel.depth.render import draw_scene, render
 
@@ -146,11 +146,7 @@ def main() -> None:
     per_seed = {seed: one_seed(seed, args, Path(f"{test}:test")) for seed in args.seeds}
     result = {
         "benchmark": "depth",
-        "command": "python bench/depth.py "
-        + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items()
-        ),
+        "command": command_line("depth.py", args),
         "data": {
             "size": 256,
             "synthetic": args.synthetic,

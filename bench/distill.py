@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 import fewlabel
-from _common import save
+from _common import command_line, save
 from fewlabel.methods import load_network
 
 OUT = Path("runs/bench-distill")
@@ -145,18 +145,6 @@ def latency(seed: int) -> dict:
     return result
 
 
-def command_line(args: argparse.Namespace) -> str:
-    """The command that reproduces this run (flags as given; switches only when on)."""
-    words = ["python bench/distill.py"]
-    for key, value in vars(args).items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            words.append(flag)
-        elif value not in (None, False):
-            words.append(f"{flag} {value!r}" if value == "" else f"{flag} {value}")
-    return " ".join(words)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", default="0,1,2")
@@ -189,7 +177,7 @@ def main() -> None:
                 "pool": f"seeded draw of {args.pool_size} images from the unlabeled rest of the training split",
                 "reg_weights": reg_weights,
                 "graph_weight": args.graph_weight or "the option's default (25)",
-                "command": command_line(args),
+                "command": command_line("distill.py", args),
                 "robustness_images": COMMON["robustness_images"],
                 "seeds": list(per_seed),
             },

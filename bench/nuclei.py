@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import save
+from _common import command_line, save
 from fewlabel import api
 from fewlabel.nuclei.matching import detection_scores
 from fewlabel.nuclei.options import STYLE_NAMES
@@ -132,7 +132,7 @@ def main() -> None:
         per_style[style] = {k: metrics.get(k) for k in keys}
     detectors = {style: api.load(args.out / "transfer" / f"on-{style}") for style in STYLE_NAMES}
     result = {
-        "command": "python bench/nuclei.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()),
+        "command": command_line("nuclei.py", args),
         "data": {"tiles_per_style": args.n, "tile": args.size, "test_share": 0.25, "seed": args.seed},
         "options": options | {"defaults": "fewlabel nuclei train (efficientnet_lite0 imagenet, full, 128 px, lr 1e-3)"},
         "held_out_f1_radius_6": per_style,
