@@ -21,7 +21,7 @@ median of repeated forwards of both networks in this process) are measured last.
 on disk are read back (resumable).
 
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
-                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 25] [--labelled-only]
+                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5] [--labelled-only]
                             [--data SET] [--name distill]
 """
 
@@ -74,11 +74,11 @@ def run(name: str, seed: int, options: dict) -> dict:
 
 def seed_runs(
     seed: int, epochs: int, pool_size: int, reg_weights: list[float], losses: tuple[str, ...],
-    graph_weight: float | None = None, pooled: bool = True,
+    graph_weight: float, pooled: bool = True,
 ) -> dict:  # fmt: skip
-    """Every run of one seed; ``graph_weight`` (lambda of the LGG term; default the option's) names
-    the LGG runs when given, so runs at several lambdas sit side by side; without ``pooled`` only
-    the runs on the labelled images (the pool's runs take about four times as long)."""
+    """Every run of one seed; ``graph_weight`` (lambda of the LGG term) names the LGG runs, so
+    runs at several lambdas sit side by side; without ``pooled`` only the runs on the labelled
+    images (the pool's runs take about four times as long)."""
     teacher_dir = OUT / f"seed-{seed}" / "teacher"
     runs = {"teacher": run("teacher", seed, TEACHER)}
     for weight in reg_weights:
@@ -88,7 +88,7 @@ def seed_runs(
     for loss in losses:
         term = student | dict(loss=loss)
         name = loss
-        if "lgg" in loss and graph_weight is not None:
+        if "lgg" in loss:
             term, name = term | dict(graph_weight=graph_weight), f"{loss} lambda {graph_weight:g}"
         tag = name.replace(" ", "-")
         if loss in WITHOUT_POOL:
@@ -97,6 +97,13 @@ def seed_runs(
             pooled_term = term | dict(unlabeled="rest", pool_size=pool_size)
             runs[f"student {name} + pool"] = run(f"student-{tag}-pool", seed, pooled_term)
     return runs
+
+
+def default_graph_weight() -> float:
+    """The distill method's default LGG lambda."""
+    from fewlabel.distill.options import DistillOptions
+
+    return DistillOptions.model_fields["graph_weight"].default
 
 
 def summary(per_seed: dict[int, dict]) -> dict:
@@ -152,7 +159,7 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=10000)
     parser.add_argument("--reg-weights", default=None, help="comma-separated; default the config's REG_WEIGHT; '' none")
     parser.add_argument("--losses", default=",".join(LOSSES))
-    parser.add_argument("--graph-weight", type=float, default=None, help="lambda of the LGG runs (default 25)")
+    parser.add_argument("--graph-weight", type=float, default=None, help="LGG lambda (default the option's)")
     parser.add_argument("--labelled-only", action="store_true", help="no runs with the unlabeled pool")
     parser.add_argument("--data", default=None, help="a small set of bench/defaults.py instead of Fashion-MNIST")
     parser.add_argument("--name", default="distill")
@@ -161,22 +168,25 @@ def main() -> None:
     described = use_set(args.data) if args.data else FASHION
     from fewlabel.config import REG_WEIGHT
 
+    graph_weight = args.graph_weight if args.graph_weight is not None else default_graph_weight()
     reg_weights = [float(w) for w in args.reg_weights.split(",") if w] if args.reg_weights is not None else [REG_WEIGHT]
     seeds = [int(s) for s in args.seeds.split(",")]
     losses = tuple(args.losses.split(","))
     per_seed = {}
     for seed in seeds:
         per_seed[seed] = seed_runs(
-            seed, args.epochs, args.pool_size, reg_weights, losses, args.graph_weight, not args.labelled_only
+            seed, args.epochs, args.pool_size, reg_weights, losses, graph_weight, not args.labelled_only
         )
         result = {
             "protocol": {
                 "data": described,
                 "teacher": TEACHER,
                 "student": STUDENT | {"epochs": args.epochs},
-                "pool": f"seeded draw of {args.pool_size} images from the unlabeled rest of the training split",
+                "pool": "none (--labelled-only: the runs on the labelled images only)"
+                if args.labelled_only
+                else f"seeded draw of up to {args.pool_size} images from the unlabeled rest of the training split",
                 "reg_weights": reg_weights,
-                "graph_weight": args.graph_weight or "the option's default (25)",
+                "graph_weight": graph_weight,
                 "command": command_line("distill.py", args),
                 "robustness_images": COMMON["robustness_images"],
                 "seeds": list(per_seed),
