@@ -52,8 +52,9 @@ RUNS = {
     "lite0-auto-30": LITE0 | dict(labels_per_class=30),  # the defaults: the tracking cost that counts
     # a second transfer pair, the recommended procedure from either start (the full pair's ImageNet run collapses)
     "lite0-fu-imagenet-30": LITE0 | dict(strategy="freeze-unfreeze", labels_per_class=30),
-    "lite0-fu-scratch-30": dict(model="efficientnet_lite0", pretrained="none", strategy="freeze-unfreeze",
-                                labels_per_class=30),
+    "lite0-fu-scratch-30": dict(
+        model="efficientnet_lite0", pretrained="none", strategy="freeze-unfreeze", labels_per_class=30
+    ),
 }
 TRANSFER_PAIR = ("lite0-fu-imagenet-30", "lite0-fu-scratch-30")  # differ only in pretraining
 
