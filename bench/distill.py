@@ -78,7 +78,7 @@ def seed_runs(
 ) -> dict:  # fmt: skip
     """Every run of one seed; ``graph_weight`` (lambda of the LGG term) names the LGG runs, so
     runs at several lambdas sit side by side; without ``pooled`` only the runs on the labelled
-    images (the pool's runs take about four times as long)."""
+    images."""
     teacher_dir = OUT / f"seed-{seed}" / "teacher"
     runs = {"teacher": run("teacher", seed, TEACHER)}
     for weight in reg_weights:
