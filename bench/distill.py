@@ -38,6 +38,7 @@ import torch
 
 import fewlabel
 from _common import command_line, save
+from fewlabel.distill.options import DistillOptions
 from fewlabel.methods import load_network
 
 OUT = Path("runs/bench-distill")
@@ -99,13 +100,6 @@ def seed_runs(
     return runs
 
 
-def default_graph_weight() -> float:
-    """The distill method's default LGG lambda."""
-    from fewlabel.distill.options import DistillOptions
-
-    return DistillOptions.model_fields["graph_weight"].default
-
-
 def summary(per_seed: dict[int, dict]) -> dict:
     """Mean and sd over seeds of each run's accuracy and robustness figures."""
     names = next(iter(per_seed.values())).keys()
@@ -159,7 +153,8 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=10000)
     parser.add_argument("--reg-weights", default=None, help="comma-separated; default the config's REG_WEIGHT; '' none")
     parser.add_argument("--losses", default=",".join(LOSSES))
-    parser.add_argument("--graph-weight", type=float, default=None, help="LGG lambda (default the option's)")
+    graph_weight = DistillOptions.model_fields["graph_weight"].default
+    parser.add_argument("--graph-weight", type=float, default=graph_weight, help="LGG lambda (default the option's)")
     parser.add_argument("--labelled-only", action="store_true", help="no runs with the unlabeled pool")
     parser.add_argument("--data", default=None, help="a small set of bench/defaults.py instead of Fashion-MNIST")
     parser.add_argument("--name", default="distill")
@@ -168,14 +163,13 @@ def main() -> None:
     described = use_set(args.data) if args.data else FASHION
     from fewlabel.config import REG_WEIGHT
 
-    graph_weight = args.graph_weight if args.graph_weight is not None else default_graph_weight()
     reg_weights = [float(w) for w in args.reg_weights.split(",") if w] if args.reg_weights is not None else [REG_WEIGHT]
     seeds = [int(s) for s in args.seeds.split(",")]
     losses = tuple(args.losses.split(","))
     per_seed = {}
     for seed in seeds:
         per_seed[seed] = seed_runs(
-            seed, args.epochs, args.pool_size, reg_weights, losses, graph_weight, not args.labelled_only
+            seed, args.epochs, args.pool_size, reg_weights, losses, args.graph_weight, not args.labelled_only
         )
         result = {
             "protocol": {
@@ -186,7 +180,7 @@ def main() -> None:
                 if args.labelled_only
                 else f"seeded draw of up to {args.pool_size} images from the unlabeled rest of the training split",
                 "reg_weights": reg_weights,
-                "graph_weight": graph_weight,
+                "graph_weight": args.graph_weight,
                 "command": command_line("distill.py", args),
                 "robustness_images": COMMON["robustness_images"],
                 "seeds": list(per_seed),
