@@ -21,7 +21,7 @@ median of repeated forwards of both networks in this process) are measured last.
 on disk are read back (resumable).
 
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
-                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5] [--labelled-only]
+                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5] [--graph-embedding] [--labelled-only]
                             [--data SET] [--name distill]
 """
 
@@ -75,11 +75,11 @@ def run(name: str, seed: int, options: dict) -> dict:
 
 def seed_runs(
     seed: int, epochs: int, pool_size: int, reg_weights: list[float], losses: tuple[str, ...],
-    graph_weight: float, pooled: bool = True,
+    graph_weight: float, pooled: bool = True, graph_embedding: bool = False,
 ) -> dict:  # fmt: skip
-    """Every run of one seed; ``graph_weight`` (lambda of the LGG term) names the LGG runs, so
-    runs at several lambdas sit side by side; without ``pooled`` only the runs on the labelled
-    images."""
+    """Every run of one seed; ``graph_weight`` (lambda of the LGG term) and ``graph_embedding``
+    (the pooled embeddings paired too) name the LGG runs, so variants sit side by side; without
+    ``pooled`` only the runs on the labelled images."""
     teacher_dir = OUT / f"seed-{seed}" / "teacher"
     runs = {"teacher": run("teacher", seed, TEACHER)}
     for weight in reg_weights:
@@ -91,6 +91,8 @@ def seed_runs(
         name = loss
         if "lgg" in loss:
             term, name = term | dict(graph_weight=graph_weight), f"{loss} lambda {graph_weight:g}"
+            if graph_embedding:
+                term, name = term | dict(graph_embedding=True), f"{name} with embedding"
         tag = name.replace(" ", "-")
         if loss in WITHOUT_POOL:
             runs[f"student {name}"] = run(f"student-{tag}", seed, term)
@@ -155,6 +157,7 @@ def main() -> None:
     parser.add_argument("--losses", default=",".join(LOSSES))
     graph_weight = DistillOptions.model_fields["graph_weight"].default
     parser.add_argument("--graph-weight", type=float, default=graph_weight, help="LGG lambda (default the option's)")
+    parser.add_argument("--graph-embedding", action="store_true", help="LGG pairs the pooled embeddings too")
     parser.add_argument("--labelled-only", action="store_true", help="no runs with the unlabeled pool")
     parser.add_argument("--data", default=None, help="a small set of bench/defaults.py instead of Fashion-MNIST")
     parser.add_argument("--name", default="distill")
@@ -169,7 +172,14 @@ def main() -> None:
     per_seed = {}
     for seed in seeds:
         per_seed[seed] = seed_runs(
-            seed, args.epochs, args.pool_size, reg_weights, losses, args.graph_weight, not args.labelled_only
+            seed,
+            args.epochs,
+            args.pool_size,
+            reg_weights,
+            losses,
+            args.graph_weight,
+            not args.labelled_only,
+            args.graph_embedding,
         )
         result = {
             "protocol": {
@@ -181,6 +191,7 @@ def main() -> None:
                 else f"seeded draw of up to {args.pool_size} images from the unlabeled rest of the training split",
                 "reg_weights": reg_weights,
                 "graph_weight": args.graph_weight,
+                "graph_embedding": args.graph_embedding,
                 "command": command_line("distill.py", args),
                 "robustness_images": COMMON["robustness_images"],
                 "seeds": list(per_seed),

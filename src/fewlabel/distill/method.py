@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..tasks.base import RunContext
 
 log = logging.getLogger("fewlabel.distill")
+EMBEDDING = "pooled embedding"
 
 
 def train(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
@@ -125,6 +126,7 @@ def distill_record(opts, card, teacher: nn.Module, student: nn.Module, pairs, cf
             f"({card.arch}, {sizes['teacher_parameters']:,}): distillation usually compresses"
         )
     terms = loss_terms(cfg.loss)
+    embedding_pair = [{"teacher": EMBEDDING, "student": EMBEDDING}] if opts.graph_embedding else []
     return {
         "teacher": str(opts.teacher),
         "teacher_arch": card.arch,
@@ -135,7 +137,7 @@ def distill_record(opts, card, teacher: nn.Module, student: nn.Module, pairs, cf
         "temperature": opts.temperature,
         "graph_k": cfg.graph_k,
         "graph_side": opts.graph_side,
-        "layer_pairs": [{"teacher": t, "student": s} for t, s in pairs],
+        "layer_pairs": [{"teacher": t, "student": s} for t, s in pairs] + embedding_pair,
         "layers_given": bool(opts.layers),
         "unlabeled": opts.unlabeled,
         "mu": opts.mu,
@@ -214,6 +216,7 @@ def distill_fit(ctx: RunContext, student, info, images: ImageSet, rows, layout, 
         rkd=opts.rkd_weight if "rkd" in terms else 0.0,
         temperature=opts.temperature,
         k=cfg.graph_k,
+        graph_embedding=opts.graph_embedding,
     )
     module = DistillModule(
         student,

@@ -36,6 +36,7 @@ class DistillTerms:
     rkd: float = 0.0
     temperature: float = 4.0
     k: int | None = None
+    graph_embedding: bool = False
 
 
 def embed_and_classify(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +88,8 @@ class DistillModule(ClassifierModule):
             rkd = rkd_distance_loss(embedding[len(x) :], teacher_embedding)
             loss, logs["rkd"] = loss + terms.rkd * rkd, rkd.detach()
         if terms.lgg > 0:
+            if terms.graph_embedding:
+                taps, teacher_layers = [*taps, embedding[len(x) :]], [*teacher_layers, teacher_embedding]
             lgg = graph_distillation_loss(taps, teacher_layers, terms.k)
             loss, logs["lgg"] = loss + terms.lgg * lgg, lgg.detach()
         return loss, logs, len(y)

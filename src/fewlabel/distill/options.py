@@ -40,6 +40,11 @@ class DistillOptions(PoolDraw):
     graph_side: int | None = Field(
         8, ge=1, description="LGG: feature maps wider than this are average-pooled to it before flattening"
     )
+    graph_embedding: bool = Field(
+        False,
+        description="LGG: pair the pooled embeddings too (one more graph, the layer nearest the classes); "
+        "Lassance et al. pair the residual groups' outputs only",
+    )
 
     @property
     def wants_rest_pool(self) -> bool:
