@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import timm
@@ -34,6 +35,7 @@ from fewlabel.quant.schedule import plan_stages, progressive_bits
 from fewlabel.stepwise.recipe import run_recipe
 
 QUICK = FAST | {"robustness_images": 0, "labels_per_class": 6}
+HLHL = QUICK | dict(epochs=4, weight_bits=4, act_bits=4, qat_schedule="hlhl", calibration_images=8)
 
 
 def folded_net(arch: str = "test_efficientnet") -> nn.Module:
@@ -172,29 +174,36 @@ def float_run(tmp_path_factory):
     return data, root / "float"
 
 
-def test_hlhl_trains_saves_reloads_exports_and_measures(float_run, tmp_path):
+@pytest.fixture(scope="module")
+def hlhl_run(float_run, tmp_path_factory):
+    """(result, folder) of a W4A4 hlhl run: checked whole, and the reference a resumed run must match."""
     data, parent = float_run
-    options = QUICK | dict(epochs=4, weight_bits=4, act_bits=4, qat_schedule="hlhl")
-    result = fewlabel.quantize(parent, str(data), tmp_path / "q", **options)
-    quant = json.loads((tmp_path / "q" / "quant.json").read_text())
+    out = tmp_path_factory.mktemp("hlhl") / "q"
+    return fewlabel.quantize(parent, str(data), out, **HLHL), out
+
+
+def test_hlhl_trains_saves_reloads_exports_and_measures(float_run, hlhl_run):
+    _, parent = float_run
+    result, q = hlhl_run
+    quant = json.loads((q / "quant.json").read_text())
     assert [s["label"] for s in quant["stages"]] == ["W8A8", "W4A4", "W8A8", "W4A4"]
     assert [h["fit"] for h in quant["history"]] == ["qat-1-W8A8", "qat-2-W4A4", "qat-3-W8A8", "qat-4-W4A4"]
-    card = json.loads((tmp_path / "q" / "model.json").read_text())
+    card = json.loads((q / "model.json").read_text())
     assert card["method"] == "qat" and card["extras"]["weight_bits"] == 4
     assert card["extras"]["quant"]["float_parent"] == str(parent)
-    saved = read_predictions(tmp_path / "q" / "predictions.csv")
-    reloaded = fewlabel.load(tmp_path / "q").predict_proba(saved.ids)
+    saved = read_predictions(q / "predictions.csv")
+    reloaded = fewlabel.load(q).predict_proba(saved.ids)
     assert torch.allclose(reloaded, saved.probs.float(), atol=1e-5)
-    assert bias_widths(fewlabel.methods.load_network(tmp_path / "q")[0]) == {21}
+    assert bias_widths(fewlabel.methods.load_network(q)[0]) == {21}
     card["extras"]["quant"].pop("bias_bits")  # a run saved before biases took 21 bits rebuilds at 32
-    (tmp_path / "q" / "model.json").write_text(json.dumps(card))
-    assert bias_widths(fewlabel.methods.load_network(tmp_path / "q")[0]) == {32}
+    (q / "model.json").write_text(json.dumps(card))
+    assert bias_widths(fewlabel.methods.load_network(q)[0]) == {32}
     deploy = quant["deployment"]
     assert deploy["argmax_agreement"]["float"] >= 0.99  # onnxruntime runs the float export as PyTorch does
     assert deploy["size_bytes"]["quantized_onnx"] < deploy["size_bytes"]["float_onnx"]
     assert "QLinearConv" not in deploy["onnxruntime_kernels"]["quantized"]  # 4 bits: simulated in float
     assert set(deploy["latency_ms"]) == {"pytorch_float", "onnxruntime_float", "onnxruntime_quantized"}
-    html = (tmp_path / "q" / "report.html").read_text()
+    html = (q / "report.html").read_text()
     assert "Quantization (W4A4, hlhl)" in html and "onnxruntime float" in html
     assert result.metrics["method"] == "qat"
 
@@ -252,20 +261,23 @@ def test_an_export_that_fails_names_the_layer(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_a_resumed_hlhl_run_matches_an_uninterrupted_one(float_run, tmp_path):
+@pytest.mark.parametrize("hook", ["on_train_epoch_start", "on_train_epoch_end"])
+def test_a_resumed_hlhl_run_matches_an_uninterrupted_one(float_run, hlhl_run, tmp_path, hook):
+    """Cut before the third stage trained (resumed from the state after the second) and after its
+    epoch (resumed from its checkpoint): both end where the uninterrupted run ended."""
     import lightning as L
 
-    class Crash(L.Callback):
-        def on_train_epoch_end(self, trainer, pl_module) -> None:
-            if pl_module.phase.startswith("qat-3"):
-                raise RuntimeError("simulated power cut")
+    def cut(trainer, pl_module) -> None:
+        if pl_module.phase.startswith("qat-3"):
+            raise RuntimeError("simulated power cut")
 
     data, parent = float_run
-    options = QUICK | dict(epochs=4, weight_bits=2, act_bits=2, qat_schedule="hlhl")
-    reference = fewlabel.quantize(parent, str(data), tmp_path / "ref", **options)
+    reference, _ = hlhl_run
+    assert reference.metrics["nll"] < math.log(3) - 0.2  # it learned: a uniform guess would match anything
     with pytest.raises(RuntimeError, match="power cut"):
-        fewlabel.quantize(parent, str(data), tmp_path / "cut", callbacks=[Crash()], **options)
-    resumed = fewlabel.quantize(parent, str(data), tmp_path / "cut", resume=True, **options)
+        crash = type("Crash", (L.Callback,), {hook: staticmethod(cut)})()
+        fewlabel.quantize(parent, str(data), tmp_path / "cut", callbacks=[crash], **HLHL)
+    resumed = fewlabel.quantize(parent, str(data), tmp_path / "cut", resume=True, **HLHL)
     assert resumed.metrics["nll"] == pytest.approx(reference.metrics["nll"], rel=1e-5)
     assert resumed.metrics["confusion_matrix"] == reference.metrics["confusion_matrix"]
 

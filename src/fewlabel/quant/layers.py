@@ -178,14 +178,17 @@ def calibrate(net: nn.Module, images: torch.Tensor, batch_size: int) -> None:
     """Initialise every learned scale of a freshly quantized network, so that the optimiser
     sees them all from the first step: the activation scales from ``images`` (Brevitas'
     calibration mode: float activations flow, each quantizer averages its statistic over the
-    batches, then its scale becomes a parameter), then the weight scales (one forward pass)."""
+    batches, then its scale becomes a parameter), then the weight scales (one forward pass).
+    The float layers run in eval mode (no dropout), whatever mode the network was left in: a
+    resumed run calibrates what an uninterrupted one does."""
     from brevitas.graph.calibrate import calibration_mode
 
     was_training = net.training
+    net.eval()
     with calibration_mode(net):
         for start in range(0, len(images), batch_size):
             net(images[start : start + batch_size])
-    net.eval()(images[:1])
+    net(images[:1])
     net.train(was_training)
 
 

@@ -74,10 +74,11 @@ def train(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
             quantize_layers(net, stage.spec(opts.first_last_bits), signed)
         if ctx.engine.finished(stage.name):
             net.load_state_dict(saved)  # a resumed run: the weights and scales after the last finished stage
-            continue
-        calibrate(net, calibration, cfg.batch_size)
-        if index == len(stages) - 1:
-            ctx.engine.selection.forget_best()
+        else:
+            calibrate(net, calibration, cfg.batch_size)
+            if index == len(stages) - 1:
+                ctx.engine.selection.forget_best()
+        # a finished stage's fit is skipped by the engine but still counted: it seeds the later fits' batches
         ctx.engine.fit(stage.name, stage.epochs, partial(stage_fit, ctx, net, info, stage))
     write_record(ctx.run_dir, QUANT, quant_record(ctx, parent, stages, folded, signed, net))
     return net, info
