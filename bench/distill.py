@@ -21,8 +21,8 @@ median of repeated forwards of both networks in this process) are measured last.
 on disk are read back (resumable).
 
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
-                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5] [--graph-embedding] [--labelled-only]
-                            [--data SET] [--name distill]
+                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5] [--[no-]graph-embedding]
+                            [--labelled-only] [--data SET] [--name distill]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def run(name: str, seed: int, options: dict) -> dict:
 
 def seed_runs(
     seed: int, epochs: int, pool_size: int, reg_weights: list[float], losses: tuple[str, ...],
-    graph_weight: float, pooled: bool = True, graph_embedding: bool = False,
+    graph_weight: float, pooled: bool = True, graph_embedding: bool = True,
 ) -> dict:  # fmt: skip
     """Every run of one seed; ``graph_weight`` (lambda of the LGG term) and ``graph_embedding``
     (the pooled embeddings paired too) name the LGG runs, so variants sit side by side; without
@@ -91,8 +91,9 @@ def seed_runs(
         name = loss
         if "lgg" in loss:
             term, name = term | dict(graph_weight=graph_weight), f"{loss} lambda {graph_weight:g}"
+            term = term | dict(graph_embedding=graph_embedding)
             if graph_embedding:
-                term, name = term | dict(graph_embedding=True), f"{name} with embedding"
+                name = f"{name} with embedding"
         tag = name.replace(" ", "-")
         if loss in WITHOUT_POOL:
             runs[f"student {name}"] = run(f"student-{tag}", seed, term)
@@ -157,7 +158,11 @@ def main() -> None:
     parser.add_argument("--losses", default=",".join(LOSSES))
     graph_weight = DistillOptions.model_fields["graph_weight"].default
     parser.add_argument("--graph-weight", type=float, default=graph_weight, help="LGG lambda (default the option's)")
-    parser.add_argument("--graph-embedding", action="store_true", help="LGG pairs the pooled embeddings too")
+    embedding = DistillOptions.model_fields["graph_embedding"].default
+    parser.add_argument(
+        "--graph-embedding", action=argparse.BooleanOptionalAction, default=embedding,
+        help="LGG pairs the pooled embeddings too (default the option's)",
+    )  # fmt: skip
     parser.add_argument("--labelled-only", action="store_true", help="no runs with the unlabeled pool")
     parser.add_argument("--data", default=None, help="a small set of bench/defaults.py instead of Fashion-MNIST")
     parser.add_argument("--name", default="distill")

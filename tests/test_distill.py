@@ -179,7 +179,7 @@ def test_distillation_with_every_term_on_a_pool_writes_its_record(split_folder, 
     result = train(str(split_folder), out, teacher=str(teacher_run), **options)
     record = json.loads((out / "distill.json").read_text())
     assert record["terms"] == ["ce", "lgg", "kd", "rkd"]
-    assert [p["student"] for p in record["layer_pairs"]] == ["blocks.2", "blocks.3", "blocks.4"]
+    assert [p["student"] for p in record["layer_pairs"]] == ["blocks.2", "blocks.3", "blocks.4", "pooled embedding"]
     assert record["teacher_parameters"] == record["student_parameters"]
     history = (out / "logs" / "distill" / "version_0" / "metrics.csv").read_text().splitlines()[0]
     assert all(term in history for term in ("kd", "rkd", "lgg"))
@@ -192,7 +192,7 @@ def test_distillation_with_every_term_on_a_pool_writes_its_record(split_folder, 
 
 def test_the_distillation_terms_change_what_the_student_learns(split_folder, teacher_run, tmp_path):
     weights = {}
-    variants = {"ce": {"loss": "ce"}, "lgg": {"loss": "lgg"}, "lgg-emb": {"loss": "lgg", "graph_embedding": True}}
+    variants = {"ce": {"loss": "ce"}, "lgg": {"loss": "lgg", "graph_embedding": False}, "lgg-emb": {"loss": "lgg"}}
     for name, options in variants.items():
         train(str(split_folder), tmp_path / name, teacher=str(teacher_run), **DISTILL, **options, robustness_images=0)
         weights[name] = (tmp_path / name / "model.safetensors").read_bytes()
@@ -203,7 +203,8 @@ def test_the_distillation_terms_change_what_the_student_learns(split_folder, tea
 
 def test_given_layer_pairs_are_used_and_checked(split_folder, teacher_run, tmp_path):
     options = DISTILL | {"loss": "lgg", "robustness_images": 0}
-    train(str(split_folder), tmp_path / "s", teacher=str(teacher_run), layers="blocks.4:blocks.3", **options)
+    given = dict(layers="blocks.4:blocks.3", graph_embedding=False)
+    train(str(split_folder), tmp_path / "s", teacher=str(teacher_run), **given, **options)
     record = json.loads((tmp_path / "s" / "distill.json").read_text())
     assert record["layer_pairs"] == [{"teacher": "blocks.4", "student": "blocks.3"}] and record["layers_given"]
     with pytest.raises(FewlabelError, match="the student has no layer 'blocks.7'; its stages: blocks.0"):

@@ -41,9 +41,10 @@ class DistillOptions(PoolDraw):
         8, ge=1, description="LGG: feature maps wider than this are average-pooled to it before flattening"
     )
     graph_embedding: bool = Field(
-        False,
-        description="LGG: pair the pooled embeddings too (one more graph, the layer nearest the classes); "
-        "Lassance et al. pair the residual groups' outputs only",
+        True,
+        description="LGG: pair the pooled embeddings too, besides the stage pairs (one more graph, the layer "
+        "nearest the classes); Lassance et al. pair the residual groups' outputs only (--no-graph-embedding). "
+        "It made a student from scratch 1.2 points better than alone on Fashion-MNIST at every seed (bench/distill.py)",
     )
 
     @property
