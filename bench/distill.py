@@ -90,10 +90,8 @@ def seed_runs(
         term = student | dict(loss=loss)
         name = loss
         if "lgg" in loss:
-            term, name = term | dict(graph_weight=graph_weight), f"{loss} lambda {graph_weight:g}"
-            term = term | dict(graph_embedding=graph_embedding)
-            if graph_embedding:
-                name = f"{name} with embedding"
+            term = term | dict(graph_weight=graph_weight, graph_embedding=graph_embedding)
+            name = f"{loss} lambda {graph_weight:g}" + (" with embedding" if graph_embedding else "")
         tag = name.replace(" ", "-")
         if loss in WITHOUT_POOL:
             runs[f"student {name}"] = run(f"student-{tag}", seed, term)
