@@ -25,8 +25,9 @@ lint: setup
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# One worker process per core, each test file on one worker (its module fixtures built once).
 test: setup lint browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 bench: setup
 	$(BIN)/python bench/feature_cache.py

@@ -8,8 +8,8 @@ images), 64 px, per seed:
   the same 1,000 labelled images, ``--epochs`` passes over them, alone (``--loss ce``) and with
   KD, RKD, LGG and LGG+KD on the labelled images plus a seeded ``--pool-size`` draw of the
   unlabeled rest of the training split, and KD and LGG on the labelled images alone;
-* the regulariser: the teacher's run again with ``--regularize lgg-smooth`` at each of
-  ``--reg-weights``.
+* the regulariser: the teacher's run (or, ``--smooth-on student``, the student alone) again with
+  ``--regularize lgg-smooth`` at each of ``--reg-weights``.
 
 ``--data SET`` runs the same protocol on one of bench/defaults.py's small sets (``letters``,
 ``colour``, ``textures``: their labels per class, the rest of their train split as the pool,
@@ -21,6 +21,7 @@ median of repeated forwards of both networks in this process) are measured last.
 on disk are read back (resumable).
 
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
+                            [--smooth-on teacher|student]
                             [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5] [--[no-]graph-embedding]
                             [--labelled-only] [--data SET] [--name distill]
 """
@@ -75,17 +76,20 @@ def run(name: str, seed: int, options: dict) -> dict:
 
 def seed_runs(
     seed: int, epochs: int, pool_size: int, reg_weights: list[float], losses: tuple[str, ...],
-    graph_weight: float, pooled: bool = True, graph_embedding: bool = True,
+    graph_weight: float, pooled: bool = True, graph_embedding: bool = True, smooth_on: str = "teacher",
 ) -> dict:  # fmt: skip
     """Every run of one seed; ``graph_weight`` (lambda of the LGG term) and ``graph_embedding``
     (the pooled embeddings paired too) name the LGG runs, so variants sit side by side; without
-    ``pooled`` only the runs on the labelled images."""
+    ``pooled`` only the runs on the labelled images. ``smooth_on`` says which network the
+    regulariser's runs train: the fine-tuned ``teacher`` or the ``student`` alone, from scratch."""
     teacher_dir = OUT / f"seed-{seed}" / "teacher"
     runs = {"teacher": run("teacher", seed, TEACHER)}
-    for weight in reg_weights:
-        smooth = TEACHER | dict(regularize="lgg-smooth", reg_weight=weight)
-        runs[f"teacher+lgg-smooth {weight:g}"] = run(f"teacher-smooth-{weight:g}", seed, smooth)
     student = STUDENT | dict(teacher=str(teacher_dir), epochs=epochs)
+    regularized = TEACHER if smooth_on == "teacher" else student | dict(loss="ce")
+    for weight in reg_weights:
+        smooth = regularized | dict(regularize="lgg-smooth", reg_weight=weight)
+        name = "teacher+lgg-smooth" if smooth_on == "teacher" else "student ce+lgg-smooth"
+        runs[f"{name} {weight:g}"] = run(f"{smooth_on}-smooth-{weight:g}", seed, smooth)
     for loss in losses:
         term = student | dict(loss=loss)
         name = loss
@@ -153,6 +157,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pool-size", type=int, default=10000)
     parser.add_argument("--reg-weights", default=None, help="comma-separated; default the config's REG_WEIGHT; '' none")
+    parser.add_argument(
+        "--smooth-on", choices=("teacher", "student"), default="teacher",
+        help="the network the --reg-weights runs regularise: the fine-tuned teacher or the student alone from scratch",
+    )  # fmt: skip
     parser.add_argument("--losses", default=",".join(LOSSES))
     graph_weight = DistillOptions.model_fields["graph_weight"].default
     parser.add_argument("--graph-weight", type=float, default=graph_weight, help="LGG lambda (default the option's)")
@@ -183,6 +191,7 @@ def main() -> None:
             args.graph_weight,
             not args.labelled_only,
             args.graph_embedding,
+            args.smooth_on,
         )
         result = {
             "protocol": {
@@ -193,6 +202,7 @@ def main() -> None:
                 if args.labelled_only
                 else f"seeded draw of up to {args.pool_size} images from the unlabeled rest of the training split",
                 "reg_weights": reg_weights,
+                "smooth_on": args.smooth_on,
                 "graph_weight": args.graph_weight,
                 "graph_embedding": args.graph_embedding,
                 "command": command_line("distill.py", args),

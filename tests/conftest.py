@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one test file per worker process, one worker per core (see the Makefile): a
+    # second torch thread per worker would only contend with the other worker for the same cores.
+    import torch
+
+    torch.set_num_threads(1)
 
 CLASSES = ("red", "green", "blue")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 
 import pytest
 import timm
@@ -272,8 +271,9 @@ def test_a_resumed_hlhl_run_matches_an_uninterrupted_one(float_run, hlhl_run, tm
             raise RuntimeError("simulated power cut")
 
     data, parent = float_run
-    reference, _ = hlhl_run
-    assert reference.metrics["nll"] < math.log(3) - 0.2  # it learned: a uniform guess would match anything
+    reference, reference_dir = hlhl_run
+    probs = read_predictions(reference_dir / "predictions.csv").probs.float()
+    assert probs.std(0).max() > 0.05  # its outputs vary between images: constant ones would match anything
     with pytest.raises(RuntimeError, match="power cut"):
         crash = type("Crash", (L.Callback,), {hook: staticmethod(cut)})()
         fewlabel.quantize(parent, str(data), tmp_path / "cut", callbacks=[crash], **HLHL)
