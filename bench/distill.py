@@ -21,8 +21,8 @@ median of repeated forwards of both networks in this process) are measured last.
 on disk are read back (resumable).
 
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
-                            [--smooth-on teacher|student]
-                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5] [--[no-]graph-embedding]
+                            [--smooth-on teacher|student] [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5]
+                            [--[no-]graph-embedding] [--[no-]graph-logits]
                             [--labelled-only] [--data SET] [--name distill]
 """
 
@@ -77,9 +77,11 @@ def run(name: str, seed: int, options: dict) -> dict:
 def seed_runs(
     seed: int, epochs: int, pool_size: int, reg_weights: list[float], losses: tuple[str, ...],
     graph_weight: float, pooled: bool = True, graph_embedding: bool = True, smooth_on: str = "teacher",
+    graph_logits: bool = False,
 ) -> dict:  # fmt: skip
-    """Every run of one seed; ``graph_weight`` (lambda of the LGG term) and ``graph_embedding``
-    (the pooled embeddings paired too) name the LGG runs, so variants sit side by side; without
+    """Every run of one seed; ``graph_weight`` (lambda of the LGG term), ``graph_embedding`` (the
+    pooled embeddings paired too) and ``graph_logits`` (the outputs too) name the LGG runs, so
+    variants sit side by side; without
     ``pooled`` only the runs on the labelled images. ``smooth_on`` says which network the
     regulariser's runs train: the fine-tuned ``teacher`` or the ``student`` alone, from scratch."""
     teacher_dir = OUT / f"seed-{seed}" / "teacher"
@@ -94,8 +96,9 @@ def seed_runs(
         term = student | dict(loss=loss)
         name = loss
         if "lgg" in loss:
-            term = term | dict(graph_weight=graph_weight, graph_embedding=graph_embedding)
+            term = term | dict(graph_weight=graph_weight, graph_embedding=graph_embedding, graph_logits=graph_logits)
             name = f"{loss} lambda {graph_weight:g}" + (" with embedding" if graph_embedding else "")
+            name += " with outputs" if graph_logits else ""
         tag = name.replace(" ", "-")
         if loss in WITHOUT_POOL:
             runs[f"student {name}"] = run(f"student-{tag}", seed, term)
@@ -169,6 +172,11 @@ def main() -> None:
         "--graph-embedding", action=argparse.BooleanOptionalAction, default=embedding,
         help="LGG pairs the pooled embeddings too (default the option's)",
     )  # fmt: skip
+    parser.add_argument(
+        "--graph-logits", action=argparse.BooleanOptionalAction,
+        default=DistillOptions.model_fields["graph_logits"].default,
+        help="LGG pairs the outputs too (default the option's)",
+    )  # fmt: skip
     parser.add_argument("--labelled-only", action="store_true", help="no runs with the unlabeled pool")
     parser.add_argument("--data", default=None, help="a small set of bench/defaults.py instead of Fashion-MNIST")
     parser.add_argument("--name", default="distill")
@@ -192,6 +200,7 @@ def main() -> None:
             not args.labelled_only,
             args.graph_embedding,
             args.smooth_on,
+            args.graph_logits,
         )
         result = {
             "protocol": {
@@ -205,6 +214,7 @@ def main() -> None:
                 "smooth_on": args.smooth_on,
                 "graph_weight": args.graph_weight,
                 "graph_embedding": args.graph_embedding,
+                "graph_logits": args.graph_logits,
                 "command": command_line("distill.py", args),
                 "robustness_images": COMMON["robustness_images"],
                 "seeds": list(per_seed),

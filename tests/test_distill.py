@@ -192,13 +192,19 @@ def test_distillation_with_every_term_on_a_pool_writes_its_record(split_folder, 
 
 def test_the_distillation_terms_change_what_the_student_learns(split_folder, teacher_run, tmp_path):
     weights = {}
-    variants = {"ce": {"loss": "ce"}, "lgg": {"loss": "lgg", "graph_embedding": False}, "lgg-emb": {"loss": "lgg"}}
+    variants = {
+        "ce": {"loss": "ce"},
+        "lgg": {"loss": "lgg", "graph_embedding": False},
+        "lgg-emb": {"loss": "lgg"},
+        "lgg-emb-out": {"loss": "lgg", "graph_logits": True},
+    }
     for name, options in variants.items():
         train(str(split_folder), tmp_path / name, teacher=str(teacher_run), **DISTILL, **options, robustness_images=0)
         weights[name] = (tmp_path / name / "model.safetensors").read_bytes()
-    assert len(set(weights.values())) == 3  # the pooled embeddings' graph is a term of its own
-    record = json.loads((tmp_path / "lgg-emb" / "distill.json").read_text())
-    assert record["layer_pairs"][-1] == {"teacher": "pooled embedding", "student": "pooled embedding"}
+    assert len(set(weights.values())) == 4  # the pooled embeddings' graph and the outputs' are terms of their own
+    pairs = {name: json.loads((tmp_path / name / "distill.json").read_text())["layer_pairs"] for name in variants}
+    assert pairs["lgg-emb"][-1] == {"teacher": "pooled embedding", "student": "pooled embedding"}
+    assert pairs["lgg-emb-out"][-2:] == [pairs["lgg-emb"][-1], {"teacher": "outputs", "student": "outputs"}]
 
 
 def test_given_layer_pairs_are_used_and_checked(split_folder, teacher_run, tmp_path):

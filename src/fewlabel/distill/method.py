@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("fewlabel.distill")
 EMBEDDING = "pooled embedding"
+OUTPUTS = "outputs"
 
 
 def train(ctx: RunContext) -> tuple[nn.Module, BackboneInfo]:
@@ -126,7 +127,7 @@ def distill_record(opts, card, teacher: nn.Module, student: nn.Module, pairs, cf
             f"({card.arch}, {sizes['teacher_parameters']:,}): distillation usually compresses"
         )
     terms = loss_terms(cfg.loss)
-    embedding_pair = [{"teacher": EMBEDDING, "student": EMBEDDING}] if opts.graph_embedding else []
+    extra = [name for name, used in ((EMBEDDING, opts.graph_embedding), (OUTPUTS, opts.graph_logits)) if used]
     return {
         "teacher": str(opts.teacher),
         "teacher_arch": card.arch,
@@ -137,7 +138,7 @@ def distill_record(opts, card, teacher: nn.Module, student: nn.Module, pairs, cf
         "temperature": opts.temperature,
         "graph_k": cfg.graph_k,
         "graph_side": opts.graph_side,
-        "layer_pairs": [{"teacher": t, "student": s} for t, s in pairs] + embedding_pair,
+        "layer_pairs": [{"teacher": t, "student": s} for t, s in [*pairs, *zip(extra, extra, strict=True)]],
         "layers_given": bool(opts.layers),
         "unlabeled": opts.unlabeled,
         "mu": opts.mu,
@@ -217,6 +218,7 @@ def distill_fit(ctx: RunContext, student, info, images: ImageSet, rows, layout, 
         temperature=opts.temperature,
         k=cfg.graph_k,
         graph_embedding=opts.graph_embedding,
+        graph_logits=opts.graph_logits,
     )
     module = DistillModule(
         student,

@@ -37,6 +37,7 @@ class DistillTerms:
     temperature: float = 4.0
     k: int | None = None
     graph_embedding: bool = False
+    graph_logits: bool = False
 
 
 def embed_and_classify(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,6 +91,8 @@ class DistillModule(ClassifierModule):
         if terms.lgg > 0:
             if terms.graph_embedding:
                 taps, teacher_layers = [*taps, embedding[len(x) :]], [*teacher_layers, teacher_embedding]
+            if terms.graph_logits:
+                taps, teacher_layers = [*taps, logits[len(x) :]], [*teacher_layers, teacher_logits]
             lgg = graph_distillation_loss(taps, teacher_layers, terms.k)
             loss, logs["lgg"] = loss + terms.lgg * lgg, lgg.detach()
         return loss, logs, len(y)

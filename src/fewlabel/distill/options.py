@@ -46,6 +46,11 @@ class DistillOptions(PoolDraw):
         "nearest the classes); Lassance et al. pair the residual groups' outputs only (--no-graph-embedding). "
         "It made a student from scratch 1.2 points better than alone on Fashion-MNIST at every seed (bench/distill.py)",
     )
+    graph_logits: bool = Field(
+        False,
+        description="LGG: pair the outputs (class scores) too, the last graph: images the teacher scores alike "
+        "are pulled together in the student's outputs (not in the paper, which pairs hidden layers only)",
+    )
 
     @property
     def wants_rest_pool(self) -> bool:
