@@ -305,13 +305,16 @@ def test_the_smoothness_regulariser_adds_its_weighted_term_to_the_loss():
 
 
 @pytest.mark.parametrize("options", [{"regularize": "lgg-smooth", "reg_weight": 0.1}, {"loss": "lgg-target"}])
-def test_geometry_terms_train_with_fine_tuning_and_tri_net(split_folder, tmp_path, options):
+def test_geometry_terms_train_with_fine_tuning_tri_net_and_distillation(split_folder, teacher_run, tmp_path, options):
     key = "smoothness_reg" if "regularize" in options else "geometry_loss"
     train(str(split_folder), tmp_path / "ft", **FAST, strategy="full", robustness_images=0, **options)
     assert key in logged_columns(tmp_path / "ft", "finetune")
     semi = {"method": "trinet", "rounds": 1, "sample_first": 8, "labels_per_class": 5, "robustness_images": 0}
     train(str(split_folder), tmp_path / "tri", **FAST, **semi, **options)
     assert key in logged_columns(tmp_path / "tri", "initial")
+    # the student runs its classifier apart from the network's forward: the terms must still see its logits
+    train(str(split_folder), tmp_path / "student", teacher=str(teacher_run), **DISTILL, robustness_images=0, **options)
+    assert key in logged_columns(tmp_path / "student", "distill")
 
 
 def logged_columns(run, fit: str) -> list[str]:

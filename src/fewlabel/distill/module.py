@@ -97,6 +97,12 @@ class DistillModule(ClassifierModule):
             loss, logs["lgg"] = loss + terms.lgg * lgg, lgg.detach()
         return loss, logs, len(y)
 
+    def output_layers(self) -> list[str]:
+        """The classifier: the student runs its trunk, pooling and classifier one by one
+        (:func:`embed_and_classify`), never the network as a whole."""
+        classifier = self.net.get_classifier()
+        return [next(name for name, module in self.net.named_modules() if module is classifier)]
+
     def label_matrix(self, batch) -> torch.Tensor:
         return batch["labelled"][1]
 

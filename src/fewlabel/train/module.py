@@ -73,7 +73,8 @@ class EngineModule(L.LightningModule):
         self.phase = "fit"
         self.geometry = GeometryTerms()
         self._tap: LayerTap | None = None
-        self._outputs = 1
+        self._stages: list[str] = []
+        self._outputs: list[str] = []
 
     def add_geometry(self, terms: GeometryTerms) -> None:
         """Add ``terms`` to the training loss (the engine calls this for every fit; the smoothness
@@ -87,9 +88,13 @@ class EngineModule(L.LightningModule):
         if not terms.active:
             return
         self.geometry = terms
-        outputs = self.net.output_modules() if hasattr(self.net, "output_modules") else [""]
-        self._outputs = len(outputs)
-        self._tap = LayerTap(self.net, [*stages, *outputs])
+        self._stages, self._outputs = stages, self.output_layers()
+        self._tap = LayerTap(self.net, [*stages, *self._outputs])
+
+    def output_layers(self) -> list[str]:
+        """Names of the modules whose outputs are the logits, read by the geometry terms: the
+        network as a whole ("") unless it names its own (several heads)."""
+        return self.net.output_modules() if hasattr(self.net, "output_modules") else [""]
 
     def label_matrix(self, batch) -> torch.Tensor | None:
         """B x C label signal of the batch's labelled images (one-hot or soft), for the geometry
@@ -122,8 +127,12 @@ class EngineModule(L.LightningModule):
         return loss
 
     def _add_geometry_terms(self, batch, loss: torch.Tensor, logs: dict) -> tuple[torch.Tensor, dict]:
-        taken = self._tap.taken(required=False)
-        stages, outputs = taken[: -self._outputs], torch.stack(taken[-self._outputs :])  # M x B x C
+        recorded = self._tap.outputs
+        missing = [name or "the network" for name in self._outputs if name not in recorded]
+        if missing:
+            raise FewlabelError(f"phase '{self.phase}': the geometry terms read {', '.join(missing)}; it did not run.")
+        stages = [recorded[name] for name in self._stages if name in recorded]  # tri-net runs its own last stages
+        outputs = torch.stack([recorded[name] for name in self._outputs])  # M x B x C
         targets = self.label_matrix(batch)
         if targets is None:
             raise FewlabelError(f"phase '{self.phase}': {type(self).__name__} gives no labels for the geometry terms.")
