@@ -81,17 +81,16 @@ def seed_runs(
 ) -> dict:  # fmt: skip
     """Every run of one seed; ``graph_weight`` (lambda of the LGG term), ``graph_embedding`` (the
     pooled embeddings paired too) and ``graph_logits`` (the outputs too) name the LGG runs, so
-    variants sit side by side; without
-    ``pooled`` only the runs on the labelled images. ``smooth_on`` says which network the
-    regulariser's runs train: the fine-tuned ``teacher`` or the ``student`` alone, from scratch."""
+    variants sit side by side; without ``pooled`` only the runs on the labelled images.
+    ``smooth_on`` says which network the regulariser's runs train: the fine-tuned ``teacher`` or
+    the ``student`` alone, from scratch."""
     teacher_dir = OUT / f"seed-{seed}" / "teacher"
     runs = {"teacher": run("teacher", seed, TEACHER)}
     student = STUDENT | dict(teacher=str(teacher_dir), epochs=epochs)
-    regularized = TEACHER if smooth_on == "teacher" else student | dict(loss="ce")
+    regularized, label = (TEACHER, "teacher") if smooth_on == "teacher" else (student | dict(loss="ce"), "student ce")
     for weight in reg_weights:
         smooth = regularized | dict(regularize="lgg-smooth", reg_weight=weight)
-        name = "teacher+lgg-smooth" if smooth_on == "teacher" else "student ce+lgg-smooth"
-        runs[f"{name} {weight:g}"] = run(f"{smooth_on}-smooth-{weight:g}", seed, smooth)
+        runs[f"{label}+lgg-smooth {weight:g}"] = run(f"{smooth_on}-smooth-{weight:g}", seed, smooth)
     for loss in losses:
         term = student | dict(loss=loss)
         name = loss

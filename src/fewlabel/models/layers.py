@@ -102,13 +102,14 @@ class LayerTap:
             for handle in handles:
                 handle.remove()
 
-    def taken(self, required: bool = True) -> list[torch.Tensor]:
-        """The recorded outputs, in the order of ``names`` (not ``required``: of those that ran;
-        tri-net's modules run their own copies of the last stages)."""
-        missing = [n for n in self.names if n not in self.outputs]
+    def taken(self, required: bool = True, names: list[str] | None = None) -> list[torch.Tensor]:
+        """The recorded outputs of ``names`` (default all), in that order (not ``required``: of
+        those that ran; tri-net's modules run their own copies of the last stages)."""
+        names = self.names if names is None else names
+        missing = [n or "the network" for n in names if n not in self.outputs]
         if missing and required:
             raise FewlabelError(f"layer(s) {', '.join(missing)} did not run in the forward pass.")
-        return [self.outputs[n] for n in self.names if n in self.outputs]
+        return [self.outputs[n] for n in names if n in self.outputs]
 
 
 def shrink(output: torch.Tensor, side: int | None) -> torch.Tensor:

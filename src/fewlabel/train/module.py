@@ -127,12 +127,8 @@ class EngineModule(L.LightningModule):
         return loss
 
     def _add_geometry_terms(self, batch, loss: torch.Tensor, logs: dict) -> tuple[torch.Tensor, dict]:
-        recorded = self._tap.outputs
-        missing = [name or "the network" for name in self._outputs if name not in recorded]
-        if missing:
-            raise FewlabelError(f"phase '{self.phase}': the geometry terms read {', '.join(missing)}; it did not run.")
-        stages = [recorded[name] for name in self._stages if name in recorded]  # tri-net runs its own last stages
-        outputs = torch.stack([recorded[name] for name in self._outputs])  # M x B x C
+        stages = self._tap.taken(required=False, names=self._stages)  # tri-net runs its own last stages
+        outputs = torch.stack(self._tap.taken(names=self._outputs))  # M x B x C
         targets = self.label_matrix(batch)
         if targets is None:
             raise FewlabelError(f"phase '{self.phase}': {type(self).__name__} gives no labels for the geometry terms.")
