@@ -10,6 +10,7 @@ every training draw.
 * (c) (a)'s network fine-tuned on the same ``--few`` images (``fewlabel depth train --init``);
 * with ``--rehearse N``, also (c') as (c) with N of (a)'s synthetic renders mixed into the
   fine-tuning (``--rehearse``: the same cinematic images, validation and test; not in the paper);
+  with ``--rehearse-each-epoch`` each epoch draws its own N from all of (a)'s synthetic renders;
 
 each with the defaults of ``fewlabel depth train`` (EfficientNet-Lite0 with offline ImageNet
 weights, the shared encoder-decoder, scale-invariant log loss, 128 px, lr 1e-3), tested on
@@ -19,8 +20,8 @@ error: absolute (depth as predicted, in mm) and median-scaled (each prediction t
 median(true) / median(predicted)). Also the renderer's images per
 second (256 x 256, both styles, in this process), and training and inference images per second.
 
-    python bench/depth.py [--seeds 0 1 2] [--synthetic 1000] [--few 50] [--few-patients K] [--test 100] [--rehearse N]
-                          [--out runs/bench-depth] [--result depth]
+    python bench/depth.py [--seeds 0 1 2] [--synthetic 1000] [--few 50] [--few-patients K] [--test 100]
+                          [--rehearse N [--rehearse-each-epoch]] [--out runs/bench-depth] [--result depth]
 """
 
 from __future__ import annotations
@@ -89,10 +90,11 @@ def one_seed(seed: int, args, test: Path) -> dict:
     results["c_synthetic_then_cinematic"] = figures(train("c", few, args.epochs_few, init=synthetic_runs / "a"))
     if args.rehearse:
         rehearsal = {"rehearse": str(synthetic), "rehearse_images": args.rehearse}
+        name = f"c-rehearse-{args.rehearse}"
+        if args.rehearse_each_epoch:
+            rehearsal, name = rehearsal | {"rehearse_each_epoch": True}, f"{name}-each-epoch"
         results["c_rehearsal"] = figures(
-            train(
-                f"c-rehearse-{args.rehearse}", few, args.epochs_few, init=synthetic_runs / "a", task_options=rehearsal
-            )
+            train(name, few, args.epochs_few, init=synthetic_runs / "a", task_options=rehearsal)
         )
     return results
 
@@ -135,6 +137,9 @@ def main() -> None:
     parser.add_argument("--few-patients", type=int, default=None, help="colons the cinematic renders show")
     parser.add_argument("--test", type=int, default=100, help="held-out cinematic renders")
     parser.add_argument("--rehearse", type=int, default=None, help="also (c'): N synthetic renders rehearsed")
+    parser.add_argument(
+        "--rehearse-each-epoch", action="store_true", help="(c') draws its N anew each epoch from all synthetic renders"
+    )
     parser.add_argument("--epochs-synthetic", type=int, default=4)
     parser.add_argument("--epochs-few", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-depth"))
@@ -161,6 +166,8 @@ def main() -> None:
             "epochs_synthetic": args.epochs_synthetic,
             "epochs_few": args.epochs_few,
             "batch_size": 16,
+            "rehearse": args.rehearse,
+            "rehearse_each_epoch": args.rehearse_each_epoch,
         },
         "renderer": rate,
         "per_seed": per_seed,

@@ -21,7 +21,8 @@ median of repeated forwards of both networks in this process) are measured last.
 on disk are read back (resumable).
 
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
-                            [--smooth-on teacher|student] [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5]
+                            [--smooth-on teacher|student] [--graph-k K] [--smooth-power P]
+                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5]
                             [--[no-]graph-embedding] [--[no-]graph-logits]
                             [--labelled-only] [--data SET] [--name distill]
 """
@@ -77,20 +78,24 @@ def run(name: str, seed: int, options: dict) -> dict:
 def seed_runs(
     seed: int, epochs: int, pool_size: int, reg_weights: list[float], losses: tuple[str, ...],
     graph_weight: float, pooled: bool = True, graph_embedding: bool = True, smooth_on: str = "teacher",
-    graph_logits: bool = False,
+    graph_logits: bool = False, smooth_graph: dict | None = None,
 ) -> dict:  # fmt: skip
     """Every run of one seed; ``graph_weight`` (lambda of the LGG term), ``graph_embedding`` (the
     pooled embeddings paired too) and ``graph_logits`` (the outputs too) name the LGG runs, so
     variants sit side by side; without ``pooled`` only the runs on the labelled images.
     ``smooth_on`` says which network the regulariser's runs train: the fine-tuned ``teacher`` or
-    the ``student`` alone, from scratch."""
+    the ``student`` alone, from scratch; ``smooth_graph`` their ``graph_k`` and ``smooth_power`` (in
+    the run's name when set)."""
     teacher_dir = OUT / f"seed-{seed}" / "teacher"
     runs = {"teacher": run("teacher", seed, TEACHER)}
     student = STUDENT | dict(teacher=str(teacher_dir), epochs=epochs)
     regularized, label = (TEACHER, "teacher") if smooth_on == "teacher" else (student | dict(loss="ce"), "student ce")
+    graph = {key: value for key, value in (smooth_graph or {}).items() if value not in (None, 1)}
+    variant = "".join(f" {key.split('_')[-1]} {value}" for key, value in graph.items())  # e.g. " k 10 power 2"
     for weight in reg_weights:
-        smooth = regularized | dict(regularize="lgg-smooth", reg_weight=weight)
-        runs[f"{label}+lgg-smooth {weight:g}"] = run(f"{smooth_on}-smooth-{weight:g}", seed, smooth)
+        smooth = regularized | graph | dict(regularize="lgg-smooth", reg_weight=weight)
+        name = f"{weight:g}{variant}"
+        runs[f"{label}+lgg-smooth {name}"] = run(f"{smooth_on}-smooth-{name.replace(' ', '-')}", seed, smooth)
     for loss in losses:
         term = student | dict(loss=loss)
         name = loss
@@ -163,6 +168,8 @@ def main() -> None:
         "--smooth-on", choices=("teacher", "student"), default="teacher",
         help="the network the --reg-weights runs regularise: the fine-tuned teacher or the student alone from scratch",
     )  # fmt: skip
+    parser.add_argument("--graph-k", type=int, default=None, help="the regulariser's graphs keep k edges per image")
+    parser.add_argument("--smooth-power", type=int, default=1, help="power of the Laplacian in the regulariser")
     parser.add_argument("--losses", default=",".join(LOSSES))
     graph_weight = DistillOptions.model_fields["graph_weight"].default
     parser.add_argument("--graph-weight", type=float, default=graph_weight, help="LGG lambda (default the option's)")
@@ -200,6 +207,7 @@ def main() -> None:
             args.graph_embedding,
             args.smooth_on,
             args.graph_logits,
+            {"graph_k": args.graph_k, "smooth_power": args.smooth_power},
         )
         result = {
             "protocol": {
@@ -211,6 +219,8 @@ def main() -> None:
                 else f"seeded draw of up to {args.pool_size} images from the unlabeled rest of the training split",
                 "reg_weights": reg_weights,
                 "smooth_on": args.smooth_on,
+                "smooth_graph_k": args.graph_k,
+                "smooth_power": args.smooth_power,
                 "graph_weight": args.graph_weight,
                 "graph_embedding": args.graph_embedding,
                 "graph_logits": args.graph_logits,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import fewlabel
 from fewlabel import FewlabelError, api
 from fewlabel.depth.augment import DepthPairs, resize_depth
 from fewlabel.depth.data import load_depth
+from fewlabel.depth.inference import DepthPredictor
 from fewlabel.depth.metrics import depth_scores, image_errors
 from fewlabel.depth.render import (
     ANATOMY,
@@ -163,6 +165,29 @@ def test_resizing_ignores_invalid_depth_and_symmetries_move_image_and_depth_toge
     assert torch.equal(pairs[(5, 0)][1], pairs[(5, 0)][1])  # seeded by (epoch, index)
 
 
+def test_a_replayed_pool_is_drawn_anew_each_epoch_and_stays_last_when_joined():
+    from fewlabel.depth.data import DepthSet
+
+    def constant_set(values: range) -> DepthSet:
+        images = [torch.full((3, 4, 4), v, dtype=torch.uint8) for v in values]
+        return DepthSet(images, [torch.full((1, 4, 4), float(v)) for v in values], [str(v) for v in values])
+
+    joined = constant_set(range(3)).joined(constant_set(range(10, 16)))
+    joined.replay = (6, 2)
+    pairs = DepthPairs(joined.images, joined.depths, (0.0,) * 3, (1.0,) * 3, seed=0, replay=joined.replay)
+    assert len(pairs) == 5 and joined.seen_per_epoch() == 5
+
+    def epoch(number: int) -> list[int]:
+        return [int(pairs[(number, index)][1][0, 0, 0]) for index in range(len(pairs))]
+
+    draws = [epoch(number) for number in range(6)]
+    assert all(d[:3] == [0, 1, 2] and len(set(d[3:])) == 2 and set(d[3:]) <= set(range(10, 16)) for d in draws)
+    assert len({tuple(d[3:]) for d in draws}) > 1 and epoch(4) == draws[4]  # a draw per epoch, seeded
+    with_val = joined.joined(constant_set(range(20, 22)))
+    assert with_val.ids[:5] == ["0", "1", "2", "20", "21"] and with_val.ids[5:] == [str(v) for v in range(10, 16)]
+    assert with_val.replay == (6, 2)
+
+
 def _pair(folder: Path, name: str, depth: np.ndarray, image_size: tuple[int, int] | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     h, w = image_size or depth.shape
@@ -272,11 +297,50 @@ def test_rehearsal_adds_a_seeded_draw_of_another_set_to_training_only(trained, r
     assert len(rehearsed) == 3 and splits[0]["labeled"] == splits[1]["labeled"]  # seeded, the same draw again
     assert splits[0]["val"] and all(Path(i).parent == rendered / "cinematic" / "train" for i in splits[0]["val"])
     assert runs[0].metrics["n_samples"] == 2  # scored on DATA's own test split
+    each = tune("each", rehearse_images=3, rehearse_each_epoch=True)
+    summary = json.loads((each.run_dir / "splits.json").read_text())["summary"]
+    assert summary["train"] == 7 and summary["rehearsal"]["drawn_each_epoch_from"] == 8  # the whole synthetic train
     one_to_one = tune("all")
     assert json.loads((one_to_one.run_dir / "splits.json").read_text())["summary"]["rehearsal"]["images"] == 4
     with pytest.raises(FewlabelError, match="--rehearse: DATA '.*nowhere': no such file or folder"):
         tune("bad", rehearse=str(tmp_path / "nowhere"))
     assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
+def test_test_symmetries_average_the_8_views_turned_back_onto_the_image(trained, rendered, tmp_path):
+    predictor = fewlabel.load(trained.run_dir)
+    image = load_depth(f"{rendered / 'cinematic'}:test").images[0]
+    turned = torch.rot90(image.flip(-1), 1, (-2, -1))
+
+    def turn(depth: np.ndarray) -> np.ndarray:
+        return np.rot90(np.flip(depth, -1), 1, (-2, -1))
+
+    plain = predictor.depth(image)
+    assert not np.allclose(predictor.depth(turned), turn(plain), rtol=1e-3)  # the network alone is not equivariant
+    predictor.symmetries = True
+    averaged = predictor.depth(image)
+    np.testing.assert_allclose(predictor.depth(turned), turn(averaged), rtol=1e-4)
+    views = []
+    predictor.symmetries = False
+    for flip in (False, True):
+        for turns in range(4):
+            seen = torch.rot90(image.flip(-1) if flip else image, turns, (-2, -1))
+            back = np.rot90(predictor.depth(seen), -turns, (-2, -1))
+            views.append(np.flip(back, -1) if flip else back)
+    np.testing.assert_allclose(averaged, np.exp(np.log(views).mean(0)), rtol=1e-4)  # their geometric mean
+    data = f"{rendered / 'synthetic'}:test"
+    assert fewlabel.evaluate(trained.run_dir, data, test_symmetries=True)["abs_rel"] != pytest.approx(
+        fewlabel.evaluate(trained.run_dir, data)["abs_rel"]
+    )
+    with pytest.raises(FewlabelError, match="test_symmetries: averaging over the 8 symmetries needs"):
+        api.train_depth(
+            str(rendered / "cinematic"),
+            tmp_path / "no-up",
+            **DEPTH | {"task_options": {"symmetries": False, "test_symmetries": True}},
+        )
+    no_up = replace(predictor.card, extras=predictor.card.extras | {"symmetries": False, "test_symmetries": True})
+    with pytest.raises(FewlabelError, match="trained without the square's symmetries"):
+        DepthPredictor(predictor.model, no_up)
 
 
 def test_depth_commands_render_train_predict_and_eval(trained, rendered, tmp_path):
@@ -301,8 +365,18 @@ def test_depth_commands_render_train_predict_and_eval(trained, rendered, tmp_pat
     depth = np.load(tmp_path / "f.npy")
     assert depth.shape == (40, 40) and np.isfinite(depth).all() and depth.min() > 0
     assert np.array(Image.open(tmp_path / "f.png")).shape == (40, 40, 3)
+    predict_args = ["depth", "predict", str(trained.run_dir), str(frame), "--out"]
+    averaged = runner.invoke(app, [*predict_args, str(tmp_path / "g.png"), "--test-symmetries"])
+    assert averaged.exit_code == 0, averaged.output
+    assert np.load(tmp_path / "g.npy").shape == (40, 40) and not np.allclose(np.load(tmp_path / "g.npy"), depth)
     scored = runner.invoke(app, ["depth", "eval", str(trained.run_dir), f"{rendered / 'synthetic'}:test"])
     assert scored.exit_code == 0 and "median-scaled" in scored.output and "abs_rel" in scored.output
+    written = tmp_path / "tta.json"
+    args = ["depth", "eval", str(trained.run_dir), f"{rendered / 'synthetic'}:test", "--test-symmetries"]
+    assert runner.invoke(app, [*args, "--out", str(written)]).exit_code == 0
+    assert json.loads(written.read_text())["abs_rel"] == pytest.approx(
+        fewlabel.evaluate(trained.run_dir, f"{rendered / 'synthetic'}:test", test_symmetries=True)["abs_rel"]
+    )
     trained_cli = runner.invoke(
         app,
         [

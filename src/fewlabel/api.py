@@ -216,12 +216,17 @@ def _train_task(task: str, defaults: dict, data: str | None, out: str | Path, op
     return train(data, out, **(chosen | options | {"task": task}))
 
 
-def predict_depth(run_dir: str | Path, images: list[str | Path], out: str | Path | None = None) -> list[dict]:
+def predict_depth(run_dir: str | Path, images: list[str | Path], out: str | Path | None = None,
+                  test_symmetries: bool | None = None) -> list[dict]:  # fmt: skip
     """Depth maps of image files with a depth run: ``<out or image stem>-depth.png`` (colour-mapped)
-    and ``.npy`` (float32, the card's units) per image; returns their paths and depth range."""
+    and ``.npy`` (float32, the card's units) per image; returns their paths and depth range.
+    ``test_symmetries`` averages over each image's 8 symmetries (default: the run's setting)."""
     from .depth.workflows import predict_files
 
-    return predict_files(_load_task_run(run_dir, "depth", "depth predict"), images, out)
+    predictor = _load_task_run(run_dir, "depth", "depth predict")
+    if test_symmetries is not None:
+        predictor.symmetries = test_symmetries
+    return predict_files(predictor, images, out)
 
 
 def _load_task_run(run_dir: str | Path, task: str, command: str):

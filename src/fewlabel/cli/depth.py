@@ -16,6 +16,13 @@ from .options import with_training_options
 
 depth_app = typer.Typer(no_args_is_help=True, help="Monocular depth, trained on renderings (Mahmood et al. 2018).")
 app.add_typer(depth_app, name="depth")
+TestSymmetries = Annotated[
+    bool | None,
+    typer.Option(
+        "--test-symmetries/--no-test-symmetries",
+        help="average the network over each image's 8 symmetries (8 times the cost); default the run's setting",
+    ),
+]
 Style = Enum("Style", {s: s for s in RENDER_STYLES}, type=str)
 
 
@@ -73,11 +80,12 @@ def predict(
     run: Annotated[Path, typer.Argument(help="depth run directory")],
     images: Annotated[list[Path], typer.Argument(help="image files")],
     out: Annotated[Path | None, typer.Option(help="PNG file (one image) or folder; default beside each image")] = None,
+    test_symmetries: TestSymmetries = None,
 ) -> None:
     """Depth of images: a colour-mapped PNG (near bright, far dark) and the map as .npy."""
     from .. import api
 
-    for result in api.predict_depth(run, images, out):
+    for result in api.predict_depth(run, images, out, test_symmetries):
         console().print(f"{result['image']}: {result['png']}, {result['npy']} (median {result['median']:.1f} "
                         f"{result['units']}, {result['min']:.1f} to {result['max']:.1f})", soft_wrap=True)  # fmt: skip
 
@@ -87,10 +95,12 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="depth run directory")],
     data: Annotated[str, typer.Argument(help="DATA with depth maps, e.g. data/colon:test")],
     out: Annotated[Path | None, typer.Option(help="write the metrics JSON here")] = None,
+    test_symmetries: TestSymmetries = None,
 ) -> None:
     """Absolute relative error, RMSE, log RMSE and delta thresholds, absolute and median-scaled."""
     from .. import api
 
-    metrics = api.evaluate(run, data, out)
+    settings = {} if test_symmetries is None else {"test_symmetries": test_symmetries}
+    metrics = api.evaluate(run, data, out, **settings)
     console().print(_metrics_table(metrics, f"{run} on {data} (absolute)"))
     console().print(_metrics_table(metrics["median_scaled"] | {"task": "depth"}, f"{run} on {data} (median-scaled)"))

@@ -11,6 +11,7 @@ per channel, each ``U(1 - s, 1 + s)`` with ``s`` the ``colour_jitter``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -55,20 +56,33 @@ def colour_jitter(image: torch.Tensor, strength: float) -> torch.Tensor:
 
 class DepthPairs(Dataset):
     """(normalised image, depth) pairs; with ``seed`` set, augmented and keyed by (epoch, index)
-    so every draw is seeded (resume and worker counts give the same batches)."""
+    so every draw is seeded (resume and worker counts give the same batches). ``replay`` (pool,
+    per_epoch): the last ``pool`` images are a rehearsal pool; an epoch has the others and
+    ``per_epoch`` of the pool, a seeded draw of its own each epoch."""
 
     keyed = True
 
     def __init__(self, images, depths, mean, std, seed: int | None = None, symmetries: bool = True,
-                 jitter: float = 0.0) -> None:  # fmt: skip
+                 jitter: float = 0.0, replay: tuple[int, int] | None = None) -> None:  # fmt: skip
         self.images, self.depths, self.mean, self.std = images, depths, mean, std
         self.seed, self.symmetries, self.jitter = seed, symmetries, jitter
+        self.replay = replay if seed is not None else None
+        self.own = len(images) - (self.replay[0] if self.replay else 0)
+        self._drawn: tuple[int, np.ndarray] | None = None  # (epoch, the pool's images it sees)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return self.own + self.replay[1] if self.replay else len(self.images)
+
+    def _pool_index(self, epoch: int, slot: int) -> int:
+        if self._drawn is None or self._drawn[0] != epoch:
+            order = np.random.default_rng([self.seed, epoch, 2]).permutation(self.replay[0])[: self.replay[1]]
+            self._drawn = (epoch, order)
+        return self.own + int(self._drawn[1][slot])
 
     def __getitem__(self, key):
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        if self.replay and index >= self.own:
+            index = self._pool_index(epoch, index - self.own)
         image, depth = self.images[index], self.depths[index]
         if self.seed is not None:
             with image_rng(self.seed, epoch, index):

@@ -30,13 +30,15 @@ DEPTH_SUFFIXES = ("_depth.npy", "_depth.png")
 @dataclass
 class DepthSet:
     """Images (uint8 3 x H x W, each at its own size), their depth maps (float32 1 x H x W, NaN
-    where invalid) and ids."""
+    where invalid) and ids. ``replay`` (pool, per_epoch): the last ``pool`` images are a rehearsal
+    pool of which training sees ``per_epoch``, drawn anew each epoch (:class:`DepthPairs`)."""
 
     images: list[torch.Tensor]
     depths: list[torch.Tensor]
     ids: list[str]
     source: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict, repr=False)  # computed from the split: resized copies, depth stats
+    replay: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -49,8 +51,19 @@ class DepthSet:
         )  # fmt: skip
 
     def joined(self, other: DepthSet) -> DepthSet:
-        """This split's images followed by ``other``'s, with this split's source."""
-        return DepthSet(self.images + other.images, self.depths + other.depths, self.ids + other.ids, self.source)
+        """This split's images followed by ``other``'s, with this split's source; a rehearsal pool
+        (``replay``) stays last."""
+        if self.replay is None:
+            return DepthSet(self.images + other.images, self.depths + other.depths, self.ids + other.ids, self.source)
+        own = len(self) - self.replay[0]
+        tail = self.subset(range(own, len(self)))
+        joined = self.subset(range(own)).joined(other).joined(tail)
+        joined.replay = self.replay
+        return joined
+
+    def seen_per_epoch(self) -> int:
+        """Images one training epoch sees: all, or the own ones and ``per_epoch`` of the pool."""
+        return len(self) if self.replay is None else len(self) - self.replay[0] + self.replay[1]
 
     def depth_range(self) -> tuple[float, float]:
         """The least and greatest valid depth of the split."""

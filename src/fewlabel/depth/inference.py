@@ -1,6 +1,8 @@
 """Depth of new images with a trained network and its model card: each image resized whole to
 the training size, the network's log depth plus the stored offset turned into depth, and the
-map resized back to the image's own size (bilinear)."""
+map resized back to the image's own size (bilinear). With the task option ``test_symmetries`` the
+network sees each image under the square's 8 symmetries (flips and quarter turns), each output is
+turned back, and their log depths are averaged (a geometric mean of the 8 depth maps)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import FewlabelError
 from ..nuclei.augment import normalise
 from .augment import resize_image
 
@@ -28,6 +31,21 @@ class DepthPredictor:
         self.device = next(self.model.parameters()).device
         self.offset = log_depth_offset(card)
         self.units = str(card.extras.get("units", "mm"))
+        self.symmetries = bool(card.extras.get("test_symmetries", False))
+
+    @property
+    def symmetries(self) -> bool:
+        """Whether predictions average the network over each image's 8 symmetries."""
+        return self._symmetries
+
+    @symmetries.setter
+    def symmetries(self, wanted: bool) -> None:
+        if wanted and not self.card.extras.get("symmetries", True):
+            raise FewlabelError(
+                "test_symmetries: this run was trained without the square's symmetries (symmetries false), so "
+                "averaging over them is not valid for it; leave --test-symmetries out"
+            )
+        self._symmetries = wanted
 
     @torch.no_grad()
     def predict(self, images: list[torch.Tensor]) -> list[np.ndarray]:
@@ -37,11 +55,24 @@ class DepthPredictor:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             x = torch.stack([normalise(resize_image(im, size), self.card.mean, self.card.std) for im in chunk])
-            log_depth = self.model(x.to(self.device)).float().cpu() + self.offset
+            log_depth = self.log_depth(x.to(self.device)).float().cpu() + self.offset
             for image, one in zip(chunk, log_depth, strict=True):
                 full = F.interpolate(one[None], size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
                 maps.append(torch.exp(full[0, 0]).numpy())
         return maps
+
+    def log_depth(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output for a normalised square batch, averaged over the 8 symmetries when
+        ``symmetries`` is on (each output turned back onto the image's own pixels first)."""
+        if not self.symmetries:
+            return self.model(x)
+        total = torch.zeros(())
+        for flip in (False, True):
+            flipped = x.flip(-1) if flip else x
+            for turns in range(4):
+                back = torch.rot90(self.model(torch.rot90(flipped, turns, (-2, -1))), -turns, (-2, -1))
+                total = total + (back.flip(-1) if flip else back)
+        return total / 8
 
     def depth(self, image: torch.Tensor) -> np.ndarray:
         return self.predict([image])[0]

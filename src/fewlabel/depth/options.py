@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 RENDER_STYLES = ("synthetic", "cinematic")  # fewlabel.depth.render.STYLE_NAMES
 TRAIN_DEFAULTS = {"strategy": "full", "img_size": 128, "lr": 1e-3}  # fewlabel depth train without --config
@@ -32,10 +32,29 @@ class DepthOptions(BaseModel):
     rehearse_images: int | None = Field(
         None, ge=1, description="images drawn (seeded, once) from --rehearse; default as many as DATA trains on"
     )
+    rehearse_each_epoch: bool = Field(
+        False,
+        description="draw the --rehearse images anew each epoch (seeded) from the whole of --rehearse instead of once: "
+        "as many per epoch, more of the set seen over the epochs",
+    )
     symmetries: bool = Field(True, description="train on the square's 8 symmetries (valid when the scene has no up)")
+    test_symmetries: bool = Field(
+        False,
+        description="evaluate and predict on the 8 symmetries of each image and average their log depths (test-time "
+        "augmentation: 8 times the inference cost); needs symmetries",
+    )
     colour_jitter: float = Field(0.1, ge=0, lt=1, description="strength of the brightness, contrast and colour jitter")
     units: str = Field("mm", description="the unit of the depth files (recorded in the model card)")
     png_scale: float = Field(0.01, gt=0, description="depth units per count of a 16-bit depth PNG")
     max_depth: float | None = Field(None, gt=0, description="depths beyond are not scored or trained on (default all)")
     stages: int = Field(4, ge=2, le=5, description="encoder stages the decoder uses (4: strides 2 to 16)")
     decoder_width: int = Field(32, ge=4, description="channels of the decoder's convolutions")
+
+    @model_validator(mode="after")
+    def _symmetries_trained(self) -> DepthOptions:
+        if self.test_symmetries and not self.symmetries:
+            raise ValueError(
+                "test_symmetries: averaging over the 8 symmetries needs a network trained on them (symmetries true); "
+                "a scene with an up has no valid symmetries to average"
+            )
+        return self

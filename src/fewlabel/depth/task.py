@@ -135,7 +135,7 @@ class DepthTask(Task):
 
     def data_summary(self, data: DataBundle) -> dict:
         low, high = data.train.depth_range()
-        summary = super().data_summary(data) | {"train_depth_range": [low, high]}
+        summary = super().data_summary(data) | {"train": data.train.seen_per_epoch(), "train_depth_range": [low, high]}
         rehearsal = data.train.source.get("rehearsal")
         return summary | ({"rehearsal": rehearsal} if rehearsal else {})
 
@@ -158,8 +158,14 @@ class DepthTask(Task):
         options = config_task_options(cfg)
         images, depths = resized_pairs(split, cfg.img_size)
         if train:
-            return DepthPairs(images, depths, info.mean, info.std, seed, options.symmetries, options.colour_jitter)
+            return DepthPairs(
+                images, depths, info.mean, info.std, seed, options.symmetries, options.colour_jitter, split.replay
+            )
         return DepthPairs(images, depths, info.mean, info.std)
+
+    def sampler_labels(self, split: DepthSet) -> torch.Tensor:
+        """One slot per image an epoch sees (a replayed pool's draw counts ``per_epoch``)."""
+        return torch.zeros(split.seen_per_epoch(), dtype=torch.long)
 
     def module(self, net: nn.Module, param_groups: list[dict], cfg: TrainConfig, data: DataBundle) -> DepthModule:
         offset = _offset(run_card(cfg.pretrained, "depth"), data)
@@ -220,14 +226,22 @@ class DepthTask(Task):
 def with_rehearsal(train: DepthSet, options: DepthOptions, strict: bool, seed: int) -> DepthSet:
     """``train`` and a seeded draw (made once, fixed over the epochs) of ``options.rehearse``'s
     images: rehearsal, so fine-tuning on a few images of a new style keeps seeing the style the
-    parent learned from. Not in Mahmood et al.; 1:1 by default (``rehearse_images``)."""
+    parent learned from. Not in Mahmood et al.; 1:1 by default (``rehearse_images``). With
+    ``rehearse_each_epoch`` the whole of ``rehearse`` joins as a pool and each epoch draws its own
+    ``rehearse_images`` of it (experience replay from the whole set, at the same cost per epoch)."""
     try:
         pool = load_depth(options.rehearse, strict, png_scale=options.png_scale)
     except FewlabelError as exc:
         raise FewlabelError(f"--rehearse: {exc}") from None
-    drawn = random_subset(pool, options.rehearse_images or len(train), seed + 2)
-    joined = train.joined(drawn)
-    joined.source = train.source | {"rehearsal": {"data": options.rehearse, "images": len(drawn)}}
+    per_epoch = min(options.rehearse_images or len(train), len(pool))
+    record = {"data": options.rehearse, "images": per_epoch}
+    if options.rehearse_each_epoch:
+        joined = train.joined(pool)
+        joined.replay = (len(pool), per_epoch)
+        record["drawn_each_epoch_from"] = len(pool)
+    else:
+        joined = train.joined(random_subset(pool, per_epoch, seed + 2))
+    joined.source = train.source | {"rehearsal": record}
     return joined
 
 
