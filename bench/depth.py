@@ -11,6 +11,8 @@ every training draw.
 * with ``--rehearse N``, also (c') as (c) with N of (a)'s synthetic renders mixed into the
   fine-tuning (``--rehearse``: the same cinematic images, validation and test; not in the paper);
   with ``--rehearse-each-epoch`` each epoch draws its own N from all of (a)'s synthetic renders;
+* with ``--test-symmetries`` every run is scored averaged over each test image's 8 symmetries
+  (``fewlabel depth eval --test-symmetries``; inference images per second then include the 8);
 
 each with the defaults of ``fewlabel depth train`` (EfficientNet-Lite0 with offline ImageNet
 weights, the shared encoder-decoder, scale-invariant log loss, 128 px, lr 1e-3), tested on
@@ -21,7 +23,8 @@ median(true) / median(predicted)). Also the renderer's images per
 second (256 x 256, both styles, in this process), and training and inference images per second.
 
     python bench/depth.py [--seeds 0 1 2] [--synthetic 1000] [--few 50] [--few-patients K] [--test 100]
-                          [--rehearse N [--rehearse-each-epoch]] [--out runs/bench-depth] [--result depth]
+                          [--rehearse N [--rehearse-each-epoch]] [--test-symmetries]
+                          [--out runs/bench-depth] [--result depth]
 """
 
 from __future__ import annotations
@@ -82,8 +85,12 @@ def one_seed(seed: int, args, test: Path) -> dict:
         if metrics_file.is_file():  # finished earlier: resume the bench where it stopped
             from fewlabel.rundir import read_metrics
 
-            return read_metrics(run)
-        return api.train_depth(str(folder), run, overwrite=True, epochs=epochs, **common, **options).metrics
+            metrics = read_metrics(run)
+        else:
+            metrics = api.train_depth(str(folder), run, overwrite=True, epochs=epochs, **common, **options).metrics
+        if args.test_symmetries:  # scored again, averaged over each test image's 8 symmetries
+            metrics = metrics | api.evaluate(run, str(test), test_symmetries=True)
+        return metrics
 
     results["a_synthetic_only"] = figures(train("a", synthetic, args.epochs_synthetic, synthetic_runs))
     results["b_cinematic_only"] = figures(train("b", few, args.epochs_few))
@@ -140,6 +147,9 @@ def main() -> None:
     parser.add_argument(
         "--rehearse-each-epoch", action="store_true", help="(c') draws its N anew each epoch from all synthetic renders"
     )
+    parser.add_argument(
+        "--test-symmetries", action="store_true", help="score every run averaged over each test image's 8 symmetries"
+    )
     parser.add_argument("--epochs-synthetic", type=int, default=4)
     parser.add_argument("--epochs-few", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-depth"))
@@ -168,6 +178,7 @@ def main() -> None:
             "batch_size": 16,
             "rehearse": args.rehearse,
             "rehearse_each_epoch": args.rehearse_each_epoch,
+            "test_symmetries": args.test_symmetries,
         },
         "renderer": rate,
         "per_seed": per_seed,

@@ -29,15 +29,16 @@ class TeacherLayout:
 
 @dataclass(frozen=True)
 class DistillTerms:
-    """The terms added to cross-entropy and their weights (0: not used)."""
+    """The terms added to cross-entropy and their weights (0: not used); no defaults of its own,
+    so the options' (:class:`~fewlabel.distill.options.DistillOptions`) are the only ones."""
 
-    lgg: float = 0.0
-    kd: float = 0.0
-    rkd: float = 0.0
-    temperature: float = 4.0
-    k: int | None = None
-    graph_embedding: bool = False
-    graph_logits: bool = False
+    lgg: float
+    kd: float
+    rkd: float
+    temperature: float
+    k: int | None
+    graph_embedding: bool
+    graph_logits: bool
 
 
 def embed_and_classify(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
