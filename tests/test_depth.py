@@ -338,6 +338,10 @@ def test_test_symmetries_average_the_8_views_turned_back_onto_the_image(trained,
             tmp_path / "no-up",
             **DEPTH | {"task_options": {"symmetries": False, "test_symmetries": True}},
         )
+    with pytest.raises(FewlabelError, match="rehearse_each_epoch: draws from --rehearse DATA each epoch"):
+        api.train_depth(
+            str(rendered / "cinematic"), tmp_path / "no-pool", **DEPTH | {"task_options": {"rehearse_each_epoch": True}}
+        )
     no_up = replace(predictor.card, extras=predictor.card.extras | {"symmetries": False, "test_symmetries": True})
     with pytest.raises(FewlabelError, match="trained without the square's symmetries"):
         DepthPredictor(predictor.model, no_up)

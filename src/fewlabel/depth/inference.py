@@ -66,13 +66,13 @@ class DepthPredictor:
         ``symmetries`` is on (each output turned back onto the image's own pixels first)."""
         if not self.symmetries:
             return self.model(x)
-        total = torch.zeros(())
+        views = []
         for flip in (False, True):
             flipped = x.flip(-1) if flip else x
             for turns in range(4):
                 back = torch.rot90(self.model(torch.rot90(flipped, turns, (-2, -1))), -turns, (-2, -1))
-                total = total + (back.flip(-1) if flip else back)
-        return total / 8
+                views.append(back.flip(-1) if flip else back)
+        return torch.stack(views).mean(0)
 
     def depth(self, image: torch.Tensor) -> np.ndarray:
         return self.predict([image])[0]

@@ -30,7 +30,10 @@ class DepthOptions(BaseModel):
         "renders while fine-tuning on a few cinematic ones); validation and scoring stay DATA's",
     )
     rehearse_images: int | None = Field(
-        None, ge=1, description="images drawn (seeded, once) from --rehearse; default as many as DATA trains on"
+        None,
+        ge=1,
+        description="images drawn (seeded) from --rehearse, once or (rehearse_each_epoch) per epoch; default as many "
+        "as DATA trains on",
     )
     rehearse_each_epoch: bool = Field(
         False,
@@ -51,7 +54,9 @@ class DepthOptions(BaseModel):
     decoder_width: int = Field(32, ge=4, description="channels of the decoder's convolutions")
 
     @model_validator(mode="after")
-    def _symmetries_trained(self) -> DepthOptions:
+    def _consistent(self) -> DepthOptions:
+        if self.rehearse_each_epoch and self.rehearse is None:
+            raise ValueError("rehearse_each_epoch: draws from --rehearse DATA each epoch; give --rehearse too")
         if self.test_symmetries and not self.symmetries:
             raise ValueError(
                 "test_symmetries: averaging over the 8 symmetries needs a network trained on them (symmetries true); "
