@@ -18,7 +18,7 @@ their test split), to see whether a weight chosen on Fashion-MNIST holds on othe
 Every run also writes robustness.json (accuracy under Gaussian noise and FGSM, the first
 ``--robustness-images`` test images of a seeded draw). Sizes and CPU latency (batch 1 and 64,
 median of repeated forwards of both networks in this process) are measured last. Runs already
-on disk are read back (resumable).
+on disk are read back, interrupted ones resumed from their last checkpoint.
 
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
                             [--smooth-on teacher|student] [--graph-k K] [--smooth-power P]
@@ -64,11 +64,13 @@ def use_set(name: str) -> str:
 
 
 def run(name: str, seed: int, options: dict) -> dict:
-    """Train (or read back) one run; its accuracy, robustness and time."""
+    """Train (or read back) one run; its accuracy, robustness and time. A run interrupted after
+    a checkpoint continues from it (``resume``)."""
     out = OUT / f"seed-{seed}" / name
     if not (out / "metrics.json").is_file():
         started = time.perf_counter()
-        fewlabel.train(DATA, out, overwrite=True, seed=seed, **COMMON, **options)
+        interrupted = any((out / "checkpoints").glob("*"))
+        fewlabel.train(DATA, out, overwrite=not interrupted, resume=interrupted, seed=seed, **COMMON, **options)
         logging.info("%s seed %d: %.0f s", name, seed, time.perf_counter() - started)
     metrics = json.loads((out / "metrics.json").read_text())
     robustness = json.loads((out / "robustness.json").read_text())
