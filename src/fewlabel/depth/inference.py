@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import FewlabelError
-from ..nuclei.augment import normalise
+from ..nuclei.augment import normalise, symmetry, undo_symmetry
 from .augment import resize_image
 
 
@@ -66,12 +66,8 @@ class DepthPredictor:
         ``symmetries`` is on (each output turned back onto the image's own pixels first)."""
         if not self.symmetries:
             return self.model(x)
-        views = []
-        for flip in (False, True):
-            flipped = x.flip(-1) if flip else x
-            for turns in range(4):
-                back = torch.rot90(self.model(torch.rot90(flipped, turns, (-2, -1))), -turns, (-2, -1))
-                views.append(back.flip(-1) if flip else back)
+        eight = [(turns, flip) for flip in (False, True) for turns in range(4)]
+        views = [undo_symmetry(self.model(symmetry(x, turns, flip)), turns, flip) for turns, flip in eight]
         return torch.stack(views).mean(0)
 
     def depth(self, image: torch.Tensor) -> np.ndarray:

@@ -38,12 +38,22 @@ def random_crop(image: torch.Tensor, target: torch.Tensor, size: int) -> tuple[t
     return image[:, top : top + size, left : left + size], target[:, top : top + size, left : left + size]
 
 
+def symmetry(tensor: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    """One of the square's 8 symmetries of the last two axes: mirrored (``flip``), then ``turns``
+    quarter turns."""
+    return torch.rot90(tensor.flip(-1) if flip else tensor, turns, (-2, -1))
+
+
+def undo_symmetry(tensor: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    """The inverse of :func:`symmetry` with the same ``turns`` and ``flip``."""
+    turned = torch.rot90(tensor, -turns, (-2, -1))
+    return turned.flip(-1) if flip else turned
+
+
 def random_symmetry(image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One of the square's 8 symmetries, the same for both."""
     turns, flip = int(torch.randint(0, 4, ())), bool(torch.randint(0, 2, ()))
-    if flip:
-        image, target = image.flip(-1), target.flip(-1)
-    return torch.rot90(image, turns, (-2, -1)), torch.rot90(target, turns, (-2, -1))
+    return symmetry(image, turns, flip), symmetry(target, turns, flip)
 
 
 def stain_jitter(image: torch.Tensor, strength: float) -> torch.Tensor:
