@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..graphs import graph_distillation_loss, kd_loss, rkd_distance_loss
-from ..models.layers import LayerTap
+from ..models.layers import LayerTap, module_name
 from ..train.module import ClassifierModule
 
 
@@ -101,8 +101,7 @@ class DistillModule(ClassifierModule):
     def output_layers(self) -> list[str]:
         """The classifier: the student runs its trunk, pooling and classifier one by one
         (:func:`embed_and_classify`), never the network as a whole."""
-        classifier = self.net.get_classifier()
-        return [next(name for name, module in self.net.named_modules() if module is classifier)]
+        return [module_name(self.net, self.net.get_classifier())]
 
     def label_matrix(self, batch) -> torch.Tensor:
         return batch["labelled"][1]

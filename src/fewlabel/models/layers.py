@@ -23,10 +23,15 @@ def trunk_of(network: nn.Module) -> nn.Module:
     raise FewlabelError(f"{type(network).__name__} has no stages to read (no timm feature info).")
 
 
+def module_name(network: nn.Module, module: nn.Module) -> str:
+    """The name of ``module`` in ``network.named_modules()`` ("" for the network itself)."""
+    return next(name for name, candidate in network.named_modules() if candidate is module)
+
+
 def stage_names(network: nn.Module) -> list[str]:
     """Names (in ``network.named_modules()``) of the modules that end each stage, shallow to deep."""
     trunk = trunk_of(network)
-    prefix = next(name for name, module in network.named_modules() if module is trunk)
+    prefix = module_name(network, trunk)
     info = trunk.feature_info
     names = info.module_name() if hasattr(info, "module_name") else [f["module"] for f in info]
     return [f"{prefix}.{n}" if prefix else n for n in names]
