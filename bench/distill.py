@@ -40,6 +40,7 @@ import torch
 
 import fewlabel
 from _common import command_line, save
+from fewlabel.config import REG_WEIGHT, TrainConfig
 from fewlabel.distill.options import DistillOptions
 from fewlabel.methods import load_network
 
@@ -92,7 +93,8 @@ def seed_runs(
     runs = {"teacher": run("teacher", seed, TEACHER)}
     student = STUDENT | dict(teacher=str(teacher_dir), epochs=epochs)
     regularized, label = (TEACHER, "teacher") if smooth_on == "teacher" else (student | dict(loss="ce"), "student ce")
-    graph = {key: value for key, value in (smooth_graph or {}).items() if value not in (None, 1)}
+    defaults = TrainConfig.model_fields
+    graph = {key: value for key, value in (smooth_graph or {}).items() if value != defaults[key].default}
     variant = "".join(f" {key.split('_')[-1]} {value}" for key, value in graph.items())  # e.g. " k 10 power 2"
     for weight in reg_weights:
         smooth = regularized | graph | dict(regularize="lgg-smooth", reg_weight=weight)
@@ -170,8 +172,13 @@ def main() -> None:
         "--smooth-on", choices=("teacher", "student"), default="teacher",
         help="the network the --reg-weights runs regularise: the fine-tuned teacher or the student alone from scratch",
     )  # fmt: skip
-    parser.add_argument("--graph-k", type=int, default=None, help="the regulariser's graphs keep k edges per image")
-    parser.add_argument("--smooth-power", type=int, default=1, help="power of the Laplacian in the regulariser")
+    config = TrainConfig.model_fields
+    parser.add_argument(
+        "--graph-k", type=int, default=config["graph_k"].default, help="the regulariser's graphs keep k edges per image"
+    )
+    parser.add_argument(
+        "--smooth-power", type=int, default=config["smooth_power"].default, help="power of the Laplacian (regulariser)"
+    )
     parser.add_argument("--losses", default=",".join(LOSSES))
     graph_weight = DistillOptions.model_fields["graph_weight"].default
     parser.add_argument("--graph-weight", type=float, default=graph_weight, help="LGG lambda (default the option's)")
@@ -191,8 +198,6 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     described = use_set(args.data) if args.data else FASHION
-    from fewlabel.config import REG_WEIGHT
-
     reg_weights = [float(w) for w in args.reg_weights.split(",") if w] if args.reg_weights is not None else [REG_WEIGHT]
     seeds = [int(s) for s in args.seeds.split(",")]
     losses = tuple(args.losses.split(","))
