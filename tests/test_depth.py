@@ -19,7 +19,7 @@ from PIL import Image
 import fewlabel
 from fewlabel import FewlabelError, api
 from fewlabel.depth.augment import DepthPairs, resize_depth
-from fewlabel.depth.data import load_depth
+from fewlabel.depth.data import DepthSet, load_depth
 from fewlabel.depth.inference import DepthPredictor
 from fewlabel.depth.metrics import depth_scores, image_errors
 from fewlabel.depth.render import (
@@ -166,8 +166,6 @@ def test_resizing_ignores_invalid_depth_and_symmetries_move_image_and_depth_toge
 
 
 def test_a_replayed_pool_is_drawn_anew_each_epoch_and_stays_last_when_joined():
-    from fewlabel.depth.data import DepthSet
-
     def constant_set(values: range) -> DepthSet:
         images = [torch.full((3, 4, 4), v, dtype=torch.uint8) for v in values]
         return DepthSet(images, [torch.full((1, 4, 4), float(v)) for v in values], [str(v) for v in values])
