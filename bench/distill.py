@@ -22,6 +22,7 @@ on disk are read back, interrupted ones resumed from their last checkpoint.
 
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
                             [--smooth-on teacher|student] [--graph-k K] [--smooth-power P]
+                            [--smooth-layers stages|blocks|NAMES]
                             [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5]
                             [--[no-]graph-embedding] [--[no-]graph-logits]
                             [--labelled-only] [--data SET] [--name distill]
@@ -179,6 +180,9 @@ def main() -> None:
     parser.add_argument(
         "--smooth-power", type=int, default=config["smooth_power"].default, help="power of the Laplacian (regulariser)"
     )
+    parser.add_argument(
+        "--smooth-layers", default=config["smooth_layers"].default, help="layers the regulariser reads (stages, blocks)"
+    )
     parser.add_argument("--losses", default=",".join(LOSSES))
     graph_weight = DistillOptions.model_fields["graph_weight"].default
     parser.add_argument("--graph-weight", type=float, default=graph_weight, help="LGG lambda (default the option's)")
@@ -214,7 +218,7 @@ def main() -> None:
             args.graph_embedding,
             args.smooth_on,
             args.graph_logits,
-            {"graph_k": args.graph_k, "smooth_power": args.smooth_power},
+            {"graph_k": args.graph_k, "smooth_power": args.smooth_power, "smooth_layers": args.smooth_layers},
         )
         result = {
             "protocol": {
@@ -228,6 +232,7 @@ def main() -> None:
                 "smooth_on": args.smooth_on,
                 "smooth_graph_k": args.graph_k,
                 "smooth_power": args.smooth_power,
+                "smooth_layers": args.smooth_layers,
                 "graph_weight": args.graph_weight,
                 "graph_embedding": args.graph_embedding,
                 "graph_logits": args.graph_logits,

@@ -26,7 +26,7 @@ from fewlabel.graphs import (
     rkd_distance_loss,
     smoothness_regularizer,
 )
-from fewlabel.models.layers import LayerTap, check_layer_names, pair_by_depth, parse_pairs
+from fewlabel.models.layers import LayerTap, block_names, check_layer_names, layers_named, pair_by_depth, parse_pairs
 from fewlabel.stepwise.recipe import read_recipe, run_recipe, stage_config
 from fewlabel.train.module import ClassifierModule, GeometryTerms
 
@@ -302,6 +302,51 @@ def test_the_smoothness_regulariser_adds_its_weighted_term_to_the_loss():
     regularizer = smoothness_regularizer(stages, torch.nn.functional.one_hot(batch[1], 3))
     assert regularizer > 0
     assert torch.isclose(with_term, plain + 0.5 * regularizer, rtol=1e-4)
+
+
+def test_block_names_list_every_residual_block_and_nothing_inside_one():
+    import timm
+
+    resnet = timm.create_model("resnet18", num_classes=3)
+    assert block_names(resnet) == [f"layer{stage}.{block}" for stage in range(1, 5) for block in (0, 1)]
+    mobilenet = timm.create_model("mobilenetv3_small_050", num_classes=3)
+    blocks = block_names(mobilenet)
+    # stages 2 and 4 keep the resolution, so timm's feature info (the stages) skips them; blocks do not
+    assert "blocks.2.1" in blocks and "blocks.4.2" in blocks and len(blocks) == 12
+    assert layers_named(mobilenet, "stages") == ["bn1", "blocks.0", "blocks.1", "blocks.3", "blocks.5"]
+    assert layers_named(mobilenet, " blocks.0.0, blocks.5.0") == ["blocks.0.0", "blocks.5.0"]
+    with pytest.raises(FewlabelError, match="has no layer 'blocks.9'; its stages: bn1, blocks.0"):
+        layers_named(mobilenet, "blocks.0.0,blocks.9")
+
+
+def test_the_smoothness_regulariser_reads_the_layers_it_is_given():
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("mobilenetv3_small_050", num_classes=3).eval()
+    module = ClassifierModule(net, [{"params": list(net.parameters()), "lr": 1e-3}])
+    module.log_dict = lambda *args, **kwargs: None
+    batch = (torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2]))
+    plain, _, _ = module.training_loss(batch)
+    module.add_geometry(GeometryTerms(smooth_weight=0.5, power=2, layers="blocks"))
+    with_term = module.training_step(batch, 0)
+    with module._tap.recording():
+        module.training_loss(batch)
+    blocks = module._tap.taken(names=block_names(net))
+    regularizer = smoothness_regularizer(blocks, torch.nn.functional.one_hot(batch[1], 3), power=2)
+    assert len(blocks) == 12
+    assert torch.isclose(with_term, plain + 0.5 * regularizer, rtol=1e-4)
+    assert module._tap.names[:-1] == block_names(net)  # the blocks, then the output
+
+
+def test_a_regulariser_layer_the_network_lacks_is_named(split_folder, tmp_path):
+    options = FAST | {"strategy": "full", "robustness_images": 0, "regularize": "lgg-smooth"}
+    with pytest.raises(FewlabelError, match="has no layer 'blocks.99'"):
+        train(str(split_folder), tmp_path / "r", **options, smooth_layers="blocks.0,blocks.99")
+    with pytest.raises(FewlabelError, match="smooth_layers"):
+        train(str(split_folder), tmp_path / "r2", **options, smooth_layers="")
+    with pytest.raises(FewlabelError, match="smooth_layers 'blocks.0': .*at least 2; got 1"):
+        train(str(split_folder), tmp_path / "r3", **options, smooth_layers="blocks.0")
 
 
 @pytest.mark.parametrize("options", [{"regularize": "lgg-smooth", "reg_weight": 0.1}, {"loss": "lgg-target"}])

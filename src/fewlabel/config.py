@@ -123,13 +123,19 @@ class TrainConfig(BaseModel):
     )
     target_weight: float = Field(1.0, ge=0, description="weight of the lgg-target term")
     regularize: Literal["none", "lgg-smooth"] = Field(
-        "none", description="lgg-smooth: label smoothness of each stage's latent graph kept close to the next's"
+        "none", description="lgg-smooth: label smoothness of each layer's latent graph kept close to the next's"
     )
     reg_weight: float = Field(REG_WEIGHT, ge=0, description="weight of the --regularize term")
     graph_k: int | None = Field(
         None, ge=1, description="latent graphs keep each image's k strongest edges (default all)"
     )
     smooth_power: int = Field(1, ge=1, le=4, description="power of the Laplacian in the lgg-smooth regulariser")
+    smooth_layers: str = Field(
+        "stages",
+        min_length=1,
+        description="layers the lgg-smooth regulariser reads: stages (the trunk's stage outputs), blocks (every "
+        "block's output, as the authors' code reads every activation) or module names separated by commas",
+    )
     robustness_images: int = Field(
         500, ge=0, description="evaluation images scored under Gaussian noise and FGSM after training (0: none)"
     )

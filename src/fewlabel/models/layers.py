@@ -37,6 +37,46 @@ def stage_names(network: nn.Module) -> list[str]:
     return [f"{prefix}.{n}" if prefix else n for n in names]
 
 
+CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
+def block_names(network: nn.Module) -> list[str]:
+    """Names of the trunk's blocks, shallow to deep: every module held in a sequential container
+    of the trunk (EfficientNet's ``blocks.i.j``, ResNet's ``layerN.j``) that is neither a
+    container nor a bare layer; nothing inside a block is searched (a residual block's own
+    ``downsample``). A network whose blocks sit inside other modules (ConvNeXt's stages) gives
+    those modules: name the layers instead."""
+    trunk = trunk_of(network)
+    prefix = module_name(network, trunk)
+    names: list[str] = []
+
+    def visit(module: nn.Module, name: str) -> None:
+        for child_name, child in module.named_children():
+            full = f"{name}.{child_name}" if name else child_name
+            if not isinstance(child, CONTAINERS) and isinstance(module, CONTAINERS):
+                if any(True for _ in child.children()):  # a block, not a bare layer (a stem's conv)
+                    names.append(full)
+            else:
+                visit(child, full)
+
+    visit(trunk, prefix)
+    if not names:
+        raise FewlabelError(f"{type(trunk).__name__} has no blocks in sequential containers; use its stages.")
+    return names
+
+
+def layers_named(network: nn.Module, which: str) -> list[str]:
+    """The layers ``which`` names: ``stages`` (:func:`stage_names`), ``blocks``
+    (:func:`block_names`) or module names separated by commas (checked)."""
+    if which == "stages":
+        return stage_names(network)
+    if which == "blocks":
+        return block_names(network)
+    names = [n.strip() for n in which.split(",") if n.strip()]
+    check_layer_names(network, names, "the network")
+    return names
+
+
 def check_layer_names(network: nn.Module, names: list[str], role: str) -> None:
     """Refuse layer names the network does not have; the error lists its stages."""
     known = dict(network.named_modules())

@@ -107,6 +107,7 @@ def geometry_terms(cfg: TrainConfig) -> GeometryTerms:
         target_weight=cfg.target_weight if "lgg-target" in loss_terms(cfg.loss) else 0.0,
         k=cfg.graph_k,
         power=cfg.smooth_power,
+        layers=cfg.smooth_layers,
     )
 
 

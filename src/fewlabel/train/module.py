@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import FewlabelError
 from ..graphs import MIN_BATCH, geometry_target_loss, smoothness_regularizer
-from ..models.layers import LayerTap, stage_names
+from ..models.layers import LayerTap, layers_named, trunk_of
 from .functional import warmup_cosine
 
 
@@ -25,9 +25,10 @@ from .functional import warmup_cosine
 class GeometryTerms:
     """Latent-geometry terms added to a method's own training loss (Lassance et al. 2021):
 
-    * ``smooth_weight`` x the layer-smoothness regulariser over the trunk's stages
-      (:func:`fewlabel.graphs.smoothness_regularizer`, ``k`` edges per node, Laplacian power
-      ``power``): the label smoothness of each stage's graph should vary little between stages;
+    * ``smooth_weight`` x the layer-smoothness regulariser over the trunk's ``layers``
+      (:func:`fewlabel.models.layers.layers_named`: stages, blocks or names;
+      :func:`fewlabel.graphs.smoothness_regularizer`, ``k`` edges per node, Laplacian power
+      ``power``): the label smoothness of each layer's graph should vary little to the next;
     * ``target_weight`` x the geometry-targeted loss on the network's output
       (:func:`fewlabel.graphs.geometry_target_loss`): the output graph should be the label graph.
 
@@ -40,6 +41,7 @@ class GeometryTerms:
     target_weight: float = 0.0
     k: int | None = None
     power: int = 1
+    layers: str = "stages"
 
     @property
     def active(self) -> bool:
@@ -82,9 +84,16 @@ class EngineModule(L.LightningModule):
         stages: list[str] = []
         if terms.smooth_weight > 0:
             try:
-                stages = stage_names(self.net)
-            except FewlabelError:  # a head on cached features: no stage below it trains
+                trunk_of(self.net)
+            except FewlabelError:  # a head on cached features: no layer below it trains
                 terms = replace(terms, smooth_weight=0.0)
+            else:
+                stages = layers_named(self.net, terms.layers)
+                if len(stages) < 2:
+                    raise FewlabelError(
+                        f"smooth_layers '{terms.layers}': the regulariser compares consecutive layers, so it needs at "
+                        f"least 2; got {len(stages)}."
+                    )
         if not terms.active:
             return
         self.geometry = terms
