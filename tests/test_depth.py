@@ -330,7 +330,7 @@ def test_test_symmetries_average_the_8_views_turned_back_onto_the_image(trained,
     assert fewlabel.evaluate(trained.run_dir, data, test_symmetries=True)["abs_rel"] != pytest.approx(
         fewlabel.evaluate(trained.run_dir, data)["abs_rel"]
     )
-    with pytest.raises(FewlabelError, match="test_symmetries: averaging over the 8 symmetries needs"):
+    with pytest.raises(FewlabelError, match="test_symmetries: averaging over the square's 8 symmetries needs"):
         api.train_depth(
             str(rendered / "cinematic"),
             tmp_path / "no-up",
@@ -341,7 +341,7 @@ def test_test_symmetries_average_the_8_views_turned_back_onto_the_image(trained,
             str(rendered / "cinematic"), tmp_path / "no-pool", **DEPTH | {"task_options": {"rehearse_each_epoch": True}}
         )
     no_up = replace(predictor.card, extras=predictor.card.extras | {"symmetries": False, "test_symmetries": True})
-    with pytest.raises(FewlabelError, match="trained without the square's symmetries"):
+    with pytest.raises(FewlabelError, match="test_symmetries: averaging over the square's 8 symmetries needs"):
         DepthPredictor(predictor.model, no_up)
 
 

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ..data.datasets import image_rng
 from ..nuclei.augment import normalise, random_symmetry
+from .data import images_per_epoch
 
 
 def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -71,7 +72,7 @@ class DepthPairs(Dataset):
         self._drawn: tuple[int, np.ndarray] | None = None  # (epoch, the pool's images it sees)
 
     def __len__(self) -> int:
-        return self.own + self.replay[1] if self.replay else len(self.images)
+        return images_per_epoch(len(self.images), self.replay)
 
     def _pool_index(self, epoch: int, slot: int) -> int:
         if self._drawn is None or self._drawn[0] != epoch:

@@ -27,6 +27,12 @@ log = logging.getLogger("fewlabel.data")
 DEPTH_SUFFIXES = ("_depth.npy", "_depth.png")
 
 
+def images_per_epoch(total: int, replay: tuple[int, int] | None) -> int:
+    """Images one training epoch sees of ``total``: all, or with ``replay`` (pool, per_epoch) the
+    ones outside the pool and ``per_epoch`` of it."""
+    return total if replay is None else total - replay[0] + replay[1]
+
+
 @dataclass
 class DepthSet:
     """Images (uint8 3 x H x W, each at its own size), their depth maps (float32 1 x H x W, NaN
@@ -63,7 +69,7 @@ class DepthSet:
 
     def seen_per_epoch(self) -> int:
         """Images one training epoch sees: all, or the own ones and ``per_epoch`` of the pool."""
-        return len(self) if self.replay is None else len(self) - self.replay[0] + self.replay[1]
+        return images_per_epoch(len(self), self.replay)
 
     def depth_range(self) -> tuple[float, float]:
         """The least and greatest valid depth of the split."""

@@ -16,6 +16,7 @@ from torch import nn
 from ..errors import FewlabelError
 from ..nuclei.augment import normalise, symmetry, undo_symmetry
 from .augment import resize_image
+from .options import UNTRAINED_SYMMETRIES
 
 
 def log_depth_offset(card) -> float:
@@ -41,10 +42,7 @@ class DepthPredictor:
     @symmetries.setter
     def symmetries(self, wanted: bool) -> None:
         if wanted and not self.card.extras.get("symmetries", True):
-            raise FewlabelError(
-                "test_symmetries: this run was trained without the square's symmetries (symmetries false), so "
-                "averaging over them is not valid for it; leave --test-symmetries out"
-            )
+            raise FewlabelError(UNTRAINED_SYMMETRIES)
         self._symmetries = wanted
 
     @torch.no_grad()

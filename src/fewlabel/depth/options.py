@@ -12,6 +12,12 @@ RENDER_STYLES = ("synthetic", "cinematic")  # fewlabel.depth.render.STYLE_NAMES
 TRAIN_DEFAULTS = {"strategy": "full", "img_size": 128, "lr": 1e-3}  # fewlabel depth train without --config
 
 
+UNTRAINED_SYMMETRIES = (  # refused at training (these options) and at eval or predict (the predictor)
+    "test_symmetries: averaging over the square's 8 symmetries needs a network trained on them (symmetries true; "
+    "a scene with an up has none to average); leave --test-symmetries out"
+)
+
+
 class DepthOptions(BaseModel):
     """What the depth task needs beyond the common training options."""
 
@@ -58,8 +64,5 @@ class DepthOptions(BaseModel):
         if self.rehearse_each_epoch and self.rehearse is None:
             raise ValueError("rehearse_each_epoch: draws from --rehearse DATA each epoch; give --rehearse too")
         if self.test_symmetries and not self.symmetries:
-            raise ValueError(
-                "test_symmetries: averaging over the 8 symmetries needs a network trained on them (symmetries true); "
-                "a scene with an up has no valid symmetries to average"
-            )
+            raise ValueError(UNTRAINED_SYMMETRIES)
         return self
