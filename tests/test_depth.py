@@ -267,6 +267,11 @@ def test_fine_tuning_from_a_depth_run_is_compared_with_its_parent(trained, rende
     parent = tuned.metrics["parent"]
     on_cinematic = fewlabel.evaluate(trained.run_dir, f"{rendered / 'cinematic'}:test")
     assert parent["abs_rel"] == pytest.approx(on_cinematic["abs_rel"])  # the parent on the same images
+    assert parent["test_symmetries"] is False
+    averaged = fewlabel.evaluate(tuned.run_dir, f"{rendered / 'cinematic'}:test", test_symmetries=True)["parent"]
+    parent_averaged = fewlabel.evaluate(trained.run_dir, f"{rendered / 'cinematic'}:test", test_symmetries=True)
+    assert averaged["test_symmetries"] is True  # the parent is scored as the run is
+    assert averaged["abs_rel"] == pytest.approx(parent_averaged["abs_rel"]) != pytest.approx(parent["abs_rel"])
     assert json.loads((tuned.run_dir / "splits.json").read_text())["summary"]["train"] == 4
     assert "parent run" in (tuned.run_dir / "report.html").read_text()
     with pytest.raises(FewlabelError, match="depth network with encoder test_efficientnet, 4 stages"):

@@ -185,7 +185,8 @@ class DepthTask(Task):
 
     def evaluate(self, model: nn.Module, card: ModelCard, split: DepthSet, progress: bool = False):
         start = time.perf_counter()
-        predicted = DepthPredictor(model, card).predict(split.images)
+        predictor = DepthPredictor(model, card)
+        predicted = predictor.predict(split.images)
         seconds = time.perf_counter() - start
         options = card_task_options(card)
         metrics = scores_record(predicted, split, options.max_depth)
@@ -194,11 +195,16 @@ class DepthTask(Task):
         parent_predicted = None
         parent = parent_network(card)
         if parent is not None:
-            parent_model, parent_card = parent
-            parent_predicted = DepthPredictor(parent_model, parent_card).predict(split.images)
+            parent_predictor = DepthPredictor(*parent)
+            # scored as this run is: with its test-time symmetries where the parent was trained on them
+            parent_predictor.symmetries = predictor.symmetries and parent[1].extras.get("symmetries", True)
+            parent_predicted = parent_predictor.predict(split.images)
             parent_scores = scores_record(parent_predicted, split, options.max_depth)
             parent_scores.pop("per_image")
-            metrics["parent"] = parent_scores | {"run": card.extras["parent_run"]}
+            metrics["parent"] = parent_scores | {
+                "run": card.extras["parent_run"],
+                "test_symmetries": parent_predictor.symmetries,
+            }
         return metrics, DepthPredictions(split.ids, example_arrays(split, predicted, parent_predicted))
 
     def load_split(self, spec: str, card: ModelCard, strict: bool = False) -> DepthSet:
