@@ -33,12 +33,11 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import fewlabel
-from _common import save
+from _common import command_line, save
 
 DATA = "fashion-mnist"
 PRECISIONS = ((8, 8), (4, 4), (2, 4), (2, 2))
@@ -200,7 +199,7 @@ def main() -> None:
                     "variants": VARIANTS,
                     "seeds": list(per_seed),
                     "grid_seeds": sorted(grid),
-                    "command": "python bench/quant.py " + " ".join(sys.argv[1:]),
+                    "command": command_line("quant.py", args),
                 },
                 "per_seed": per_seed,
                 "summary": summary(per_seed),
