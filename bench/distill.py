@@ -21,7 +21,7 @@ median of repeated forwards of both networks in this process) are measured last.
 on disk are read back, interrupted ones resumed from their last checkpoint.
 
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
-                            [--smooth-on teacher|student] [--graph-k K] [--smooth-power P]
+                            [--smooth-on teacher|student] [--smooth-k K] [--smooth-power P]
                             [--smooth-layers stages|blocks|NAMES]
                             [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5]
                             [--[no-]graph-embedding] [--[no-]graph-logits]
@@ -88,8 +88,8 @@ def seed_runs(
     pooled embeddings paired too) and ``graph_logits`` (the outputs too) name the LGG runs, so
     variants sit side by side; without ``pooled`` only the runs on the labelled images.
     ``smooth_on`` says which network the regulariser's runs train: the fine-tuned ``teacher`` or
-    the ``student`` alone, from scratch; ``smooth_graph`` their ``graph_k`` and ``smooth_power`` (in
-    the run's name when set)."""
+    the ``student`` alone, from scratch; ``smooth_graph`` their ``smooth_k``, ``smooth_power`` and
+    ``smooth_layers`` (in the run's name when not the config's defaults)."""
     teacher_dir = OUT / f"seed-{seed}" / "teacher"
     runs = {"teacher": run("teacher", seed, TEACHER)}
     student = STUDENT | dict(teacher=str(teacher_dir), epochs=epochs)
@@ -175,8 +175,9 @@ def main() -> None:
     )  # fmt: skip
     config = TrainConfig.model_fields
     parser.add_argument(
-        "--graph-k", type=int, default=config["graph_k"].default, help="the regulariser's graphs keep k edges per image"
-    )
+        "--smooth-k", "--graph-k", type=int, default=config["smooth_k"].default,
+        help="the regulariser's graphs keep k edges per image (--graph-k: its name before the option was split)",
+    )  # fmt: skip
     parser.add_argument(
         "--smooth-power", type=int, default=config["smooth_power"].default, help="power of the Laplacian (regulariser)"
     )
@@ -218,7 +219,7 @@ def main() -> None:
             args.graph_embedding,
             args.smooth_on,
             args.graph_logits,
-            {"graph_k": args.graph_k, "smooth_power": args.smooth_power, "smooth_layers": args.smooth_layers},
+            {"smooth_k": args.smooth_k, "smooth_power": args.smooth_power, "smooth_layers": args.smooth_layers},
         )
         result = {
             "protocol": {
@@ -230,7 +231,7 @@ def main() -> None:
                 else f"seeded draw of up to {args.pool_size} images from the unlabeled rest of the training split",
                 "reg_weights": reg_weights,
                 "smooth_on": args.smooth_on,
-                "smooth_graph_k": args.graph_k,
+                "smooth_k": args.smooth_k,
                 "smooth_power": args.smooth_power,
                 "smooth_layers": args.smooth_layers,
                 "graph_weight": args.graph_weight,

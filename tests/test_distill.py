@@ -339,6 +339,15 @@ def test_the_smoothness_regulariser_reads_the_layers_it_is_given():
     assert module._tap.names[:-1] == block_names(net)  # the blocks, then the output
 
 
+def test_the_regulariser_and_lgg_distillation_keep_their_own_k():
+    from fewlabel.config import make_config
+    from fewlabel.train.engine import geometry_terms
+
+    both = make_config({"data": "x", "regularize": "lgg-smooth", "graph_k": 3, "smooth_k": 5, "smooth_power": 2})
+    assert geometry_terms(both).k == 5 and geometry_terms(both).power == 2
+    assert geometry_terms(make_config({"data": "x", "regularize": "lgg-smooth", "graph_k": 3})).k is None
+
+
 def test_a_regulariser_layer_the_network_lacks_is_named(split_folder, tmp_path):
     options = FAST | {"strategy": "full", "robustness_images": 0, "regularize": "lgg-smooth"}
     with pytest.raises(FewlabelError, match="has no layer 'blocks.99'"):

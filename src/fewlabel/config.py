@@ -127,7 +127,10 @@ class TrainConfig(BaseModel):
     )
     reg_weight: float = Field(REG_WEIGHT, ge=0, description="weight of the --regularize term")
     graph_k: int | None = Field(
-        None, ge=1, description="latent graphs keep each image's k strongest edges (default all)"
+        None, ge=1, description="LGG distillation's graphs keep each image's k strongest edges (default all)"
+    )
+    smooth_k: int | None = Field(
+        None, ge=1, description="the lgg-smooth regulariser's graphs keep each image's k strongest edges (default all)"
     )
     smooth_power: int = Field(1, ge=1, le=4, description="power of the Laplacian in the lgg-smooth regulariser")
     smooth_layers: str = Field(

@@ -105,7 +105,7 @@ def geometry_terms(cfg: TrainConfig) -> GeometryTerms:
     return GeometryTerms(
         smooth_weight=cfg.reg_weight if cfg.regularize == "lgg-smooth" else 0.0,
         target_weight=cfg.target_weight if "lgg-target" in loss_terms(cfg.loss) else 0.0,
-        k=cfg.graph_k,
+        k=cfg.smooth_k,
         power=cfg.smooth_power,
         layers=cfg.smooth_layers,
     )
