@@ -23,7 +23,7 @@ on disk are read back, interrupted ones resumed from their last checkpoint.
     python bench/distill.py [--seeds 0,1,2] [--epochs 30] [--pool-size 10000] [--reg-weights 1e-3,1e-2]
                             [--smooth-on teacher|student] [--smooth-k K] [--smooth-power P]
                             [--smooth-layers stages|blocks|NAMES]
-                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5]
+                            [--losses ce,kd,rkd,lgg,lgg+kd] [--graph-weight 2.5] [--graph-k K]
                             [--[no-]graph-embedding] [--[no-]graph-logits]
                             [--labelled-only] [--data SET] [--name distill]
 """
@@ -81,12 +81,12 @@ def run(name: str, seed: int, options: dict) -> dict:
 
 def seed_runs(
     seed: int, epochs: int, pool_size: int, reg_weights: list[float], losses: tuple[str, ...],
-    graph_weight: float, pooled: bool = True, graph_embedding: bool = True, smooth_on: str = "teacher",
-    graph_logits: bool = False, smooth_graph: dict | None = None,
+    lgg: dict, pooled: bool = True, smooth_on: str = "teacher", smooth_graph: dict | None = None,
 ) -> dict:  # fmt: skip
-    """Every run of one seed; ``graph_weight`` (lambda of the LGG term), ``graph_embedding`` (the
-    pooled embeddings paired too) and ``graph_logits`` (the outputs too) name the LGG runs, so
-    variants sit side by side; without ``pooled`` only the runs on the labelled images.
+    """Every run of one seed; ``lgg``'s options (``graph_weight``: lambda of the LGG term,
+    ``graph_embedding``: the pooled embeddings paired too, ``graph_logits``: the outputs too,
+    ``graph_k``: edges kept per image) name the LGG runs (:func:`lgg_name`), so variants sit side
+    by side; without ``pooled`` only the runs on the labelled images.
     ``smooth_on`` says which network the regulariser's runs train: the fine-tuned ``teacher`` or
     the ``student`` alone, from scratch; ``smooth_graph`` their ``smooth_k``, ``smooth_power`` and
     ``smooth_layers`` (in the run's name when not the config's defaults)."""
@@ -105,9 +105,7 @@ def seed_runs(
         term = student | dict(loss=loss)
         name = loss
         if "lgg" in loss:
-            term = term | dict(graph_weight=graph_weight, graph_embedding=graph_embedding, graph_logits=graph_logits)
-            name = f"{loss} lambda {graph_weight:g}" + (" with embedding" if graph_embedding else "")
-            name += " with outputs" if graph_logits else ""
+            term, name = term | lgg, lgg_name(loss, lgg)
         tag = name.replace(" ", "-")
         if loss in WITHOUT_POOL:
             runs[f"student {name}"] = run(f"student-{tag}", seed, term)
@@ -115,6 +113,13 @@ def seed_runs(
             pooled_term = term | dict(unlabeled="rest", pool_size=pool_size)
             runs[f"student {name} + pool"] = run(f"student-{tag}-pool", seed, pooled_term)
     return runs
+
+
+def lgg_name(loss: str, lgg: dict) -> str:
+    """An LGG run's name: its loss, lambda and the options set (the k-NN mask only when given)."""
+    name = f"{loss} lambda {lgg['graph_weight']:g}" + (" with embedding" if lgg["graph_embedding"] else "")
+    name += " with outputs" if lgg["graph_logits"] else ""
+    return name + (f" k {lgg['graph_k']}" if lgg["graph_k"] is not None else "")
 
 
 def summary(per_seed: dict[int, dict]) -> dict:
@@ -175,9 +180,12 @@ def main() -> None:
     )  # fmt: skip
     config = TrainConfig.model_fields
     parser.add_argument(
-        "--smooth-k", "--graph-k", type=int, default=config["smooth_k"].default,
-        help="the regulariser's graphs keep k edges per image (--graph-k: its name before the option was split)",
+        "--smooth-k", type=int, default=config["smooth_k"].default,
+        help="the regulariser's graphs keep k edges per image (before 2026-12-02 this was --graph-k)",
     )  # fmt: skip
+    parser.add_argument(
+        "--graph-k", type=int, default=config["graph_k"].default, help="LGG distillation's graphs: k edges per image"
+    )
     parser.add_argument(
         "--smooth-power", type=int, default=config["smooth_power"].default, help="power of the Laplacian (regulariser)"
     )
@@ -214,11 +222,9 @@ def main() -> None:
             args.pool_size,
             reg_weights,
             losses,
-            args.graph_weight,
+            {key: getattr(args, key) for key in ("graph_weight", "graph_embedding", "graph_logits", "graph_k")},
             not args.labelled_only,
-            args.graph_embedding,
             args.smooth_on,
-            args.graph_logits,
             {"smooth_k": args.smooth_k, "smooth_power": args.smooth_power, "smooth_layers": args.smooth_layers},
         )
         result = {
@@ -237,6 +243,7 @@ def main() -> None:
                 "graph_weight": args.graph_weight,
                 "graph_embedding": args.graph_embedding,
                 "graph_logits": args.graph_logits,
+                "graph_k": args.graph_k,
                 "command": command_line("distill.py", args),
                 "robustness_images": COMMON["robustness_images"],
                 "seeds": list(per_seed),
