@@ -54,7 +54,7 @@ def block_names(network: nn.Module) -> list[str]:
         for child_name, child in module.named_children():
             full = f"{name}.{child_name}" if name else child_name
             if not isinstance(child, CONTAINERS) and isinstance(module, CONTAINERS):
-                if any(True for _ in child.children()):  # a block, not a bare layer (a stem's conv)
+                if next(child.children(), None) is not None:  # a block, not a bare layer (a stem's conv)
                     names.append(full)
             else:
                 visit(child, full)

@@ -75,30 +75,30 @@ class EngineModule(L.LightningModule):
         self.phase = "fit"
         self.geometry = GeometryTerms()
         self._tap: LayerTap | None = None
-        self._stages: list[str] = []
+        self._smooth_layers: list[str] = []
         self._outputs: list[str] = []
 
     def add_geometry(self, terms: GeometryTerms) -> None:
         """Add ``terms`` to the training loss (the engine calls this for every fit; the smoothness
-        term is dropped where the network has no stages)."""
-        stages: list[str] = []
+        term is dropped where the network has no trunk)."""
+        smoothed: list[str] = []
         if terms.smooth_weight > 0:
             try:
                 trunk_of(self.net)
             except FewlabelError:  # a head on cached features: no layer below it trains
                 terms = replace(terms, smooth_weight=0.0)
             else:
-                stages = layers_named(self.net, terms.layers)
-                if len(stages) < 2:
+                smoothed = layers_named(self.net, terms.layers)
+                if len(smoothed) < 2:
                     raise FewlabelError(
                         f"smooth_layers '{terms.layers}': the regulariser compares consecutive layers, so it needs at "
-                        f"least 2; got {len(stages)}."
+                        f"least 2; got {len(smoothed)}."
                     )
         if not terms.active:
             return
         self.geometry = terms
-        self._stages, self._outputs = stages, self.output_layers()
-        self._tap = LayerTap(self.net, [*stages, *self._outputs])
+        self._smooth_layers, self._outputs = smoothed, self.output_layers()
+        self._tap = LayerTap(self.net, [*smoothed, *self._outputs])
 
     def output_layers(self) -> list[str]:
         """Names of the modules whose outputs are the logits, read by the geometry terms: the
@@ -136,7 +136,7 @@ class EngineModule(L.LightningModule):
         return loss
 
     def _add_geometry_terms(self, batch, loss: torch.Tensor, logs: dict) -> tuple[torch.Tensor, dict]:
-        stages = self._tap.taken(required=False, names=self._stages)  # tri-net runs its own last stages
+        smoothed = self._tap.taken(required=False, names=self._smooth_layers)  # tri-net runs its own last stages
         outputs = torch.stack(self._tap.taken(names=self._outputs))  # M x B x C
         targets = self.label_matrix(batch)
         if targets is None:
@@ -147,8 +147,8 @@ class EngineModule(L.LightningModule):
         if labelled < MIN_BATCH:
             return loss, logs
         terms = self.geometry
-        if terms.smooth_weight > 0 and len(stages) >= 2:
-            regularizer = smoothness_regularizer([s[:labelled] for s in stages], targets, terms.k, terms.power)
+        if terms.smooth_weight > 0 and len(smoothed) >= 2:
+            regularizer = smoothness_regularizer([s[:labelled] for s in smoothed], targets, terms.k, terms.power)
             loss = loss + terms.smooth_weight * regularizer
             logs = logs | {"smoothness_reg": regularizer.detach()}
         if terms.target_weight > 0:
