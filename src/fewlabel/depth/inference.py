@@ -35,13 +35,18 @@ class DepthPredictor:
         self.symmetries = bool(card.extras.get("test_symmetries", False))
 
     @property
+    def trained_on_symmetries(self) -> bool:
+        """Whether the network was trained on the square's symmetries (else none may be averaged)."""
+        return bool(self.card.extras.get("symmetries", True))
+
+    @property
     def symmetries(self) -> bool:
         """Whether predictions average the network over each image's 8 symmetries."""
         return self._symmetries
 
     @symmetries.setter
     def symmetries(self, wanted: bool) -> None:
-        if wanted and not self.card.extras.get("symmetries", True):
+        if wanted and not self.trained_on_symmetries:
             raise FewlabelError(UNTRAINED_SYMMETRIES)
         self._symmetries = wanted
 

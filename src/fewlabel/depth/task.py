@@ -197,7 +197,7 @@ class DepthTask(Task):
         if parent is not None:
             parent_predictor = DepthPredictor(*parent)
             # scored as this run is: with its test-time symmetries where the parent was trained on them
-            parent_predictor.symmetries = predictor.symmetries and parent[1].extras.get("symmetries", True)
+            parent_predictor.symmetries = predictor.symmetries and parent_predictor.trained_on_symmetries
             parent_predicted = parent_predictor.predict(split.images)
             parent_scores = scores_record(parent_predicted, split, options.max_depth)
             parent_scores.pop("per_image")
