@@ -317,6 +317,9 @@ def test_block_names_list_every_residual_block_and_nothing_inside_one():
     assert layers_named(mobilenet, " blocks.0.0, blocks.5.0") == ["blocks.0.0", "blocks.5.0"]
     with pytest.raises(FewlabelError, match="has no layer 'blocks.9'; its stages: bn1, blocks.0"):
         layers_named(mobilenet, "blocks.0.0,blocks.9")
+    convnext = timm.create_model("convnext_atto", num_classes=3)  # blocks inside stage modules: found there
+    depths = (2, 2, 6, 2)
+    assert block_names(convnext) == [f"stages.{i}.blocks.{j}" for i, depth in enumerate(depths) for j in range(depth)]
 
 
 def test_the_smoothness_regulariser_reads_the_layers_it_is_given():

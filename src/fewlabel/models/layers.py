@@ -44,8 +44,8 @@ def block_names(network: nn.Module) -> list[str]:
     """Names of the trunk's blocks, shallow to deep: every module held in a sequential container
     of the trunk (EfficientNet's ``blocks.i.j``, ResNet's ``layerN.j``) that is neither a
     container nor a bare layer; nothing inside a block is searched (a residual block's own
-    ``downsample``). A network whose blocks sit inside other modules (ConvNeXt's stages) gives
-    those modules: name the layers instead."""
+    ``downsample``), except a held module that holds blocks itself (ConvNeXt's and Swin's
+    stages, ``stages.i.blocks.j``: a container of two or more modules with layers of their own)."""
     trunk = trunk_of(network)
     prefix = module_name(network, trunk)
     names: list[str] = []
@@ -53,16 +53,28 @@ def block_names(network: nn.Module) -> list[str]:
     def visit(module: nn.Module, name: str) -> None:
         for child_name, child in module.named_children():
             full = f"{name}.{child_name}" if name else child_name
-            if not isinstance(child, CONTAINERS) and isinstance(module, CONTAINERS):
-                if next(child.children(), None) is not None:  # a block, not a bare layer (a stem's conv)
-                    names.append(full)
-            else:
+            if isinstance(child, CONTAINERS) or not isinstance(module, CONTAINERS) or _holds_blocks(child):
                 visit(child, full)
+            elif _has_layers(child):  # a block, not a bare layer (a stem's conv)
+                names.append(full)
 
     visit(trunk, prefix)
     if not names:
         raise FewlabelError(f"{type(trunk).__name__} has no blocks in sequential containers; use its stages.")
     return names
+
+
+def _has_layers(module: nn.Module) -> bool:
+    return next(module.children(), None) is not None
+
+
+def _holds_blocks(module: nn.Module) -> bool:
+    """Whether a module holds a container of two or more modules with layers of their own (a
+    stage's blocks), as against a residual block's ``downsample`` of bare layers."""
+    return any(
+        isinstance(child, CONTAINERS) and sum(_has_layers(member) for member in child.children()) >= 2
+        for child in module.children()
+    )
 
 
 def layers_named(network: nn.Module, which: str) -> list[str]:
