@@ -124,12 +124,17 @@ def test_depth_errors_match_values_worked_by_hand():
     assert errors["rmse"] == pytest.approx(math.sqrt((1 + 4 + 16) / 3))  # the NaN pixel is not scored
     scaled = image_errors(2 * true, true, median_scaled=True)
     assert scaled["abs_rel"] == pytest.approx(0.0, abs=1e-12) and scaled["delta_1"] == 1.0
+    assert scaled["scale"] == pytest.approx(0.5) and "scale" not in errors
     near = image_errors(np.array([1.2, 1.0]), np.array([1.0, 1.0]), max_depth=None)
     assert near["abs_rel"] == pytest.approx(0.1) and near["delta_1"] == 1.0
     assert image_errors(np.ones(2), np.array([np.nan, -1.0])) is None
     scores = depth_scores([2 * true, true], [true, true])
     assert scores["absolute"]["abs_rel"] == pytest.approx(0.5)  # the mean of the two images' errors
     assert scores["absolute"]["images_scored"] == 2 and len(scores["median_scaled"]["per_image"]) == 2
+    # factors 0.5 and 1: median 0.75, spread sd(2/3, 4/3) = 1/3; one factor for all: no spread
+    assert scores["median_scaled"]["scale_median"] == pytest.approx(0.75)
+    assert scores["median_scaled"]["scale_spread"] == pytest.approx(1 / 3)
+    assert depth_scores([2 * true, 4 * true], [true, 2 * true])["median_scaled"]["scale_spread"] == pytest.approx(0)
 
 
 def test_silog_ignores_scale_at_lambda_one_and_l1_counts_units():
@@ -244,6 +249,8 @@ def test_the_depth_task_trains_evaluates_and_reports(trained, rendered):
     for key in ("abs_rel", "rmse", "log_rmse", "delta_1", "delta_2", "delta_3"):
         assert math.isfinite(metrics[key]) and math.isfinite(metrics["median_scaled"][key])
     assert len(metrics["per_image"]) == 2 and "parent" not in metrics
+    factors = [image["scale"] for image in metrics["per_image"]]
+    assert metrics["median_scaled"]["scale_median"] == pytest.approx(float(np.median(factors)))
     card = fewlabel.load(run).card
     low, high = card.extras["train_depth_range"]
     assert 0 < low < high <= FAR_MM and card.extras["units"] == "mm" and card.extras["depth_loss"] == "silog"
@@ -252,7 +259,7 @@ def test_the_depth_task_trains_evaluates_and_reports(trained, rendered):
     )
     assert undocumented(run) == []
     report = (run / "report.html").read_text()
-    assert "<h2>Depth</h2>" in report and "depth examples" in report
+    assert "<h2>Depth</h2>" in report and "depth examples" in report and "scaling factor, sd / median" in report
     again = fewlabel.evaluate(run, f"{rendered / 'synthetic'}:test")
     assert again["abs_rel"] == pytest.approx(metrics["abs_rel"])
 
@@ -378,6 +385,7 @@ def test_depth_commands_render_train_predict_and_eval(trained, rendered, tmp_pat
     assert np.load(tmp_path / "g.npy").shape == (40, 40) and not np.allclose(np.load(tmp_path / "g.npy"), depth)
     scored = runner.invoke(app, ["depth", "eval", str(trained.run_dir), f"{rendered / 'synthetic'}:test"])
     assert scored.exit_code == 0 and "median-scaled" in scored.output and "abs_rel" in scored.output
+    assert "median scaling multiplied the predictions by" in scored.output
     written = tmp_path / "tta.json"
     args = ["depth", "eval", str(trained.run_dir), f"{rendered / 'synthetic'}:test", "--test-symmetries"]
     assert runner.invoke(app, [*args, "--out", str(written)]).exit_code == 0

@@ -97,10 +97,17 @@ def evaluate(
     out: Annotated[Path | None, typer.Option(help="write the metrics JSON here")] = None,
     test_symmetries: TestSymmetries = None,
 ) -> None:
-    """Absolute relative error, RMSE, log RMSE and delta thresholds, absolute and median-scaled."""
+    """Absolute relative error, RMSE, log RMSE and delta thresholds, absolute and median-scaled, and
+    the median-scaling factors."""
     from .. import api
 
     settings = {} if test_symmetries is None else {"test_symmetries": test_symmetries}
     metrics = api.evaluate(run, data, out, **settings)
     console().print(_metrics_table(metrics, f"{run} on {data} (absolute)"))
-    console().print(_metrics_table(metrics["median_scaled"] | {"task": "depth"}, f"{run} on {data} (median-scaled)"))
+    scaled = metrics["median_scaled"]
+    console().print(_metrics_table(scaled | {"task": "depth"}, f"{run} on {data} (median-scaled)"))
+    if scaled.get("scale_median") is not None:
+        console().print(
+            f"median scaling multiplied the predictions by {scaled['scale_median']:.3f} (median over images; "
+            f"sd / median {scaled['scale_spread']:.3f}: how much the absolute scale errs from image to image)"
+        )

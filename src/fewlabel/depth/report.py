@@ -12,10 +12,11 @@ import numpy as np
 
 from ..report.figures import _encode, plt, read_example_arrays
 from ..rundir import DEPTH_EXAMPLES
-from .metrics import ERROR_KEYS
+from .metrics import ERROR_KEYS, SCALE_KEYS
 
 LABELS = {"abs_rel": "abs. relative error", "rmse": "RMSE", "log_rmse": "log RMSE",
-          "delta_1": "δ < 1.25", "delta_2": "δ < 1.25²", "delta_3": "δ < 1.25³"}  # fmt: skip
+          "delta_1": "δ < 1.25", "delta_2": "δ < 1.25²", "delta_3": "δ < 1.25³",
+          "scale_median": "scaling factor, median", "scale_spread": "scaling factor, sd / median"}  # fmt: skip
 
 
 def read_examples(run_dir: Path) -> list[dict]:
@@ -49,19 +50,24 @@ def _cell(value) -> str:
 
 
 def scores_table(metrics: dict) -> str:
+    """This run's errors, both variants, beside its parent's; the median-scaled part ends with
+    the scaling factors (how far off the absolute scale is)."""
     parent = metrics.get("parent")
     head = "<tr><th></th><th>this model</th>" + ("<th>parent run</th>" if parent else "") + "</tr>"
     rows = [head]
-    for variant, title in (("absolute", "absolute"), ("median_scaled", "after median scaling")):
+    for variant, title, keys in (
+        ("absolute", "absolute", ERROR_KEYS),
+        ("median_scaled", "after median scaling", ERROR_KEYS + SCALE_KEYS),
+    ):
         rows.append(f'<tr><th colspan="3">{title}</th></tr>')
-        for key in ERROR_KEYS:
-            mine = metrics.get(key) if variant == "absolute" else metrics.get("median_scaled", {}).get(key)
-            theirs = None
-            if parent:
-                theirs = parent.get(key) if variant == "absolute" else parent.get("median_scaled", {}).get(key)
-            cells = f"<td>{_cell(mine)}</td>" + (f"<td>{_cell(theirs)}</td>" if parent else "")
+        for key in keys:
+            cells = "".join(f"<td>{_cell(_figure(m, variant, key))}</td>" for m in (metrics, parent) if m)
             rows.append(f"<tr><th>{html.escape(LABELS[key])}</th>{cells}</tr>")
     return "<table>" + "".join(rows) + "</table>"
+
+
+def _figure(metrics: dict, variant: str, key: str):
+    return metrics.get(key) if variant == "absolute" else metrics.get("median_scaled", {}).get(key)
 
 
 def depth_section(run_dir: Path, metrics: dict) -> str:

@@ -34,7 +34,7 @@ from ..train.module import EngineModule
 from .augment import DepthPairs, resized_pairs
 from .data import DepthSet, load_depth
 from .inference import DepthPredictor, median_offset
-from .metrics import ERROR_KEYS, depth_scores
+from .metrics import ERROR_KEYS, SCALE_KEYS, depth_scores
 from .options import DepthOptions
 
 EXAMPLES, EXAMPLE_SIDE = 4, 256
@@ -261,17 +261,18 @@ def _offset(parent: ModelCard | None, data: DataBundle) -> float:
 
 def scores_record(predicted: list[np.ndarray], split: DepthSet, max_depth: float | None) -> dict:
     """metrics.json's depth scores: the absolute errors at the top level, the median-scaled ones
-    under ``median_scaled``, and each image's under ``per_image``."""
+    and the scaling factors' median and spread under ``median_scaled``, and each image's errors
+    and factor (``scale``) under ``per_image``."""
     true = [d[0].numpy() for d in split.depths]
     scores = depth_scores(predicted, true, max_depth)
     absolute, scaled = scores["absolute"], scores["median_scaled"]
     per_image = [
-        {"id": image_id, **(a or {}), **{f"{k}_median_scaled": v for k, v in (s or {}).items()}}
+        {"id": image_id, **(a or {}), **{k if k == "scale" else f"{k}_median_scaled": v for k, v in (s or {}).items()}}
         for image_id, a, s in zip(split.ids, absolute.pop("per_image"), scaled.pop("per_image"), strict=True)
     ]
     return {k: absolute[k] for k in ERROR_KEYS} | {
         "images_scored": absolute["images_scored"],
-        "median_scaled": {k: scaled[k] for k in ERROR_KEYS},
+        "median_scaled": {k: scaled[k] for k in ERROR_KEYS + SCALE_KEYS},
         "per_image": per_image,
     }
 
