@@ -32,6 +32,7 @@ from fewlabel.depth.render import (
     draw_scene,
     ray_cast,
     render,
+    scene_parameters,
     straight_tube_depth,
     write_renders,
 )
@@ -111,6 +112,14 @@ def test_renders_from_few_patients_repeat_their_colons_and_refuse_more_patients_
     assert record["patients"] == 2 and record["train"] == 4
     depths = [np.load(tmp_path / "few" / "train" / f"{i:05d}_depth.npy") for i in range(4)]
     assert not np.array_equal(depths[0], depths[2])  # the same patient from another place
+    scenes = record["scenes"]  # each image's anatomy and lighting, kept and drawn again alike
+    assert list(scenes) == [f"train/{i:05d}" for i in range(4)] + ["test/00004"]
+    assert scenes["train/00000"]["radius_mm"] == scenes["train/00002"]["radius_mm"]  # one patient
+    assert not ANATOMY["radius_mm"].low < scenes["test/00004"]["radius_mm"] < ANATOMY["radius_mm"].high
+    record_file = tmp_path / "few" / "render.json"
+    assert json.loads(record_file.read_text())["scenes"] == scenes
+    record_file.write_text(json.dumps({k: v for k, v in record.items() if k != "scenes"}))  # an older folder
+    assert scene_parameters(tmp_path / "few") == scenes
     with pytest.raises(FewlabelError, match="patients 5: accepted 1 to the number of training images \\(4\\)"):
         write_renders(tmp_path / "many", "synthetic", 5, size=24, test_share=0.2, patients=5)
     assert not (tmp_path / "many").exists()  # refused before anything was written

@@ -35,7 +35,7 @@ ONNX = "model.onnx"  # fewlabel export, and the qat method's deployment check
 DETECTIONS = "detections.csv"  # the nuclei task: one row per detected or missed nucleus of the evaluation images
 NUCLEI_EXAMPLES = "nuclei-examples.npz"  # the nuclei task: a few evaluation crops, their maps and centres
 DEPTH_EXAMPLES = "depth-examples.npz"  # the depth task: a few evaluation images, true and predicted depth
-RENDER_RECORD = "render.json"  # fewlabel depth render: style, ranges and counts of rendered scenes
+RENDER_RECORD = "render.json"  # fewlabel depth render: style, ranges, counts and parameters of rendered scenes
 TRANSFER = "transfer.json"  # fewlabel nuclei transfer: the F1 matrix, fine-tuning and mixing results
 ROBUSTNESS = "robustness.json"  # accuracy under Gaussian noise and FGSM, written with the metrics
 INFOPLANE_AUDIT = f"audit/{INFOPLANE}"  # where ``audit infoplane`` leaves a run its comparison
@@ -200,7 +200,8 @@ FILES: tuple[Entry, ...] = (
         "rendered depth data",
         "fewlabel depth render",
         "bench/depth.py, a person",
-        "style, image size, field of view, units, training and held-out parameter ranges, counts",
+        "style, image size, field of view, units, training and held-out parameter ranges, counts, each image's "
+        "anatomy and lighting (`scenes`)",
     ),
     Entry(
         TRANSFER,

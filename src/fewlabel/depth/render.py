@@ -27,6 +27,7 @@ import functools
 import json
 import math
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -359,7 +360,7 @@ def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256,
     ``patients``: the training images show only this many colons (patients), each seen from
     several places under several rendering conditions (:func:`draw_scene`), as a cinematic set
     made from a few CT volumes is; default: every image its own colon. Held-out images always
-    have their own."""
+    have their own. render.json keeps each image's anatomy and lighting (``scenes``)."""
     if style not in STYLE_NAMES:
         raise unknown_choice("depth style", style, STYLE_NAMES)
     n_test = round(n * test_share)
@@ -370,21 +371,41 @@ def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256,
         if not overwrite:
             raise FewlabelError(f"Output folder '{out}' already holds files; pass --overwrite to replace it.")
         shutil.rmtree(out)
-    colons = [draw_scene(np.random.default_rng([seed, index, 0])) for index in range(patients or 0)]
     record = {"style": style, "n": n, "seed": seed, "size": size, "units": "mm", "fov_degrees": FOV_DEGREES,
               "far_mm": FAR_MM, "train": n - n_test, "test_held_out": n_test, "patients": patients,
-              "ranges": {k: [r.low, r.high, r.spread] for k, r in (ANATOMY | LIGHTING).items()}}  # fmt: skip
-    for index in range(n):
-        held_out = index >= n - n_test
-        folder = out / ("test" if held_out else "train")
-        folder.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng([seed, index])
-        patient = colons[index % len(colons)] if colons and not held_out else None
-        image, depth = render(draw_scene(rng, held_out, patient), size, style, seed=int(rng.integers(2**31)))
-        Image.fromarray(image).save(folder / f"{index:05d}.png")
-        np.save(folder / f"{index:05d}_depth.npy", depth)
+              "ranges": {k: [r.low, r.high, r.spread] for k, r in (ANATOMY | LIGHTING).items()},
+              "scenes": {}}  # fmt: skip
+    for name, scene, render_seed in drawn_scenes(n, seed, n_test, patients):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        image, depth = render(scene, size, style, seed=render_seed)
+        Image.fromarray(image).save(out / f"{name}.png")
+        np.save(out / f"{name}_depth.npy", depth)
+        record["scenes"][name] = scene.values
     (out / RENDER_RECORD).write_text(json.dumps(record, indent=2))
     return record
+
+
+def drawn_scenes(n: int, seed: int, n_test: int, patients: int | None) -> Iterator[tuple[str, Scene, int]]:
+    """Each image of :func:`write_renders` in order: its name under the folder (``train/NNNNN``
+    or ``test/NNNNN``), its scene and its rendering seed; seeded, so a folder's scenes can be
+    drawn again."""
+    colons = [draw_scene(np.random.default_rng([seed, index, 0])) for index in range(patients or 0)]
+    for index in range(n):
+        held_out = index >= n - n_test
+        rng = np.random.default_rng([seed, index])
+        patient = colons[index % len(colons)] if colons and not held_out else None
+        scene = draw_scene(rng, held_out, patient)
+        yield f"{'test' if held_out else 'train'}/{index:05d}", scene, int(rng.integers(2**31))
+
+
+def scene_parameters(folder: str | Path) -> dict[str, dict]:
+    """Anatomy and lighting of each image of a rendered folder, by name (``test/00003``): from its
+    render.json, or drawn again from the seed it records (folders written before it kept them)."""
+    record = json.loads((Path(folder) / RENDER_RECORD).read_text())
+    if "scenes" in record:
+        return record["scenes"]
+    draws = drawn_scenes(record["n"], record["seed"], record["test_held_out"], record["patients"])
+    return {name: scene.values for name, scene, _ in draws}
 
 
 def build_renders(data: str | None, out: Path, *, options: dict, seed: int, **_) -> dict:
