@@ -13,6 +13,8 @@ every training draw.
   with ``--rehearse-each-epoch`` each epoch draws its own N from all of (a)'s synthetic renders;
 * with ``--test-symmetries`` every run is scored averaged over each test image's 8 symmetries
   (``fewlabel depth eval --test-symmetries``; inference images per second then include the 8);
+* for every run, how its absolute scale errs on the held-out colons narrower and wider than any
+  training colon (:func:`scale_by_radius`; the scenes' parameters from the test set's render.json);
 
 each with the defaults of ``fewlabel depth train`` (EfficientNet-Lite0 with offline ImageNet
 weights, the shared encoder-decoder, scale-invariant log loss, 128 px, lr 1e-3), tested on
@@ -40,7 +42,7 @@ import numpy as np
 
 from _common import command_line, save
 from fewlabel import api
-from fewlabel.depth.render import draw_scene, render
+from fewlabel.depth.render import ANATOMY, draw_scene, render, scene_parameters
 from fewlabel.rundir import read_config, read_metrics
 
 SETTINGS = ("a_synthetic_only", "b_cinematic_only", "c_synthetic_then_cinematic", "c_rehearsal")
@@ -78,10 +80,33 @@ def figures(metrics: dict) -> dict:
     absolute = {k: metrics[k] for k in REPORTED}
     scaled = {k: metrics["median_scaled"][k] for k in REPORTED}
     speed = {k: metrics.get(k) for k in ("train_seconds", "train_images_per_second", "images_per_second")}
-    return {"absolute": absolute, "median_scaled": scaled} | speed
+    factors = {k: metrics["median_scaled"][k] for k in ("scale_median", "scale_spread")}
+    return {"absolute": absolute, "median_scaled": scaled, "scale": factors | metrics["scale"]} | speed
 
 
-def one_seed(seed: int, args, test: Path) -> dict:
+def scale_by_radius(per_image: list[dict], scenes: dict[str, dict]) -> dict:
+    """How the absolute scale errs with the held-out colon's radius (drawn below or above the
+    training range): per band the images' mean log median-scaling factor (> 0: depth predicted
+    too shallow) and mean absolute relative error (absolute, median-scaled), and the correlation
+    of the log factor with the log radius over all images (near 1: the scale errs with the radius,
+    as if the network saw every colon as one width)."""
+    low, high = ANATOMY["radius_mm"].low, ANATOMY["radius_mm"].high
+    radius = np.array([scenes[image["id"]]["radius_mm"] for image in per_image])
+    columns = {
+        "log_scale_factor": np.log([image["scale"] for image in per_image]),
+        "abs_rel": np.array([image["abs_rel"] for image in per_image]),
+        "abs_rel_median_scaled": np.array([image["abs_rel_median_scaled"] for image in per_image]),
+    }
+    bands = {"below": radius < low, "above": radius > high}
+    out = {
+        band: {"images": int(chosen.sum())} | {k: float(v[chosen].mean()) for k, v in columns.items()}
+        for band, chosen in bands.items()
+    }
+    correlation = np.corrcoef(columns["log_scale_factor"], np.log(radius))[0, 1]
+    return out | {"correlation_log_factor_log_radius": float(correlation)}
+
+
+def one_seed(seed: int, args, test: Path, test_scenes: dict[str, dict]) -> dict:
     data = args.out / f"seed-{seed}"
     synthetic = ensure_renders(data / "synthetic", "synthetic", args.synthetic, seed, 0.0)
     patients = f"-{args.few_patients}-patients" if args.few_patients else ""  # (b), (c) and their data apart
@@ -100,9 +125,10 @@ def one_seed(seed: int, args, test: Path) -> dict:
             metrics = api.train_depth(
                 str(folder), run, overwrite=True, epochs=epochs, task_options=task_options, **common, **options
             ).metrics
-        if scored_on(run) != (str(test), args.test_symmetries):  # scored again: averaged, or on another test
+        unscaled = "scale_median" not in metrics["median_scaled"]  # scored before the factors were kept
+        if unscaled or scored_on(run) != (str(test), args.test_symmetries):  # averaged, or on another test
             metrics = metrics | api.evaluate(run, str(test), test_symmetries=args.test_symmetries)
-        return metrics
+        return metrics | {"scale": scale_by_radius(metrics["per_image"], test_scenes)}
 
     results["a_synthetic_only"] = figures(train("a", synthetic, args.epochs_synthetic, synthetic_runs))
     results["b_cinematic_only"] = figures(train("b", few, args.epochs_few))
@@ -126,6 +152,7 @@ def summary(per_seed: dict) -> dict:
         out[setting] = {}
         for variant in ("absolute", "median_scaled"):
             out[setting][variant] = {k: _mean_sd([r[setting][variant][k] for r in per_seed.values()]) for k in REPORTED}
+        out[setting]["scale"] = scale_summary([r[setting]["scale"] for r in per_seed.values()])
     for variant in ("absolute", "median_scaled"):
         out[variant] = {}
         for tuned in (s for s in FINE_TUNED if s in present):
@@ -137,6 +164,15 @@ def summary(per_seed: dict) -> dict:
                 "beats_b_in_seeds": f"{sum(beats_b)}/{len(beats_b)}",
                 "goal_met": bool(statistics.mean(lowered) >= 0.3 and all(beats_b)),
             }
+    return out
+
+
+def scale_summary(per_seed: list[dict]) -> dict:
+    """Mean and sd over seeds of :func:`scale_by_radius`'s figures and the scaling factors'."""
+    out = {k: _mean_sd([r[k] for r in per_seed]) for k in per_seed[0] if k not in ("below", "above")}
+    for band in ("below", "above"):
+        out[band] = {k: _mean_sd([r[band][k] for r in per_seed]) for k in per_seed[0][band] if k != "images"}
+        out[band]["images"] = per_seed[0][band]["images"]
     return out
 
 
@@ -176,7 +212,8 @@ def main() -> None:
     rate = renderer_rate()
     test_folder = args.out / ("test" if args.test_seed == TEST_SEED else f"test-{args.test_seed}")
     test = ensure_renders(test_folder, "cinematic", args.test, args.test_seed, 1.0)
-    per_seed = {seed: one_seed(seed, args, Path(f"{test}:test")) for seed in args.seeds}
+    test_scenes = {str(test / f"{name}.png"): values for name, values in scene_parameters(test).items()}
+    per_seed = {seed: one_seed(seed, args, Path(f"{test}:test"), test_scenes) for seed in args.seeds}
     result = {
         "benchmark": "depth",
         "command": command_line("depth.py", args),
