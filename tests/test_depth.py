@@ -83,6 +83,23 @@ def test_renders_are_seeded_share_their_depth_across_styles_and_light_falls_off(
         render(scene, 32, "photo")
 
 
+def test_a_colon_scaled_as_a_whole_looks_the_same_so_absolute_scale_comes_from_the_prior():
+    """Shading depends on angles only and auto-exposure cancels the fall-off: a colon 1.3 times
+    larger in every length renders nearly the same image with every depth 1.3 times larger, while
+    widening it alone changes the image a lot (why held-out widths cost absolute, not scaled, error)."""
+    scene = draw_scene(np.random.default_rng(0))
+    lengths = ("radius_mm", "fold_spacing_mm", "bend_mm", "bend_wavelength_mm")
+    scaled = Scene(scene.values | {k: 1.3 * scene.values[k] for k in lengths}, scene.phases, scene.colour)
+    wider = Scene(scene.values | {"radius_mm": 1.3 * scene.radius_mm}, scene.phases, scene.colour)
+    for style, most in (("synthetic", 3.0), ("cinematic", 6.0)):  # grey levels; the texture is in mm
+        image, depth = render(scene, 96, style, seed=1)
+        same, deeper = render(scaled, 96, style, seed=1)
+        other, _ = render(wider, 96, style, seed=1)
+        near = depth < 0.7 * FAR_MM  # the far cap does not scale
+        assert np.median(deeper[near] / depth[near]) == pytest.approx(1.3, rel=1e-3)
+        assert np.abs(image.astype(float) - same).mean() < most < np.abs(image.astype(float) - other).mean() / 2
+
+
 def test_held_out_scenes_draw_every_parameter_outside_the_training_ranges():
     ranges = ANATOMY | LIGHTING
     for seed in range(20):
