@@ -15,6 +15,8 @@ every training draw.
   (``fewlabel depth eval --test-symmetries``; inference images per second then include the 8);
 * for every run, how its absolute scale errs on the held-out colons narrower and wider than any
   training colon (:func:`scale_by_radius`; the scenes' parameters from the test set's render.json);
+* with ``--test-in-range`` (a control, not the issue's test) the test colons and lighting are new
+  draws from the training ranges: what the settings reach where scale is no extrapolation;
 
 each with the defaults of ``fewlabel depth train`` (EfficientNet-Lite0 with offline ImageNet
 weights, the shared encoder-decoder, scale-invariant log loss, 128 px, lr 1e-3), tested on
@@ -27,7 +29,7 @@ second (256 x 256, both styles, in this process), and training and inference ima
 
     python bench/depth.py [--seeds 0 1 2] [--synthetic 1000] [--few 50] [--few-patients K] [--test 100]
                           [--test-seed 999] [--rehearse N [--rehearse-each-epoch]] [--test-symmetries]
-                          [--img-size 128]
+                          [--test-in-range] [--img-size 128]
                           [--out runs/bench-depth] [--result depth]
 """
 
@@ -49,6 +51,7 @@ SETTINGS = ("a_synthetic_only", "b_cinematic_only", "c_synthetic_then_cinematic"
 FINE_TUNED = ("c_synthetic_then_cinematic", "c_rehearsal")  # the settings the goal judges
 REPORTED = ("abs_rel", "rmse", "log_rmse", "delta_1")
 TEST_SEED = 999  # the held-out renders every setting was first scored on
+BANDS = ("below", "within", "above")  # test colons by radius against the training range
 IMG_SIZE = 128  # fewlabel depth train's default side; runs at another keep their own folders
 
 
@@ -85,11 +88,11 @@ def figures(metrics: dict) -> dict:
 
 
 def scale_by_radius(per_image: list[dict], scenes: dict[str, dict]) -> dict:
-    """How the absolute scale errs with the held-out colon's radius (drawn below or above the
-    training range): per band the images' mean log median-scaling factor (> 0: depth predicted
-    too shallow) and mean absolute relative error (absolute, median-scaled), and the correlation
-    of the log factor with the log radius over all images (near 1: the scale errs with the radius,
-    as if the network saw every colon as one width)."""
+    """How the absolute scale errs with the test colon's radius (drawn below or above the training
+    range; within it in the in-range control): per band the images' mean log median-scaling factor
+    (> 0: depth predicted too shallow) and mean absolute relative error (absolute, median-scaled),
+    and the correlation of the log factor with the log radius over all images (near 1: the scale
+    errs with the radius, as if the network saw every colon as one width)."""
     low, high = ANATOMY["radius_mm"].low, ANATOMY["radius_mm"].high
     radius = np.array([scenes[image["id"]]["radius_mm"] for image in per_image])
     columns = {
@@ -97,10 +100,11 @@ def scale_by_radius(per_image: list[dict], scenes: dict[str, dict]) -> dict:
         "abs_rel": np.array([image["abs_rel"] for image in per_image]),
         "abs_rel_median_scaled": np.array([image["abs_rel_median_scaled"] for image in per_image]),
     }
-    bands = {"below": radius < low, "above": radius > high}
+    bands = {"below": radius < low, "within": (radius >= low) & (radius <= high), "above": radius > high}
     out = {
         band: {"images": int(chosen.sum())} | {k: float(v[chosen].mean()) for k, v in columns.items()}
         for band, chosen in bands.items()
+        if chosen.any()
     }
     correlation = np.corrcoef(columns["log_scale_factor"], np.log(radius))[0, 1]
     return out | {"correlation_log_factor_log_radius": float(correlation)}
@@ -169,8 +173,8 @@ def summary(per_seed: dict) -> dict:
 
 def scale_summary(per_seed: list[dict]) -> dict:
     """Mean and sd over seeds of :func:`scale_by_radius`'s figures and the scaling factors'."""
-    out = {k: _mean_sd([r[k] for r in per_seed]) for k in per_seed[0] if k not in ("below", "above")}
-    for band in ("below", "above"):
+    out = {k: _mean_sd([r[k] for r in per_seed]) for k in per_seed[0] if k not in BANDS}
+    for band in (b for b in BANDS if b in per_seed[0]):
         out[band] = {k: _mean_sd([r[band][k] for r in per_seed]) for k in per_seed[0][band] if k != "images"}
         out[band]["images"] = per_seed[0][band]["images"]
     return out
@@ -202,6 +206,10 @@ def main() -> None:
     parser.add_argument(
         "--test-symmetries", action="store_true", help="score every run averaged over each test image's 8 symmetries"
     )
+    parser.add_argument(
+        "--test-in-range", action="store_true",
+        help="a control: test colons and lighting drawn from the training ranges instead of outside them",
+    )  # fmt: skip
     parser.add_argument("--img-size", type=int, default=IMG_SIZE, help="side the networks train and are scored at")
     parser.add_argument("--epochs-synthetic", type=int, default=4)
     parser.add_argument("--epochs-few", type=int, default=30)
@@ -211,9 +219,12 @@ def main() -> None:
     start = time.perf_counter()
     rate = renderer_rate()
     test_folder = args.out / ("test" if args.test_seed == TEST_SEED else f"test-{args.test_seed}")
-    test = ensure_renders(test_folder, "cinematic", args.test, args.test_seed, 1.0)
+    if args.test_in_range:  # new colons and lighting from the training ranges: render's train split
+        test_folder = test_folder.with_name(f"{test_folder.name}-in-range")
+    test = ensure_renders(test_folder, "cinematic", args.test, args.test_seed, 0.0 if args.test_in_range else 1.0)
     test_scenes = {str(test / f"{name}.png"): values for name, values in scene_parameters(test).items()}
-    per_seed = {seed: one_seed(seed, args, Path(f"{test}:test"), test_scenes) for seed in args.seeds}
+    split = "train" if args.test_in_range else "test"
+    per_seed = {seed: one_seed(seed, args, Path(f"{test}:{split}"), test_scenes) for seed in args.seeds}
     result = {
         "benchmark": "depth",
         "command": command_line("depth.py", args),
@@ -224,7 +235,8 @@ def main() -> None:
             "few_cinematic_patients": args.few_patients or "each image its own colon",
             "held_out_test": args.test,
             "test_seed": args.test_seed,
-            "held_out": "every anatomy and lighting parameter drawn outside the training ranges",
+            "held_out": "every anatomy and lighting parameter drawn "
+            + ("from the training ranges (new colons)" if args.test_in_range else "outside the training ranges"),
         },
         "options": {
             "defaults": "fewlabel depth train (efficientnet_lite0 imagenet, full, lr 1e-3, silog 0.5)",
