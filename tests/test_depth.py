@@ -108,6 +108,10 @@ def test_held_out_scenes_draw_every_parameter_outside_the_training_ranges():
         for name, r in ranges.items():
             assert r.low <= train[name] <= r.high
             assert not r.low < test[name] < r.high and r.low - r.spread <= test[name] <= r.high + r.spread
+        for outside, shifted in (("anatomy", ANATOMY), ("lighting", LIGHTING)):  # one group shifted, the other not
+            values = draw_scene(np.random.default_rng(seed), held_out=True, outside=outside).values
+            assert all(not r.low < values[name] < r.high for name, r in shifted.items())
+            assert all(r.low <= values[name] <= r.high for name, r in ranges.items() if name not in shifted)
 
 
 def test_views_of_one_patient_share_the_colon_seen_from_elsewhere_under_new_light():
@@ -140,6 +144,9 @@ def test_renders_from_few_patients_repeat_their_colons_and_refuse_more_patients_
     with pytest.raises(FewlabelError, match="patients 5: accepted 1 to the number of training images \\(4\\)"):
         write_renders(tmp_path / "many", "synthetic", 5, size=24, test_share=0.2, patients=5)
     assert not (tmp_path / "many").exists()  # refused before anything was written
+    with pytest.raises(FewlabelError, match="held-out parameters \\(outside\\) 'camera'"):
+        write_renders(tmp_path / "bad", "synthetic", 5, size=24, outside="camera")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_depth_errors_match_values_worked_by_hand():
@@ -390,10 +397,14 @@ def test_depth_commands_render_train_predict_and_eval(trained, rendered, tmp_pat
 
     runner = CliRunner()
     out = tmp_path / "frames"
-    made = runner.invoke(
-        app, ["depth", "render", "--style", "synthetic", "--n", "3", "--size", "40", "--out", str(out)]
-    )
+    render_args = ["depth", "render", "--style", "synthetic", "--n", "3", "--size", "40", "--outside", "lighting"]
+    made = runner.invoke(app, [*render_args, "--out", str(out)])
     assert made.exit_code == 0, made.output
+    record = json.loads((out / "render.json").read_text())
+    held_out = record["scenes"]["test/00002"]
+    assert record["outside"] == "lighting" and 20 <= held_out["radius_mm"] <= 30  # the anatomy from its ranges
+    wrong = runner.invoke(app, ["depth", "render", "--outside", "camera", "--out", str(tmp_path / "no")])
+    assert wrong.exit_code == 2 and "camera" in wrong.output and not (tmp_path / "no").exists()
     again = runner.invoke(app, ["depth", "render", "--n", "2", "--out", str(out)])
     assert isinstance(again.exception, FewlabelError) and "already holds files" in str(again.exception)
     assert len(list((out / "train").glob("*.png"))) == 2  # nothing overwritten

@@ -180,14 +180,15 @@ def detect_nuclei(
 
 
 def render_depth(out: str | Path, style: str = "cinematic", n: int = 200, seed: int = 0, size: int = 256,
-                 test_share: float = 0.2, overwrite: bool = False, patients: int | None = None) -> dict:  # fmt: skip
+                 test_share: float = 0.2, overwrite: bool = False, patients: int | None = None,
+                 outside: str = "all") -> dict:  # fmt: skip
     """Rendered colon-like scenes with exact depth (see :mod:`fewlabel.depth.render`) in
     ``out/train`` and ``out/test`` (held-out anatomy and lighting); ``patients``: the training
     images show only that many colons, each from several places and lightings; returns
     render.json's record."""
     from .depth.render import write_renders
 
-    return write_renders(Path(out), style, n, seed, size, test_share, overwrite, patients)
+    return write_renders(Path(out), style, n, seed, size, test_share, overwrite, patients, outside)
 
 
 def train_depth(data: str | None = None, out: str | Path = "runs/depth", init: str | Path | None = None,

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ..depth.options import RENDER_STYLES, DepthOptions
+from ..depth.options import RENDER_OUTSIDE, RENDER_STYLES, DepthOptions
 from .app import app
 from .commands import ConfigOption, OverwriteOption, ResumeOption, _metrics_table, _print_result, console
 from .options import with_training_options
@@ -24,6 +24,7 @@ TestSymmetries = Annotated[
     ),
 ]
 Style = Enum("Style", {s: s for s in RENDER_STYLES}, type=str)
+Outside = Enum("Outside", {s: s for s in RENDER_OUTSIDE}, type=str)
 
 
 @depth_app.command("render")
@@ -42,13 +43,16 @@ def render(
         int | None,
         typer.Option(min=1, help="training images show only this many colons, each from several places and lightings"),
     ] = None,
+    outside: Annotated[
+        Outside, typer.Option(help="which parameters test/ draws outside the training ranges (the others inside)")
+    ] = Outside.all,
     out: Annotated[Path, typer.Option(help="folder to write (train/, test/, render.json)")] = Path("data/colon"),
     overwrite: OverwriteOption = False,
 ) -> None:
     """Colon-like scenes seen by an endoscope, with exact depth maps (NAME_depth.npy, mm)."""
     from .. import api
 
-    record = api.render_depth(out, style.value, n, seed, size, test_share, overwrite, patients)
+    record = api.render_depth(out, style.value, n, seed, size, test_share, overwrite, patients, outside.value)
     console().print(f"{out}: {record['train']} training and {record['test_held_out']} held-out images ({style.value})")
 
 

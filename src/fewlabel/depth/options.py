@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-RENDER_STYLES = ("synthetic", "cinematic")  # fewlabel.depth.render.STYLE_NAMES
+RENDER_STYLES = ("synthetic", "cinematic")  # fewlabel depth render --style (the renderer's styles)
+RENDER_OUTSIDE = ("all", "anatomy", "lighting")  # --outside: which parameters held-out renders draw outside
 TRAIN_DEFAULTS = {"strategy": "full", "img_size": 128, "lr": 1e-3}  # fewlabel depth train without --config
 
 

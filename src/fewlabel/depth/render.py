@@ -38,8 +38,9 @@ from PIL import Image
 
 from ..errors import FewlabelError, unknown_choice
 from ..rundir import RENDER_RECORD
+from .options import RENDER_OUTSIDE, RENDER_STYLES
 
-STYLE_NAMES = ("synthetic", "cinematic")
+STYLE_NAMES = RENDER_STYLES
 FOV_DEGREES = 110.0  # horizontal field of view of the endoscope camera (fixed: known intrinsics)
 NEAR_MM, FAR_MM = 1.0, 200.0
 ANGLES, SLICES = 1024, 256  # the ray caster's angular bins and depth slices
@@ -81,6 +82,8 @@ LIGHTING = {
     "vignetting": Range(0.2, 0.5, 0.15),
     "noise": Range(0.005, 0.02, 0.01),
 }
+GROUPS = {"anatomy": ANATOMY, "lighting": LIGHTING}
+OUTSIDE = RENDER_OUTSIDE  # which parameters held-out images draw outside the training ranges: all, or a group
 
 
 @dataclass(frozen=True)
@@ -98,14 +101,21 @@ class Scene:
             raise AttributeError(name) from None
 
 
-def draw_scene(rng: np.random.Generator, held_out: bool = False, patient: Scene | None = None) -> Scene:
-    """Anatomy and lighting from the training ranges, or (``held_out``) from the bands outside them.
+def draw_scene(rng: np.random.Generator, held_out: bool = False, patient: Scene | None = None,
+               outside: str = "all") -> Scene:  # fmt: skip
+    """Anatomy and lighting from the training ranges, or (``held_out``) from the bands outside them:
+    every parameter, or with ``outside`` ``anatomy`` or ``lighting`` only that group's (the other
+    drawn from its training ranges), to tell which shift a model fails on.
 
     With ``patient`` (a scene drawn before), the colon is that patient's: its :data:`PATIENT_ANATOMY`,
     fold and bend phases and mucosa colour; the view is new: the camera moved along the colon by a
     random distance (the bends and folds shift), its offset and tilt, the stretch of mucosa
     (texture) and the lighting are drawn afresh."""
-    values = {name: r.draw(rng, held_out) for name, r in (ANATOMY | LIGHTING).items()}
+    values = {
+        name: r.draw(rng, held_out and outside in ("all", group))
+        for group, table in GROUPS.items()
+        for name, r in table.items()
+    }
     colour = tuple(float(c) for c in np.array([0.85, 0.45, 0.38]) * rng.uniform(0.85, 1.1, 3))
     phases = [float(p) for p in rng.uniform(0, 2 * math.pi, 24)]
     if patient is None:
@@ -351,7 +361,7 @@ def straight_tube_depth(size: int, radius_mm: float) -> np.ndarray:
 
 
 def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256, test_share: float = 0.2,
-                  overwrite: bool = False, patients: int | None = None) -> dict:  # fmt: skip
+                  overwrite: bool = False, patients: int | None = None, outside: str = "all") -> dict:  # fmt: skip
     """``n`` renders in ``out/train`` (training ranges) and ``out/test`` (``test_share`` of them,
     anatomy and lighting drawn outside the training ranges): ``NNNNN.png`` with
     ``NNNNN_depth.npy`` (float32 mm) each, and render.json (written last) describing them. A
@@ -360,9 +370,12 @@ def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256,
     ``patients``: the training images show only this many colons (patients), each seen from
     several places under several rendering conditions (:func:`draw_scene`), as a cinematic set
     made from a few CT volumes is; default: every image its own colon. Held-out images always
-    have their own. render.json keeps each image's anatomy and lighting (``scenes``)."""
+    have their own. ``outside``: which parameters held-out images draw outside the training
+    ranges (:func:`draw_scene`). render.json keeps each image's anatomy and lighting (``scenes``)."""
     if style not in STYLE_NAMES:
         raise unknown_choice("depth style", style, STYLE_NAMES)
+    if outside not in OUTSIDE:
+        raise unknown_choice("held-out parameters (outside)", outside, OUTSIDE)
     n_test = round(n * test_share)
     if patients is not None and not 1 <= patients <= n - n_test:
         raise FewlabelError(f"patients {patients}: accepted 1 to the number of training images ({n - n_test}).")
@@ -372,10 +385,10 @@ def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256,
             raise FewlabelError(f"Output folder '{out}' already holds files; pass --overwrite to replace it.")
         shutil.rmtree(out)
     record = {"style": style, "n": n, "seed": seed, "size": size, "units": "mm", "fov_degrees": FOV_DEGREES,
-              "far_mm": FAR_MM, "train": n - n_test, "test_held_out": n_test, "patients": patients,
+              "far_mm": FAR_MM, "train": n - n_test, "test_held_out": n_test, "patients": patients, "outside": outside,
               "ranges": {k: [r.low, r.high, r.spread] for k, r in (ANATOMY | LIGHTING).items()},
               "scenes": {}}  # fmt: skip
-    for name, scene, render_seed in drawn_scenes(n, seed, n_test, patients):
+    for name, scene, render_seed in drawn_scenes(n, seed, n_test, patients, outside):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         image, depth = render(scene, size, style, seed=render_seed)
         Image.fromarray(image).save(out / f"{name}.png")
@@ -385,7 +398,9 @@ def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256,
     return record
 
 
-def drawn_scenes(n: int, seed: int, n_test: int, patients: int | None) -> Iterator[tuple[str, Scene, int]]:
+def drawn_scenes(
+    n: int, seed: int, n_test: int, patients: int | None, outside: str = "all"
+) -> Iterator[tuple[str, Scene, int]]:
     """Each image of :func:`write_renders` in order: its name under the folder (``train/NNNNN``
     or ``test/NNNNN``), its scene and its rendering seed; seeded, so a folder's scenes can be
     drawn again."""
@@ -394,7 +409,7 @@ def drawn_scenes(n: int, seed: int, n_test: int, patients: int | None) -> Iterat
         held_out = index >= n - n_test
         rng = np.random.default_rng([seed, index])
         patient = colons[index % len(colons)] if colons and not held_out else None
-        scene = draw_scene(rng, held_out, patient)
+        scene = draw_scene(rng, held_out, patient, outside)
         yield f"{'test' if held_out else 'train'}/{index:05d}", scene, int(rng.integers(2**31))
 
 
@@ -404,14 +419,16 @@ def scene_parameters(folder: str | Path) -> dict[str, dict]:
     record = json.loads((Path(folder) / RENDER_RECORD).read_text())
     if "scenes" in record:
         return record["scenes"]
-    draws = drawn_scenes(record["n"], record["seed"], record["test_held_out"], record["patients"])
+    draws = drawn_scenes(
+        record["n"], record["seed"], record["test_held_out"], record["patients"], record.get("outside", "all")
+    )
     return {name: scene.values for name, scene, _ in draws}
 
 
 def build_renders(data: str | None, out: Path, *, options: dict, seed: int, **_) -> dict:
-    """A recipe stage's ``build: {method: depth-render, options: {style, n, size, test_share, patients}}``:
-    :func:`write_renders` into the stage's data folder (DATA is not used)."""
-    accepted = ("style", "n", "size", "test_share", "patients")
+    """A recipe stage's ``build: {method: depth-render, options: {style, n, size, test_share, patients,
+    outside}}``: :func:`write_renders` into the stage's data folder (DATA is not used)."""
+    accepted = ("style", "n", "size", "test_share", "patients", "outside")
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise FewlabelError(f"build options {unknown}: depth-render accepts {', '.join(accepted)}.")
