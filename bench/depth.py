@@ -16,7 +16,8 @@ every training draw.
 * for every run, how its absolute scale errs on the held-out colons narrower and wider than any
   training colon (:func:`scale_by_radius`; the scenes' parameters from the test set's render.json);
 * with ``--test-in-range`` (a control, not the issue's test) the test colons and lighting are new
-  draws from the training ranges: what the settings reach where scale is no extrapolation;
+  draws from the training ranges: what the settings reach where scale is no extrapolation; with
+  ``--test-outside anatomy`` or ``lighting`` only that group is drawn outside (which shift costs);
 
 each with the defaults of ``fewlabel depth train`` (EfficientNet-Lite0 with offline ImageNet
 weights, the shared encoder-decoder, scale-invariant log loss, 128 px, lr 1e-3), tested on
@@ -29,7 +30,7 @@ second (256 x 256, both styles, in this process), and training and inference ima
 
     python bench/depth.py [--seeds 0 1 2] [--synthetic 1000] [--few 50] [--few-patients K] [--test 100]
                           [--test-seed 999] [--rehearse N [--rehearse-each-epoch]] [--test-symmetries]
-                          [--test-in-range] [--img-size 128]
+                          [--test-in-range | --test-outside all|anatomy|lighting] [--img-size 128]
                           [--out runs/bench-depth] [--result depth]
 """
 
@@ -44,6 +45,7 @@ import numpy as np
 
 from _common import command_line, save
 from fewlabel import api
+from fewlabel.depth.options import RENDER_OUTSIDE
 from fewlabel.depth.render import ANATOMY, draw_scene, render, scene_parameters
 from fewlabel.rundir import read_config, read_metrics
 
@@ -67,9 +69,10 @@ def renderer_rate(size: int = 256, count: int = 60) -> dict:
     return {"size": size, "images": count, "images_per_second": rates}
 
 
-def ensure_renders(folder: Path, style: str, n: int, seed: int, test_share: float, patients: int | None = None) -> Path:
+def ensure_renders(folder: Path, style: str, n: int, seed: int, test_share: float, patients: int | None = None,
+                   outside: str = "all") -> Path:  # fmt: skip
     if not (folder / "render.json").is_file():
-        api.render_depth(folder, style, n, seed, 256, test_share, overwrite=True, patients=patients)
+        api.render_depth(folder, style, n, seed, 256, test_share, overwrite=True, patients=patients, outside=outside)
     return folder
 
 
@@ -77,6 +80,15 @@ def scored_on(run: Path) -> tuple[str, bool]:
     """The test data a run was scored on when it was trained, and whether averaged over symmetries."""
     config = read_config(run)
     return config["eval_data"], bool(config["task_options"].get("test_symmetries", False))
+
+
+def held_out_text(args) -> str:
+    if args.test_in_range:
+        return "every anatomy and lighting parameter drawn from the training ranges (new colons)"
+    if args.test_outside == "all":
+        return "every anatomy and lighting parameter drawn outside the training ranges"
+    inside = "lighting" if args.test_outside == "anatomy" else "anatomy"
+    return f"{args.test_outside} drawn outside the training ranges, {inside} from them"
 
 
 def figures(metrics: dict) -> dict:
@@ -210,18 +222,27 @@ def main() -> None:
         "--test-in-range", action="store_true",
         help="a control: test colons and lighting drawn from the training ranges instead of outside them",
     )  # fmt: skip
+    parser.add_argument(
+        "--test-outside", choices=RENDER_OUTSIDE, default="all",
+        help="a control: the test shifts only the anatomy or only the lighting outside the training ranges",
+    )  # fmt: skip
     parser.add_argument("--img-size", type=int, default=IMG_SIZE, help="side the networks train and are scored at")
     parser.add_argument("--epochs-synthetic", type=int, default=4)
     parser.add_argument("--epochs-few", type=int, default=30)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-depth"))
     parser.add_argument("--result", default="depth", help="results/<result>.json")
     args = parser.parse_args()
+    if args.test_in_range and args.test_outside != "all":
+        parser.error("--test-in-range draws nothing outside the training ranges; leave --test-outside out")
     start = time.perf_counter()
     rate = renderer_rate()
     test_folder = args.out / ("test" if args.test_seed == TEST_SEED else f"test-{args.test_seed}")
     if args.test_in_range:  # new colons and lighting from the training ranges: render's train split
         test_folder = test_folder.with_name(f"{test_folder.name}-in-range")
-    test = ensure_renders(test_folder, "cinematic", args.test, args.test_seed, 0.0 if args.test_in_range else 1.0)
+    elif args.test_outside != "all":
+        test_folder = test_folder.with_name(f"{test_folder.name}-{args.test_outside}-outside")
+    test_share = 0.0 if args.test_in_range else 1.0
+    test = ensure_renders(test_folder, "cinematic", args.test, args.test_seed, test_share, outside=args.test_outside)
     test_scenes = {str(test / f"{name}.png"): values for name, values in scene_parameters(test).items()}
     split = "train" if args.test_in_range else "test"
     per_seed = {seed: one_seed(seed, args, Path(f"{test}:{split}"), test_scenes) for seed in args.seeds}
@@ -235,8 +256,7 @@ def main() -> None:
             "few_cinematic_patients": args.few_patients or "each image its own colon",
             "held_out_test": args.test,
             "test_seed": args.test_seed,
-            "held_out": "every anatomy and lighting parameter drawn "
-            + ("from the training ranges (new colons)" if args.test_in_range else "outside the training ranges"),
+            "held_out": held_out_text(args),
         },
         "options": {
             "defaults": "fewlabel depth train (efficientnet_lite0 imagenet, full, lr 1e-3, silog 0.5)",
