@@ -320,6 +320,8 @@ def test_block_names_list_every_residual_block_and_nothing_inside_one():
     convnext = timm.create_model("convnext_atto", num_classes=3)  # blocks inside stage modules: found there
     depths = (2, 2, 6, 2)
     assert block_names(convnext) == [f"stages.{i}.blocks.{j}" for i, depth in enumerate(depths) for j in range(depth)]
+    densenet = timm.create_model("densenet121", num_classes=3)  # norm layers between blocks are not blocks
+    assert block_names(densenet) == [f"features.denseblock{i}" for i in range(1, 5)]
 
 
 def test_the_smoothness_regulariser_reads_the_layers_it_is_given():

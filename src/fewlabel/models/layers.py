@@ -43,9 +43,11 @@ CONTAINERS = (nn.Sequential, nn.ModuleList)
 def block_names(network: nn.Module) -> list[str]:
     """Names of the trunk's blocks, shallow to deep: every module held in a sequential container
     of the trunk (EfficientNet's ``blocks.i.j``, ResNet's ``layerN.j``) that is neither a
-    container nor a bare layer; nothing inside a block is searched (a residual block's own
-    ``downsample``), except a held module that holds blocks itself (ConvNeXt's and Swin's
-    stages, ``stages.i.blocks.j``: a container of two or more modules with layers of their own)."""
+    container nor a bare layer (one without weighted layers inside: a conv, a norm with its
+    activation); nothing inside a block is searched (a residual block's own
+    ``downsample``), except a held module that holds blocks itself (ConvNeXt's stages give
+    ``stages.i.blocks.j``, Swin's ``layers.i.blocks.j``: it holds a container of two or more
+    modules with layers of their own)."""
     trunk = trunk_of(network)
     prefix = module_name(network, trunk)
     names: list[str] = []
@@ -65,7 +67,9 @@ def block_names(network: nn.Module) -> list[str]:
 
 
 def _has_layers(module: nn.Module) -> bool:
-    return next(module.children(), None) is not None
+    """Whether a module holds layers with weights: a block, not a bare layer (a norm whose children are
+    only its activation and dropout, as timm's BatchNormAct2d, is bare)."""
+    return any(next(child.parameters(), None) is not None for child in module.children())
 
 
 def _holds_blocks(module: nn.Module) -> bool:
