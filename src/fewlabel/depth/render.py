@@ -40,7 +40,6 @@ from ..errors import FewlabelError, unknown_choice
 from ..rundir import RENDER_RECORD
 from .options import RENDER_OUTSIDE, RENDER_STYLES
 
-STYLE_NAMES = RENDER_STYLES
 FOV_DEGREES = 110.0  # horizontal field of view of the endoscope camera (fixed: known intrinsics)
 NEAR_MM, FAR_MM = 1.0, 200.0
 ANGLES, SLICES = 1024, 256  # the ray caster's angular bins and depth slices
@@ -82,8 +81,8 @@ LIGHTING = {
     "vignetting": Range(0.2, 0.5, 0.15),
     "noise": Range(0.005, 0.02, 0.01),
 }
-GROUPS = {"anatomy": ANATOMY, "lighting": LIGHTING}
-OUTSIDE = RENDER_OUTSIDE  # which parameters held-out images draw outside the training ranges: all, or a group
+GROUPS = {"anatomy": ANATOMY, "lighting": LIGHTING}  # what --outside may shift alone
+assert ("all", *GROUPS) == RENDER_OUTSIDE, "options.RENDER_OUTSIDE lists the groups for the command line"
 
 
 @dataclass(frozen=True)
@@ -344,8 +343,8 @@ def _no_subnormals():
 
 def render(scene: Scene, size: int = 256, style: str = "cinematic", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(RGB uint8 image H x W x 3, depth float32 H x W in mm) of one scene."""
-    if style not in STYLE_NAMES:
-        raise unknown_choice("depth style", style, STYLE_NAMES)
+    if style not in RENDER_STYLES:
+        raise unknown_choice("depth style", style, RENDER_STYLES)
     tube = Tube(scene)
     with _no_subnormals():
         depth = ray_cast(tube, size)
@@ -372,10 +371,10 @@ def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256,
     made from a few CT volumes is; default: every image its own colon. Held-out images always
     have their own. ``outside``: which parameters held-out images draw outside the training
     ranges (:func:`draw_scene`). render.json keeps each image's anatomy and lighting (``scenes``)."""
-    if style not in STYLE_NAMES:
-        raise unknown_choice("depth style", style, STYLE_NAMES)
-    if outside not in OUTSIDE:
-        raise unknown_choice("held-out parameters (outside)", outside, OUTSIDE)
+    if style not in RENDER_STYLES:
+        raise unknown_choice("depth style", style, RENDER_STYLES)
+    if outside not in RENDER_OUTSIDE:
+        raise unknown_choice("held-out parameters (outside)", outside, RENDER_OUTSIDE)
     n_test = round(n * test_share)
     if patients is not None and not 1 <= patients <= n - n_test:
         raise FewlabelError(f"patients {patients}: accepted 1 to the number of training images ({n - n_test}).")
