@@ -34,6 +34,7 @@ from .tasks import DEFAULT_TASK, check_task, task_options_model
 LOSS_TERMS = ("lgg-target", "kd", "rkd", "lgg")  # what --loss may add to cross-entropy
 REG_WEIGHT = 1e-3
 PER_STAGE_KEYS = ("data", "pretrained", "eval_data", "seed", "seeds")  # a recipe's flags cannot set these for all
+CONFIG_KEYS_FREE_ON_RESUME = {"progress", "workers", "accelerator", "devices", "logger"}  # change no result
 RETIRED_KEYS = {
     "semi": "the semi-supervised options moved into the method section, e.g. method: {name: trinet, rounds: 4}",
     "audit_pseudo_labels": "renamed: method option audit",

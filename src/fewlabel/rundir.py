@@ -18,6 +18,7 @@ import yaml
 
 from .errors import FewlabelError
 from .fileio import read_json, write_json, write_text, write_yaml
+from .outputs import register_output_kind
 
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
@@ -42,6 +43,7 @@ INFOPLANE_AUDIT = f"audit/{INFOPLANE}"  # where ``audit infoplane`` leaves a run
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINTS}/last.ckpt"
 STATE = f"{CHECKPOINTS}/state.pt"
+STATE_WEIGHTS = f"{CHECKPOINTS}/weights.safetensors"  # the network after the last finished fit, for --pretrained
 LOGS = "logs"
 AUDIT = "audit"
 STAGE = "stage.json"
@@ -268,6 +270,22 @@ FILES: tuple[Entry, ...] = (
         "the stage that trains on it",
         "built data: an ImageFolder with clusters.json, or labels.csv with synthetic.json",
     ),
+)
+
+
+RUN_OUTPUT = register_output_kind(
+    "run",
+    entries=(
+        *{entry.path.split("/")[0].replace("<s>", "*") for entry in FILES if entry.scope.endswith("run")},
+        "model-float.onnx",  # the qat method's float parent, beside model.onnx
+        INFOPLANE,
+        STAGE,
+    ),
+    records=(CONFIG,),
+    resumable=True,
+)
+RECIPE_OUTPUT = register_output_kind(
+    "recipe", entries=(RECIPE, SUMMARY, REPORT, "seed-*"), records=(RECIPE,)
 )
 
 

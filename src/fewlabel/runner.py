@@ -8,25 +8,40 @@ Under DDP every process runs all of this; only process 0 writes. Recipes and the
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
 
-from .config import TrainConfig
+from .config import CONFIG_KEYS_FREE_ON_RESUME, TrainConfig
 from .distributed import is_rank_zero
 from .errors import FewlabelError
 from .methods import get_method, load_object
 from .models import ModelCard, save_model_files
-from .rundir import ROBUSTNESS, read_config, seed_dir, write_config, write_metrics, write_record, write_splits
+from .outputs import input_paths, output_folder
+from .report import write_report
+from .rundir import (
+    CONFIG,
+    ROBUSTNESS,
+    RUN_OUTPUT,
+    STATE_WEIGHTS,
+    WEIGHTS,
+    has_checkpoint,
+    has_model,
+    read_config,
+    seed_dir,
+    seed_dirs,
+    write_config,
+    write_metrics,
+    write_record,
+    write_splits,
+)
 from .tasks import get_task
-from .tasks.base import RunContext
+from .tasks.base import DataBundle, RunContext
 from .train.callbacks import best_of_many_margin
-from .train.engine import Engine, check_logger_available
+from .train.engine import Engine, check_logger_available, run_identity
 
 log = logging.getLogger("fewlabel")
-CONFIG_KEYS_FREE_ON_RESUME = {"progress", "workers", "accelerator", "devices", "logger"}
 REFIT_BELOW = 50  # labelled images per class under which a held-out fifth is worth taking back
 
 
@@ -46,48 +61,64 @@ def run_training(
     callbacks: list[L.Callback] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` and write a run directory to ``out``; with several seeds, one per seed under
-    ``out/seed-<s>`` and an aggregate (mean, sd, 95% interval) at the top."""
+    ``out/seed-<s>`` and an aggregate (mean, sd, 95% interval) at the top.
+
+    The first seed's data is loaded and checked before ``out`` is touched, and ``out`` is opened
+    through :func:`fewlabel.outputs.output_folder`: an overwrite is built beside the previous run
+    and swapped in when complete; a new run that fails before its first checkpoint leaves nothing."""
     check_logger_available(cfg.logger)
-    run_dir = Path(out)
-    if is_rank_zero():  # under DDP the other processes train alongside but write nothing
-        prepare_run_dir(run_dir, cfg, overwrite, resume)
-        write_config(run_dir, cfg.to_yaml_dict())
-    seeds = cfg.seed_list
-    if len(seeds) == 1:
-        metrics = train_one_seed(cfg, seeds[0], run_dir, resume, callbacks)
-        return TrainResult(run_dir, metrics, cfg)
-    per_seed = {s: train_one_seed(cfg, s, seed_dir(run_dir, s), resume, callbacks) for s in seeds}
-    metrics = get_task(cfg.task).aggregate(per_seed) | {
-        key: per_seed[seeds[0]][key] for key in ("eval_data", "method", "task")
-    }
-    if is_rank_zero():
-        write_metrics(run_dir, metrics)
-        finish(run_dir, cfg)
-    return TrainResult(run_dir, metrics, cfg)
-
-
-def prepare_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool, resume: bool) -> None:
-    """Create ``run_dir``; an existing one is refused unless ``overwrite`` (replaced) or
-    ``resume`` (continued, when its config is the same)."""
+    out, seeds = Path(out), cfg.seed_list
     if overwrite and resume:
         raise FewlabelError("Use either --overwrite or --resume, not both.")
-    exists = run_dir.exists() and any(run_dir.iterdir())
-    if not exists:
-        if resume:
-            raise FewlabelError(f"--resume: run directory '{run_dir}' does not exist or is empty.")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return
-    if overwrite:
-        shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        return
-    if not resume:
+    L.seed_everything(seeds[0], workers=True, verbose=False)
+    first_data = get_task(cfg.task).prepare_data(cfg, seeds[0])
+    folder = output_folder(
+        out, RUN_OUTPUT.name, overwrite=overwrite, resume=resume, inputs=input_paths(cfg.to_yaml_dict().values()),
+        writes=is_rank_zero(), keep_on_error=has_any_checkpoint,
+    )  # fmt: skip
+    with folder as run_dir:
+        if is_rank_zero():  # under DDP the other processes train alongside but write nothing
+            if resume:
+                check_resumed_config(run_dir, cfg)
+            write_config(run_dir, cfg.to_yaml_dict())
+        if len(seeds) == 1:
+            metrics = train_one_seed(cfg, seeds[0], run_dir, resume, callbacks, first_data)
+        else:
+            per_seed = {
+                s: train_one_seed(cfg, s, seed_dir(run_dir, s), resume, callbacks, first_data if i == 0 else None)
+                for i, s in enumerate(seeds)
+            }
+            metrics = get_task(cfg.task).aggregate(per_seed) | {
+                key: per_seed[seeds[0]][key] for key in ("eval_data", "method", "task")
+            }
+            if is_rank_zero():
+                write_metrics(run_dir, metrics)
+                write_report(run_dir)
+    if is_rank_zero() and cfg.logger == "mlflow":
+        track_in_mlflow(out, cfg, seeds)
+    return TrainResult(out, metrics, cfg)
+
+
+def has_any_checkpoint(run_dir: Path) -> bool:
+    """Whether a failed run left something ``--resume`` continues from (its own or a seed's)."""
+    return has_checkpoint(run_dir) or any(has_checkpoint(d) for d in seed_dirs(run_dir))
+
+
+def check_resumed_config(run_dir: Path, cfg: TrainConfig) -> None:
+    """Refuse to resume a run without its config.yaml, or with settings that change its weights."""
+    previous = read_config(run_dir)
+    if not previous:
         raise FewlabelError(
-            f"Run directory '{run_dir}' already exists; pass --overwrite to replace it or --resume to continue it."
+            f"--resume: '{run_dir / CONFIG}' is missing, so what the run was started with is unknown; "
+            "start a new run (--pretrained can take a finished run's model.safetensors)."
         )
-    changes = config_changes(read_config(run_dir), cfg)
+    changes = config_changes(previous, cfg)
     if changes:
-        raise FewlabelError(f"--resume: '{run_dir}' was started with another config ({changes}); use --overwrite.")
+        weights = run_dir / (WEIGHTS if has_model(run_dir) else STATE_WEIGHTS)
+        raise FewlabelError(
+            f"--resume: '{run_dir}' was started with another config ({changes}); resume with its own settings, or "
+            f"start a new --out from its weights with --pretrained {weights}."
+        )
 
 
 def config_changes(previous: dict, cfg: TrainConfig) -> str:
@@ -99,17 +130,25 @@ def config_changes(previous: dict, cfg: TrainConfig) -> str:
 
 
 def train_one_seed(
-    cfg: TrainConfig, seed: int, run_dir: Path, resume: bool, callbacks: list[L.Callback] | None
+    cfg: TrainConfig,
+    seed: int,
+    run_dir: Path,
+    resume: bool,
+    callbacks: list[L.Callback] | None,
+    data: DataBundle | None = None,
 ) -> dict:
-    """One seed's run: data, the method's fits, evaluation, model files, report."""
+    """One seed's run: data (``data`` when already loaded, right after seeding), the method's
+    fits, evaluation, model files, report."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(seed, workers=True, verbose=False)
     task, method = get_task(cfg.task), get_method(cfg.method.name)
-    data = task.prepare_data(cfg, seed)
+    if data is None:
+        L.seed_everything(seed, workers=True, verbose=False)
+        data = task.prepare_data(cfg, seed)
     writes = is_rank_zero()
     if writes:
         write_splits(run_dir, task.splits_record(data, seed))
-    engine = Engine(cfg, seed, run_dir, callbacks, resume, monitor=task.monitor)
+    identity = run_identity(cfg, getattr(data.train, "class_names", None))
+    engine = Engine(cfg, seed, run_dir, callbacks, resume, monitor=task.monitor, identity=identity)
     cfg, augment_decision = task.resolve_augment(cfg, data, engine)
     if writes and augment_decision and read_config(run_dir):  # a single-seed run: its config.yaml says it
         write_config(run_dir, read_config(run_dir) | {"resolved": {"augment": cfg.augment, "vflip": cfg.vflip}})
@@ -143,7 +182,7 @@ def train_one_seed(
         if robustness:
             write_record(run_dir, ROBUSTNESS, robustness | {"eval_data": data.eval_name})
         write_metrics(run_dir, metrics)
-        finish(run_dir, cfg)
+        write_report(run_dir)
     return metrics
 
 
@@ -248,16 +287,15 @@ def model_selection(engine: Engine, cfg: TrainConfig, task, val_images: int) -> 
     }
 
 
-def finish(run_dir: Path, cfg: TrainConfig) -> None:
-    """Write the report; with ``--logger mlflow`` also record the run in MLflow."""
-    from .report import write_report
+def track_in_mlflow(out: Path, cfg: TrainConfig, seeds: list[int]) -> None:
+    """With ``--logger mlflow``, record the finished run (each seed, then the aggregate) in MLflow;
+    after the run is in place, so that MLflow names its final folder."""
+    from .tracking import log_run_to_mlflow
 
-    write_report(run_dir)
-    if cfg.logger == "mlflow":
-        from .tracking import log_run_to_mlflow
-
-        run_id = log_run_to_mlflow(run_dir, cfg.mlflow_uri)
-        log.info("recorded in MLflow as run %s", run_id)
+    folders = [seed_dir(out, s) for s in seeds] + [out] if len(seeds) > 1 else [out]
+    for folder in folders:
+        run_id = log_run_to_mlflow(folder, cfg.mlflow_uri)
+        log.info("recorded %s in MLflow as run %s", folder, run_id)
 
 
 def evaluate_run(run_dir: str | Path, data: str, strict: bool = False, settings: dict | None = None) -> dict:

@@ -14,6 +14,7 @@ from torch import nn
 from ..fileio import atomic_write
 from ..rundir import read_history, read_infoplane, write_history, write_infoplane
 
+IDENTITY_KEY = "fewlabel_run"  # a checkpoint's architecture, class names and settings hash
 PHASE_KEY = "fewlabel_phase"  # which fit a last.ckpt belongs to
 
 
@@ -140,10 +141,14 @@ class LastCheckpoint(L.Callback):
     at most that much training (a resumed fit redoes the epochs since, to the same result), and
     short epochs do not spend their time writing checkpoints. Process 0's clock decides for all."""
 
-    def __init__(self, path: Path, every_seconds: float = 30.0) -> None:
+    def __init__(self, path: Path, identity: dict | None = None, every_seconds: float = 30.0) -> None:
         self.path = path
+        self.identity = identity or {}
         self.every_seconds = every_seconds
         self._saved_at: float | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[IDENTITY_KEY] = self.identity  # what --resume checks the run against
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         now = time.perf_counter()

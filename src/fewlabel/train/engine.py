@@ -11,6 +11,7 @@ from ``checkpoints/last.ckpt``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -23,14 +24,16 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
+from safetensors.torch import save_file
 from torch import nn
 
-from ..config import TrainConfig, loss_terms
+from ..config import CONFIG_KEYS_FREE_ON_RESUME, TrainConfig, loss_terms
 from ..distributed import is_rank_zero
 from ..errors import FewlabelError
 from ..fileio import atomic_write
-from ..rundir import LAST_CHECKPOINT, LOGS, STATE
+from ..rundir import LAST_CHECKPOINT, LOGS, STATE, STATE_WEIGHTS
 from .callbacks import (
+    IDENTITY_KEY,
     PHASE_KEY,
     BatchSeed,
     BestWeights,
@@ -45,7 +48,7 @@ from .callbacks import (
 )
 from .datamodule import EngineDataModule
 from .inference import FeatureCache
-from .module import EngineModule, GeometryTerms
+from .module import EngineModule, GeometryTerms, NonFiniteLossError
 
 log = logging.getLogger("fewlabel.train")
 # Lightning notices that say nothing to a fewlabel user (small data, no validation set, resumes).
@@ -130,16 +133,46 @@ def check_logger_available(logger: str) -> None:
         raise FewlabelError(f"--logger {logger} needs the '{package}' package: pip install 'fewlabel[{package}]'.")
 
 
-def checkpoint_phase(path: Path) -> str | None:
-    """The fit a last.ckpt belongs to (loaded with weights_only=True)."""
+def run_identity(cfg: TrainConfig, class_names: list[str] | None) -> dict:
+    """What a checkpoint must share with the run that resumes it: the architecture, the class
+    names, and a hash of every setting that shapes the weights (all but those free on resume)."""
+    settings = {k: v for k, v in cfg.to_yaml_dict().items() if k not in CONFIG_KEYS_FREE_ON_RESUME}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"arch": cfg.model, "class_names": list(class_names or []), "settings_sha256": digest}
+
+
+def check_identity(path: Path, saved: dict | None, identity: dict) -> None:
+    """Refuse a checkpoint written by another run, in one line naming the first field that differs."""
+    if saved is None:
+        log.warning("%s records no architecture or classes (written before fewlabel kept them); resuming", path)
+        return
+    for key, wanted in identity.items():
+        if saved.get(key) != wanted:
+            what = "the settings that shape the weights differ" if key == "settings_sha256" else f"{saved.get(key)!r}"
+            raise FewlabelError(
+                f"--resume: checkpoint '{path}' belongs to another run ({key}: {what}; this run: {wanted!r}); "
+                "resume with the run's own settings or start a new --out."
+            )
+
+
+def checkpoint_phase(path: Path, identity: dict | None = None) -> str | None:
+    """The fit a last.ckpt belongs to (loaded with weights_only=True), checked against ``identity``."""
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True).get(PHASE_KEY)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise FewlabelError(
-            f"Checkpoint '{path}' cannot be read ({type(exc).__name__}); rerun with --overwrite."
+            f"Checkpoint '{path}' cannot be read ({type(exc).__name__}); delete it to redo the fit it holds "
+            f"from the last finished one{_finished_fits(path.parent)}."
         ) from None
+    if identity is not None:
+        check_identity(path, saved.get(IDENTITY_KEY), identity)
+    return saved.get(PHASE_KEY)
+
+
+def _finished_fits(folder: Path) -> str:
+    return f" ({STATE} holds it)" if (folder.parent / STATE).is_file() else " (none finished yet: the run restarts)"
 
 
 class Engine:
@@ -153,8 +186,10 @@ class Engine:
         callbacks: list[L.Callback] | None = None,
         resume: bool = False,
         monitor: tuple[str, bool] = ("val_loss", False),
+        identity: dict | None = None,
     ) -> None:
         self.cfg = cfg
+        self.identity = identity if identity is not None else run_identity(cfg, None)
         self.seed = seed
         self.run_dir = Path(run_dir)
         self.extra_callbacks = callbacks or []
@@ -180,13 +215,21 @@ class Engine:
             return False
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise FewlabelError(
+                f"Checkpoint '{path}' cannot be read ({type(exc).__name__}); it holds the fits finished so far: "
+                "delete the run's checkpoints folder to train it again from the start."
+            ) from None
+        check_identity(path, json.loads(saved[IDENTITY_KEY]) if IDENTITY_KEY in saved else None, self.identity)
+        try:
             last_fit = list(json.loads(saved["records"]))[-1:]
             restores = bool(last_fit) and last_fit[0].startswith(fits_prefix)
             if restores:
                 network.load_state_dict(saved["weights"])
         except Exception as exc:
             raise FewlabelError(
-                f"Checkpoint '{path}' cannot be used ({type(exc).__name__}); rerun with --overwrite."
+                f"Checkpoint '{path}' does not fit this run's network ({type(exc).__name__}); "
+                "resume with the run's own settings or start a new --out."
             ) from None
         if not self._state_restored:
             self._restore_state(saved)
@@ -230,7 +273,10 @@ class Engine:
         meter = Throughput()
         trainer = self._trainer(name, index, epochs, fit, meter, checkpoints=not on_features)
         fit.module.train()  # whatever ran before (inference) left; EvalModeModules then fixes the frozen
-        trainer.fit(fit.module, datamodule=fit.data, ckpt_path=ckpt, weights_only=True if ckpt else None)
+        try:
+            trainer.fit(fit.module, datamodule=fit.data, ckpt_path=ckpt, weights_only=True if ckpt else None)
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"{exc} {self._what_is_saved()}") from None
         fit.module.to("cpu")
         self.records[name] = {
             "images": meter.images,
@@ -266,9 +312,16 @@ class Engine:
             "train_images_per_second": images / seconds if seconds else 0.0,
         }
 
+    def _what_is_saved(self) -> str:
+        """After a failed fit: which checkpoints exist, and how to train again with other settings."""
+        saved = [p for p in (LAST_CHECKPOINT, STATE_WEIGHTS) if (self.run_dir / p).is_file()]
+        kept = f"Kept: {', '.join(str(self.run_dir / p) for p in saved)}." if saved else "No checkpoint was kept."
+        start = f" --pretrained {self.run_dir / STATE_WEIGHTS}" if STATE_WEIGHTS in saved else ""
+        return f"{kept} To retry with a lower --lr, start a new --out{start} (--resume keeps the run's settings)."
+
     def _resume_checkpoint(self, name: str) -> Path | None:
         path = self.run_dir / LAST_CHECKPOINT
-        if self.resume and checkpoint_phase(path) == name:
+        if self.resume and checkpoint_phase(path, self.identity) == name:
             log.info("resuming fit '%s' from %s", name, path)
             return path
         return None
@@ -282,8 +335,10 @@ class Engine:
             "method_state": json.dumps(self.method_state),
             "selection": self.selection.state_dict(),
             "saved_weights": self.saved_weights,
+            IDENTITY_KEY: json.dumps(self.identity),
         }
         atomic_write(self.run_dir / STATE, lambda tmp: torch.save(state, tmp))
+        atomic_write(self.run_dir / STATE_WEIGHTS, lambda tmp: save_file(state["weights"], str(tmp)))
 
     def _trainer(self, name: str, index: int, epochs: int, fit: Fit, meter: Throughput, checkpoints: bool) -> L.Trainer:
         """The fit's Trainer. A fit on cached features (seconds long) writes no per-epoch
@@ -294,7 +349,7 @@ class Engine:
             meter,
             HistoryWriter(self.run_dir, name),
             PhaseTag(name),
-            *([LastCheckpoint(self.run_dir / LAST_CHECKPOINT)] if checkpoints else []),
+            *([LastCheckpoint(self.run_dir / LAST_CHECKPOINT, self.identity)] if checkpoints else []),
             SelectionTracker(self.selection, self.network, name),
             *self.extra_callbacks,
         ]

@@ -129,8 +129,7 @@ class EngineModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"Training loss became {loss.item()} in phase '{self.phase}' at epoch "
-                f"{self.current_epoch}, step {self.global_step}; training stopped. The last good "
-                "checkpoint (end of the previous epoch) is kept in checkpoints/last.ckpt; lower --lr."
+                f"{self.current_epoch}, step {self.global_step}; training stopped."
             )
         self.log_dict({"train_loss": loss, **logs}, on_step=False, on_epoch=True, batch_size=size)
         return loss
