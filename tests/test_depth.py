@@ -406,7 +406,7 @@ def test_depth_commands_render_train_predict_and_eval(trained, rendered, tmp_pat
     wrong = runner.invoke(app, ["depth", "render", "--outside", "camera", "--out", str(tmp_path / "no")])
     assert wrong.exit_code == 2 and "camera" in wrong.output and not (tmp_path / "no").exists()
     again = runner.invoke(app, ["depth", "render", "--n", "2", "--out", str(out)])
-    assert isinstance(again.exception, FewlabelError) and "already holds files" in str(again.exception)
+    assert isinstance(again.exception, FewlabelError) and "exists; pass --overwrite" in str(again.exception)
     assert len(list((out / "train").glob("*.png"))) == 2  # nothing overwritten
     frame = sorted((out / "train").glob("*.png"))[0]
     predicted = runner.invoke(

@@ -87,7 +87,7 @@ def test_build_writes_an_image_folder_a_later_stage_can_train_on(image_folder, t
     stage_data = load_data(str(out), 16)
     assert stage_data.class_names == ["cluster-0", "cluster-1", "cluster-2"] and len(stage_data) == 18
     again = CliRunner().invoke(app, ["intermediate", "build", str(image_folder), "--out", str(out), "--k", "3"])
-    assert again.exit_code != 0 and "already exists" in str(again.exception)
+    assert again.exit_code != 0 and "exists; pass --overwrite" in str(again.exception)
 
 
 def test_embedding_and_both_descriptors_use_the_backbone(image_folder, tmp_path):

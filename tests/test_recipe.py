@@ -198,7 +198,7 @@ def test_k_larger_than_the_pool_names_the_stage(tmp_path, image_folder):
 def test_out_folder_of_something_else_is_refused(two_stage_recipe, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(FewlabelError, match="holds no recipe.yaml"):
+    with pytest.raises(FewlabelError, match="busy. exists; pass --overwrite"):
         run_recipe(two_stage_recipe, tmp_path / "busy")
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
 

@@ -212,11 +212,12 @@ def output_folder(
         yield staged if beside else out
         return
     recover(out, kind, resume)
+    existed = out.is_dir()
     target = _claim(out, kind, overwrite, resume, swap)
     try:
         yield target
     except BaseException:
-        _abandon(out, target, keep_on_error)
+        _abandon(out, target, keep_on_error, existed)
         raise
     write_marker(target, kind, complete=True)
     _swap_in(out, target)
@@ -247,8 +248,9 @@ def _claim(out: Path, kind: str, overwrite: bool, resume: bool, swap: str) -> Pa
     return out
 
 
-def _abandon(out: Path, target: Path, keep_on_error: Callable[[Path], bool]) -> None:
-    """After a failure: keep a resumable new output, else remove it; bring back an old one."""
+def _abandon(out: Path, target: Path, keep_on_error: Callable[[Path], bool], existed: bool) -> None:
+    """After a failure: keep a resumable new output, else remove it (a folder that existed, empty,
+    is emptied, not removed); bring back an old one."""
     if target != out:  # beside: the old output never moved
         if not keep_on_error(target):
             shutil.rmtree(target.parent, ignore_errors=True)
@@ -258,6 +260,8 @@ def _abandon(out: Path, target: Path, keep_on_error: Callable[[Path], bool]) -> 
         shutil.rmtree(out, ignore_errors=True)
     if aside.is_dir():
         os.replace(aside, out)
+    elif existed:
+        out.mkdir(exist_ok=True)
 
 
 def _swap_in(out: Path, target: Path) -> None:

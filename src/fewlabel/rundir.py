@@ -284,9 +284,7 @@ RUN_OUTPUT = register_output_kind(
     records=(CONFIG,),
     resumable=True,
 )
-RECIPE_OUTPUT = register_output_kind(
-    "recipe", entries=(RECIPE, SUMMARY, REPORT, "seed-*"), records=(RECIPE,)
-)
+RECIPE_OUTPUT = register_output_kind("recipe", entries=(RECIPE, SUMMARY, REPORT, "seed-*"), records=(RECIPE,))
 
 
 def seed_dir(root: str | Path, seed: int) -> Path:

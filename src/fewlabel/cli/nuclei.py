@@ -28,11 +28,12 @@ def synth(
     size: Annotated[int, typer.Option(min=16, help="tile side in pixels")] = 256,
     test_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="share of tiles in test/")] = 0.25,
     out: Annotated[Path, typer.Option(help="folder to write (train/, test/, style.json)")] = Path("data/synth"),
+    overwrite: Annotated[bool, typer.Option(help="replace tiles this command wrote before")] = False,
 ) -> None:
     """Synthetic microscopy tiles with exact nucleus centres (one x,y CSV per tile)."""
     from ..nuclei.synth import write_synthetic
 
-    record = write_synthetic(out, style.value, n, seed, size, test_fraction)
+    record = write_synthetic(out, style.value, n, seed, size, test_fraction, overwrite)
     console().print(
         f"{out}: {record['images']['train']} training and {record['images']['test']} test tiles ({style.value})"
     )

@@ -26,7 +26,6 @@ import contextlib
 import functools
 import json
 import math
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +36,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import FewlabelError, unknown_choice
+from ..fileio import write_json
+from ..outputs import output_folder, register_output_kind
 from ..rundir import RENDER_RECORD
 from .options import RENDER_OUTSIDE, RENDER_STYLES
 
 FOV_DEGREES = 110.0  # horizontal field of view of the endoscope camera (fixed: known intrinsics)
 NEAR_MM, FAR_MM = 1.0, 200.0
+RENDER_OUTPUT = register_output_kind("rendered depth data", ("train", "test", RENDER_RECORD), (RENDER_RECORD,))
 ANGLES, SLICES = 1024, 256  # the ray caster's angular bins and depth slices
 
 
@@ -378,11 +380,12 @@ def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256,
     n_test = round(n * test_share)
     if patients is not None and not 1 <= patients <= n - n_test:
         raise FewlabelError(f"patients {patients}: accepted 1 to the number of training images ({n - n_test}).")
-    out = Path(out)
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise FewlabelError(f"Output folder '{out}' already holds files; pass --overwrite to replace it.")
-        shutil.rmtree(out)
+    with output_folder(out, RENDER_OUTPUT.name, overwrite=overwrite) as folder:
+        return _write_renders(folder, style, n, seed, size, n_test, patients, outside)
+
+
+def _write_renders(out: Path, style: str, n: int, seed: int, size: int, n_test: int, patients: int | None,
+                   outside: str) -> dict:  # fmt: skip
     record = {"style": style, "n": n, "seed": seed, "size": size, "units": "mm", "fov_degrees": FOV_DEGREES,
               "far_mm": FAR_MM, "train": n - n_test, "test_held_out": n_test, "patients": patients, "outside": outside,
               "ranges": {k: [r.low, r.high, r.spread] for k, r in (ANATOMY | LIGHTING).items()},
@@ -393,7 +396,7 @@ def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256,
         Image.fromarray(image).save(out / f"{name}.png")
         np.save(out / f"{name}_depth.npy", depth)
         record["scenes"][name] = scene.values
-    (out / RENDER_RECORD).write_text(json.dumps(record, indent=2))
+    write_json(out / RENDER_RECORD, record)
     return record
 
 

@@ -14,7 +14,6 @@ every nucleus whose centre lies inside the tile.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -25,8 +24,13 @@ from scipy.spatial import cKDTree
 from skimage.color import rgb_from_hed
 
 from ..errors import unknown_choice
+from ..fileio import write_json
+from ..outputs import output_folder, register_output_kind
 from .data import drop_outside
 from .options import STYLE_NAMES
+
+STYLE_RECORD = "style.json"  # fewlabel nuclei synth: the style, count, seed and size of the tiles
+SYNTH_OUTPUT = register_output_kind("synthetic tiles", ("train", "test", STYLE_RECORD), (STYLE_RECORD,))
 
 Stain = tuple[float, float, float]  # haematoxylin, eosin, DAB concentrations
 
@@ -231,12 +235,18 @@ def write_synthetic(
     seed: int = 0,
     size: int = 256,
     test_fraction: float = 0.25,
+    overwrite: bool = False,
 ) -> dict:
     """Write ``n`` tiles of ``style`` as ``out/{train,test}/tile-NNNN.png`` with a point CSV
     (``x,y``) beside each; the last ``test_fraction`` of them (at least one) go to ``test``.
-    Tile ``i`` depends only on (``seed``, ``i``). Returns what ``out/style.json`` records."""
+    Tile ``i`` depends only on (``seed``, ``i``). Returns what ``out/style.json`` records. A
+    folder that holds files already is refused unless ``overwrite`` (see :mod:`fewlabel.outputs`)."""
     style = get_style(style) if isinstance(style, str) else style
-    out = Path(out)
+    with output_folder(out, SYNTH_OUTPUT.name, overwrite=overwrite) as folder:
+        return _write_tiles(folder, style, n, seed, size, test_fraction)
+
+
+def _write_tiles(out: Path, style: Style, n: int, seed: int, size: int, test_fraction: float) -> dict:
     n_test = max(1, round(n * test_fraction)) if n > 1 else 0
     counts = {"train": 0, "test": 0}
     for index in range(n):
@@ -248,7 +258,7 @@ def write_synthetic(
         np.savetxt(folder / f"tile-{index:04d}.csv", centres, fmt="%.2f", delimiter=",", header="x,y", comments="")
         counts[split] += 1
     record = {"style": asdict(style), "n": n, "seed": seed, "size": size, "images": counts}
-    (out / "style.json").write_text(json.dumps(record, indent=2))
+    write_json(out / STYLE_RECORD, record)
     return record
 
 

@@ -3,12 +3,18 @@ recipe stage's ``build``): pseudo-classes of unlabeled images, or generated imag
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ..errors import FewlabelError, unknown_choice
 from ..methods import load_object
+from ..outputs import input_paths, output_folder, register_output_kind
+from ..rundir import BUILT_LABELS, CLUSTERS_MARKER, SYNTHETIC_MARKER
 from . import INTERMEDIATE_BUILDERS
+
+BUILT_OUTPUT = register_output_kind(
+    "built data", ("cluster-*", CLUSTERS_MARKER, "images", BUILT_LABELS, SYNTHETIC_MARKER),
+    (CLUSTERS_MARKER, SYNTHETIC_MARKER),
+)  # fmt: skip
 
 
 def build_intermediate(
@@ -45,17 +51,14 @@ def build_intermediate(
     for key, what in builder.requires.items():
         if not options_given.get(key):
             raise FewlabelError(f"--method {method} needs --{key} {what}.")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FewlabelError(f"Output folder '{out}' already exists; pass --overwrite to replace it.")
-        shutil.rmtree(out)
     settings = dict(
         unlabeled=unlabeled, pool_size=pool_size, k=k, descriptor=descriptor, keep_fraction=keep_fraction,
         generator=generator, per_class=per_class, options=options, seed=seed, model=model, pretrained=pretrained,
         img_size=img_size, progress=progress,
     )  # fmt: skip
-    return load_object(builder.build)(data, out, **settings)
+    inputs = input_paths([data, unlabeled, pretrained])
+    with output_folder(out, BUILT_OUTPUT.name, overwrite=overwrite, inputs=inputs) as folder:
+        return load_object(builder.build)(data, folder, **settings)
 
 
 def build_generated(data: str | None, out: Path, *, generator: str, per_class: int, options, seed: int, **_) -> dict:

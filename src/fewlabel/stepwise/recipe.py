@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -50,8 +49,10 @@ from ..errors import FewlabelError
 from ..evaluate.metrics import mean_sd_ci
 from ..fileio import read_json, write_json
 from ..methods import get_method, list_methods
+from ..outputs import input_paths, output_folder
 from ..rundir import (
     QUANT,
+    RECIPE_OUTPUT,
     ROBUSTNESS,
     WEIGHTS,
     built_data_dir,
@@ -322,7 +323,18 @@ def run_recipe(
             f"target stage has task '{task}' (its report compares each stage's own scores)."
         )
     out = Path(out)
-    _prepare_out(out, recipe, overwrite)
+    continues = not overwrite and is_recipe_folder(out)
+    inputs = input_paths([recipe.model_dump(mode="json")])
+    with output_folder(
+        out, RECIPE_OUTPUT.name, overwrite=overwrite, resume=continues, inputs=inputs, swap="aside",
+        keep_on_error=lambda folder: True,
+    ) as folder:  # fmt: skip
+        write_recipe(folder, recipe.model_dump(mode="json", exclude_none=True))
+        return _run_seeds(recipe, folder, compare, overrides)
+
+
+def _run_seeds(recipe: Recipe, out: Path, compare: str | None, overrides: dict) -> dict:
+    """Every stage of every seed, then the summary and the report."""
     results: dict[int, dict[str, dict]] = {}
     for seed in recipe.seeds:
         folder = seed_dir(out, seed)
@@ -352,17 +364,6 @@ def _stage_errors(name: str, seed: int):
         yield
     except FewlabelError as exc:
         raise FewlabelError(f"stage '{name}' (seed {seed}): {exc}") from None
-
-
-def _prepare_out(out: Path, recipe: Recipe, overwrite: bool) -> None:
-    """Create ``out``; a folder from this recipe is continued, any other non-empty one refused."""
-    if out.exists() and any(out.iterdir()):
-        if not is_recipe_folder(out):
-            raise FewlabelError(f"'{out}' exists and holds no recipe.yaml; choose an empty or new --out folder.")
-        if overwrite:
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_recipe(out, recipe.model_dump(mode="json", exclude_none=True))
 
 
 def _build_stage_data(recipe: Recipe, index: int, seed_dir: Path, seed: int) -> None:
@@ -419,10 +420,9 @@ def _run_stage(cfg: TrainConfig, run_dir: Path, name: str) -> dict:
         log.info("stage %s: finished earlier, skipped", name)
         return done["metrics"]
     resume = has_checkpoint(run_dir)
-    if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)
     log.info("stage %s: %s", name, "resuming" if resume else "training")
-    result = run_training(cfg, run_dir, resume=resume)
+    restart = not resume and run_dir.is_dir() and any(run_dir.iterdir())  # interrupted before its first checkpoint
+    result = run_training(cfg, run_dir, resume=resume, overwrite=restart)
     metrics = {k: result.metrics.get(k) for k in compared_keys(cfg.task)}
     metrics |= {k: result.metrics.get(k) for k in ("eval_data", "n_samples", "class_names")} | {"task": cfg.task}
     metrics["robustness"] = read_record(run_dir, ROBUSTNESS)
