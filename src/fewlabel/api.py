@@ -188,7 +188,8 @@ def render_depth(out: str | Path, style: str = "cinematic", n: int = 200, seed: 
     render.json's record."""
     from .depth.render import write_renders
 
-    return write_renders(Path(out), style, n, seed, size, test_share, overwrite, patients, outside)
+    return write_renders(Path(out), style, n, overwrite=overwrite, seed=seed, size=size, test_share=test_share,
+                         patients=patients, outside=outside)  # fmt: skip
 
 
 def train_depth(data: str | None = None, out: str | Path = "runs/depth", init: str | Path | None = None,

@@ -18,7 +18,7 @@ import yaml
 
 from .errors import FewlabelError
 from .fileio import read_json, write_json, write_text, write_yaml
-from .outputs import register_output_kind
+from .outputs import MARKER, register_output_kind
 
 CONFIG = "config.yaml"
 WEIGHTS = "model.safetensors"
@@ -129,7 +129,22 @@ FILES: tuple[Entry, ...] = (
         "run",
         "engine, after every finished fit",
         "engine on --resume",
-        "weights after the last finished fit, its name, throughput so far, the method's state",
+        "weights after the last finished fit, its name, throughput so far, the method's state, and the run's "
+        "architecture, class names and settings hash (checked by --resume)",
+    ),
+    Entry(
+        STATE_WEIGHTS,
+        "run",
+        "engine, after every finished fit",
+        "--pretrained of a new run (after a NaN loss, or to change a setting)",
+        "the network's weights after the last finished fit (safetensors)",
+    ),
+    Entry(
+        MARKER,
+        "every output folder",
+        "fewlabel.outputs, first (kind, version) and when complete (entries)",
+        "--overwrite, --resume (only fewlabel's own output of the same kind is replaced)",
+        "the kind of output, fewlabel's version, whether it is complete, its top-level entries",
     ),
     Entry(
         LOGS + "/",

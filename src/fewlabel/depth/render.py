@@ -361,12 +361,20 @@ def straight_tube_depth(size: int, radius_mm: float) -> np.ndarray:
     return np.minimum(radius_mm / np.sqrt(u.numpy() ** 2 + v.numpy() ** 2), FAR_MM).astype(np.float32)
 
 
-def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256, test_share: float = 0.2,
-                  overwrite: bool = False, patients: int | None = None, outside: str = "all") -> dict:  # fmt: skip
+def write_renders(out: Path, style: str, n: int, *, overwrite: bool = False, **settings) -> dict:
+    """:func:`render_into` the folder ``out`` (see :mod:`fewlabel.outputs`): a folder that holds
+    files already is refused unless ``overwrite``; the options are checked before it is touched."""
+    render_into(None, style, n, **settings)  # only checks the options
+    with output_folder(out, RENDER_OUTPUT.name, overwrite=overwrite) as folder:
+        return render_into(folder, style, n, **settings)
+
+
+def render_into(out: Path | None, style: str, n: int, seed: int = 0, size: int = 256, test_share: float = 0.2,
+                patients: int | None = None, outside: str = "all") -> dict:  # fmt: skip
     """``n`` renders in ``out/train`` (training ranges) and ``out/test`` (``test_share`` of them,
     anatomy and lighting drawn outside the training ranges): ``NNNNN.png`` with
-    ``NNNNN_depth.npy`` (float32 mm) each, and render.json (written last) describing them. A
-    folder that holds files already is refused unless ``overwrite``.
+    ``NNNNN_depth.npy`` (float32 mm) each, and render.json (written last) describing them
+    (``out`` None: check the options only, write nothing).
 
     ``patients``: the training images show only this many colons (patients), each seen from
     several places under several rendering conditions (:func:`draw_scene`), as a cinematic set
@@ -380,12 +388,8 @@ def write_renders(out: Path, style: str, n: int, seed: int = 0, size: int = 256,
     n_test = round(n * test_share)
     if patients is not None and not 1 <= patients <= n - n_test:
         raise FewlabelError(f"patients {patients}: accepted 1 to the number of training images ({n - n_test}).")
-    with output_folder(out, RENDER_OUTPUT.name, overwrite=overwrite) as folder:
-        return _write_renders(folder, style, n, seed, size, n_test, patients, outside)
-
-
-def _write_renders(out: Path, style: str, n: int, seed: int, size: int, n_test: int, patients: int | None,
-                   outside: str) -> dict:  # fmt: skip
+    if out is None:
+        return {}
     record = {"style": style, "n": n, "seed": seed, "size": size, "units": "mm", "fov_degrees": FOV_DEGREES,
               "far_mm": FAR_MM, "train": n - n_test, "test_held_out": n_test, "patients": patients, "outside": outside,
               "ranges": {k: [r.low, r.high, r.spread] for k, r in (ANATOMY | LIGHTING).items()},
@@ -434,4 +438,4 @@ def build_renders(data: str | None, out: Path, *, options: dict, seed: int, **_)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise FewlabelError(f"build options {unknown}: depth-render accepts {', '.join(accepted)}.")
-    return write_renders(Path(out), seed=seed, **options)
+    return render_into(Path(out), seed=seed, **options)

@@ -8,13 +8,14 @@ from pathlib import Path
 from ..errors import FewlabelError, unknown_choice
 from ..methods import load_object
 from ..outputs import input_paths, output_folder, register_output_kind
-from ..rundir import BUILT_LABELS, CLUSTERS_MARKER, SYNTHETIC_MARKER
+from ..rundir import BUILT_LABELS, CLUSTERS_MARKER, RENDER_RECORD, SYNTHETIC_MARKER
 from . import INTERMEDIATE_BUILDERS
 
 BUILT_OUTPUT = register_output_kind(
-    "built data", ("cluster-*", CLUSTERS_MARKER, "images", BUILT_LABELS, SYNTHETIC_MARKER),
-    (CLUSTERS_MARKER, SYNTHETIC_MARKER),
-)  # fmt: skip
+    "built data",
+    entries=("cluster-*", CLUSTERS_MARKER, "images", BUILT_LABELS, SYNTHETIC_MARKER, "train", "test", RENDER_RECORD),
+    records=(CLUSTERS_MARKER, SYNTHETIC_MARKER, RENDER_RECORD),
+)
 
 
 def build_intermediate(
