@@ -227,8 +227,9 @@ def test_bad_distillation_input_is_one_clear_line(split_folder, teacher_run, tmp
     run = lambda **kw: train(str(split_folder), tmp_path / "s", overwrite=True, **DISTILL | kw)  # noqa: E731
     with pytest.raises(FewlabelError, match="needs a teacher: --teacher RUN"):
         run()
+    (tmp_path / "no-run").mkdir()
     with pytest.raises(FewlabelError, match="no model.safetensors there"):
-        run(teacher=str(tmp_path))
+        run(teacher=str(tmp_path / "no-run"))
     with pytest.raises(FewlabelError, match="batches of 1 image.*at least 2"):
         run(teacher=str(teacher_run), batch_size=1, mu=1)
     with pytest.raises(FewlabelError, match="loss: term 'kd' needs a teacher; use method distill"):

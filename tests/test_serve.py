@@ -32,12 +32,17 @@ def trained(tmp_path_factory):
     return root
 
 
+def local(app) -> TestClient:
+    """A client that calls the app as the page on this machine does (Host 127.0.0.1:8000)."""
+    return TestClient(app, base_url="http://127.0.0.1:8000")
+
+
 def png_bytes(path) -> bytes:
     return path.read_bytes()
 
 
 def test_predict_returns_top_k_and_an_overlay(trained):
-    client = TestClient(create_app(trained / "run", top_k=2))
+    client = local(create_app(trained / "run", top_k=2))
     assert client.get("/api/info").json()["classes"] == ["blue", "green", "red"]
     files = [("files", (p.name, png_bytes(p), "image/png")) for p in sorted((trained / "data/test/red").iterdir())]
     response = client.post("/api/predict", files=files)
@@ -49,7 +54,7 @@ def test_predict_returns_top_k_and_an_overlay(trained):
 
 
 def test_bad_uploads_get_4xx_and_the_server_keeps_serving(trained, monkeypatch):
-    client = TestClient(create_app(trained / "run", max_upload_mb=0.01))
+    client = local(create_app(trained / "run", max_upload_mb=0.01))
     good = next((trained / "data/test/blue").iterdir())
     big = io.BytesIO()
     Image.new("RGB", (200, 200)).save(big, format="BMP")

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from .errors import FewlabelError, did_you_mean
+from .fileio import read_yaml
 from .methods import DEFAULT_METHOD, get_method, list_methods, option_owners
 from .options import MethodOptions
 from .tasks import DEFAULT_TASK, check_task, task_options_model
@@ -388,17 +389,16 @@ def make_config(values: dict, origin: str = "config") -> TrainConfig:
 def read_config_file(path: str | Path) -> dict:
     """Read a YAML mapping, with clear errors for a missing file or bad YAML; a run's own
     ``resolved`` record (see config.yaml of a run) is left out."""
-    import yaml  # here: the command line builds its options from this module without reading YAML
 
     path = Path(path)
     if not path.is_file():
         raise FewlabelError(f"Config file '{path}' not found.")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise FewlabelError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}).") from None
+    values = read_yaml(path) or {}
     if not isinstance(values, dict):
         raise FewlabelError(f"{path}: expected a mapping of keys to values, got {type(values).__name__}.")
+    odd = [key for key in values if not isinstance(key, str)]
+    if odd:
+        raise FewlabelError(f"{path}: key {odd[0]!r} is not an option name; keys are names such as lr or epochs.")
     values.pop("resolved", None)  # what a run decided for itself (augment auto); a rerun decides again
     return values
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .errors import FewlabelError
+from .fileio import TEMPORARY_PATTERN, remove_stale_temporaries, write_json
 
 log = logging.getLogger("fewlabel")
 MARKER = ".fewlabel.json"  # {"kind", "version", "complete", "entries"}: this folder is fewlabel's output
@@ -87,8 +88,6 @@ def read_marker(folder: Path) -> dict | None:
 
 def write_marker(folder: Path, kind: str, complete: bool = False) -> None:
     """Mark ``folder`` as fewlabel's output of ``kind``; once ``complete``, with its top-level entries."""
-    from .fileio import write_json
-
     record = {"kind": kind, "version": __version__, "complete": complete}
     if complete:
         record["entries"] = sorted(p.name for p in folder.iterdir() if p.name != MARKER)
@@ -107,7 +106,7 @@ def is_output_of(folder: Path, kind: str) -> bool:
 def foreign_entries(folder: Path, kind: str) -> list[str]:
     """Top-level entries of ``folder`` that fewlabel's ``kind`` does not write (sorted)."""
     marker = read_marker(folder) or {}
-    known = (*_kind(kind).entries, *marker.get("entries", ()), MARKER, ".*.tmp")
+    known = (*_kind(kind).entries, *marker.get("entries", ()), MARKER, TEMPORARY_PATTERN)
     return sorted(p.name for p in folder.iterdir() if not any(fnmatch.fnmatch(p.name, k) for k in known))
 
 
@@ -214,6 +213,8 @@ def output_folder(
     recover(out, kind, resume)
     existed = out.is_dir()
     target = _claim(out, kind, overwrite, resume, swap)
+    for stale in remove_stale_temporaries(target):
+        log.info("removed %s, left by an interrupted write", stale)
     try:
         yield target
     except BaseException:

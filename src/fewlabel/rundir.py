@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import FewlabelError
-from .fileio import read_json, write_json, write_text, write_yaml
+from .fileio import read_json, read_yaml, write_json, write_text, write_yaml
 from .outputs import MARKER, register_output_kind
 
 CONFIG = "config.yaml"
@@ -345,7 +343,7 @@ def read_config(run_dir: str | Path) -> dict:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         return {}
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return read_yaml(path) or {}
 
 
 def write_metrics(run_dir: str | Path, metrics: dict) -> Path:
@@ -442,7 +440,7 @@ def write_recipe(out: str | Path, recipe: dict) -> Path:
 
 
 def read_recipe_file(out: str | Path) -> dict:
-    return yaml.safe_load((Path(out) / RECIPE).read_text(encoding="utf-8"))
+    return read_yaml(Path(out) / RECIPE)
 
 
 def is_recipe_folder(out: str | Path) -> bool:

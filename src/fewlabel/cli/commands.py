@@ -258,12 +258,22 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to listen on (loopback by default)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     top_k: Annotated[int, typer.Option(min=1)] = 3,
-    max_upload_mb: Annotated[float, typer.Option(min=0.01, help="largest accepted upload")] = 10.0,
+    max_upload_mb: Annotated[float, typer.Option(min=0.01, help="largest accepted file")] = 10.0,
+    max_files: Annotated[int, typer.Option(min=1, help="files a request may send")] = 16,
+    max_request_mb: Annotated[float, typer.Option(min=0.01, help="largest accepted request")] = 64.0,
+    max_megapixels: Annotated[float, typer.Option(min=0.01, help="largest accepted image, after JPEG draft")] = 40.0,
+    workers: Annotated[int, typer.Option(min=1, help="images decoded and predicted at once")] = 2,
+    allowed_hosts: Annotated[
+        str | None, typer.Option(help="Host names answered, comma-separated (default: loopback, or --host)")
+    ] = None,
 ) -> None:
     """A local web app: drop images, see top-k classes and Grad-CAM, download CSV."""
+    from ..serve import Limits
     from ..serve import serve as run_server
 
-    run_server(run, host, port, top_k, max_upload_mb)
+    limits = Limits(max_upload_mb, max_files, max_request_mb, max_megapixels, workers)
+    hosts = [h.strip() for h in allowed_hosts.split(",") if h.strip()] if allowed_hosts else None
+    run_server(run, host, port, top_k, max_upload_mb, limits=limits, allowed_hosts=hosts)
 
 
 @app.command()

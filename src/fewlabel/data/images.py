@@ -8,12 +8,14 @@ limit is refused even where Pillow would only warn.
 from __future__ import annotations
 
 import io
+import math
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".ppm", ".pgm")
 
@@ -44,33 +46,65 @@ def pil_to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def _refuse_bombs(img: Image.Image) -> None:
-    """Refuse more pixels than Pillow's MAX_IMAGE_PIXELS, where Pillow itself only warns
-    (it raises above twice the limit). Checked here rather than through a warnings filter,
-    which is not thread-safe."""
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and img.size[0] * img.size[1] > limit:
-        raise ImageDecodeError(
-            f"refused as a decompression bomb ({img.size[0]}x{img.size[1]} pixels exceeds the limit of {limit})"
-        )
+def _refuse_bombs(img: Image.Image, max_pixels: int | None = None) -> None:
+    """Refuse more pixels than ``max_pixels`` (default Pillow's MAX_IMAGE_PIXELS, where Pillow
+    itself only warns: it raises above twice the limit). Checked here rather than through a
+    warnings filter, which is not thread-safe."""
+    pillow = Image.MAX_IMAGE_PIXELS
+    limit = min(n for n in (max_pixels, pillow, float("inf")) if n)
+    if img.size[0] * img.size[1] > limit:
+        size = f"{img.size[0]}x{img.size[1]} pixels exceeds the limit of {limit}"
+        raise ImageDecodeError(f"refused as a decompression bomb ({size})" if limit == pillow else f"{size} pixels")
 
 
-def decode_image(source: str | Path | bytes) -> torch.Tensor:
-    """Read one file (or its bytes) into a CxHxW uint8 tensor, raising ImageDecodeError with the reason."""
+def _shrink_while_decoding(img: Image.Image, min_side: int) -> None:
+    """Ask the decoder for a smaller image whose shorter side stays at least ``min_side``
+    (JPEG decodes at 1/2, 1/4 or 1/8 scale directly: Pillow's draft mode)."""
+    width, height = img.size
+    scale = min_side / min(width, height)
+    if scale < 1:
+        img.draft(img.mode, (math.ceil(width * scale), math.ceil(height * scale)))
+
+
+def _reduced(img: Image.Image, min_side: int) -> Image.Image:
+    """A decoded image shrunk by a whole factor (box average) while its shorter side stays at
+    least ``min_side``: later steps (mode conversion, resizing) then work on the small copy."""
+    factor = min(img.size) // min_side
+    return img.reduce(factor) if factor >= 2 else img
+
+
+def decode_image(
+    source: str | Path | bytes, min_side: int | None = None, max_pixels: int | None = None
+) -> torch.Tensor:
+    """Read one file (or its bytes) into a CxHxW uint8 tensor, raising ImageDecodeError with the reason.
+
+    ``min_side``: the image is only needed with its shorter side at least this long, so it is
+    decoded at reduced size where the format allows and shrunk right after decoding (the web
+    app: a 9000 x 9000 upload never reaches full size in float). ``max_pixels``: refuse larger
+    images (after draft mode) from their header, before decoding; default Pillow's limit."""
     try:
         if (len(source) if isinstance(source, bytes) else Path(source).stat().st_size) == 0:
             raise ImageDecodeError("empty file")
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source)) as img:
-            _refuse_bombs(img)
+            if min_side:
+                _shrink_while_decoding(img, min_side)
+            _refuse_bombs(img, max_pixels)
             img.load()
-            arr = pil_to_array(img)
+            arr = pil_to_array(_reduced(img, min_side) if min_side else img)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(f"refused as a decompression bomb ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"not an image in a format Pillow reads ({' '.join(IMAGE_EXTENSIONS)})") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageDecodeError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise ImageDecodeError(_without_reprs(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__) from None
     return torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).contiguous()
+
+
+def _without_reprs(text: str) -> str:
+    """A decoder's message without Python object reprs (``<_io.BytesIO object at 0x...>``)."""
+    return re.sub(r"\s*<[^<>]* object at 0x[0-9a-fA-F]+>", "", text)
 
 
 def to_rgb(image: torch.Tensor) -> torch.Tensor:

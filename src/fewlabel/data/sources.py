@@ -7,6 +7,7 @@ split; any other folder is one ImageFolder whose split is ``train``.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FewlabelError, unknown_choice
+from ..fileio import read_text
 from .builtin import BUILTIN_DATASETS, load_builtin
 from .images import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, is_image_file, resize_to_square
 from .imageset import ImageSet
@@ -148,8 +150,7 @@ def has_labels(images: ImageSet) -> bool:
 
 
 def _csv_has_labels(path: Path) -> bool:
-    with open(path, newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh), [])
+    header = next(csv.reader(io.StringIO(read_text(path), newline="")), [])
     return "label" in [c.strip() for c in header]
 
 
@@ -183,14 +184,13 @@ def _load_image_folder(folder: Path, image_size: int, strict: bool, progress: bo
 
 def _load_csv(path: Path, image_size: int, strict: bool, progress: bool, labelled: bool = True) -> ImageSet:
     """A ``path,label`` CSV (paths relative to the CSV); ``labelled=False`` needs only ``path``."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        required = ("path", "label") if labelled else ("path",)
-        if any(c not in columns for c in required):
-            wanted = "columns 'path' and 'label'" if labelled else "a column 'path'"
-            raise FewlabelError(f"CSV '{path}' must have {wanted}; found: {', '.join(columns) or 'none'}.")
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    columns = [c.strip() for c in reader.fieldnames or []]
+    required = ("path", "label") if labelled else ("path",)
+    if any(c not in columns for c in required):
+        wanted = "columns 'path' and 'label'" if labelled else "a column 'path'"
+        raise FewlabelError(f"CSV '{path}' must have {wanted}; found: {', '.join(columns) or 'none'}.")
+    rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     if not rows:
         raise FewlabelError(f"CSV '{path}' has no rows.")
     missing = [r["path"] for r in rows if not (path.parent / r["path"]).is_file()]

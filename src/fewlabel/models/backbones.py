@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import FewlabelError, did_you_mean
+from ..fileio import read_json, read_tensors
 
 # EfficientNet-Lite was trained in TensorFlow on inputs scaled as (x - 127) / 128; with these
 # values the offline lite0 puts scikit-image's cat photo in an ImageNet cat class (tested).
@@ -124,10 +124,8 @@ def create_backbone(
             f"--pretrained '{pretrained}' is not accepted. Use 'none', 'imagenet', 'hub' or the "
             "path of an existing .safetensors file."
         )
-    from safetensors.torch import load_file
-
     card = path.parent / "model.json"  # a fewlabel run: keep the preprocessing it was trained with
-    trained = json.loads(card.read_text(encoding="utf-8")) if card.is_file() else {}
+    trained = read_json(card) if card.is_file() else {}
     if trained.get("method") == "qat":
         extras = trained.get("extras", {})
         origin = extras.get("quant", {}).get("float_parent", "its float parent")
@@ -137,7 +135,7 @@ def create_backbone(
             "quantized run would compound two roundings)."
         )
     keep_head = keeps_head(trained.get("class_names"), class_names, head, str(path))
-    state = load_file(str(path))
+    state = read_tensors(path)
     if not keep_head:
         state = {k: v for k, v in state.items() if not is_classifier_key(model, k)}
     load_compatible(model, state, str(path))

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import FewlabelError
+from ..fileio import read_tensors
 from ..rundir import CARD
 from .backbones import BackboneInfo, create_encoder
 from .files import ModelCard
@@ -130,7 +130,7 @@ def _from_run(path: Path, card: ModelCard, arch: str, stages: int, width: int):
         )
     encoder, _ = create_encoder(arch, "none", indices=tuple(range(stages)))
     model = EncoderDecoder(encoder, width)
-    state = load_file(str(path))
+    state = read_tensors(path)
     own = model.state_dict()
     bad = sorted(set(own) ^ set(state)) or [k for k in own if own[k].shape != state[k].shape]
     if bad:

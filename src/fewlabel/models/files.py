@@ -11,12 +11,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._version import __version__
 from ..errors import FewlabelError
-from ..fileio import atomic_write, read_json, write_json
+from ..fileio import read_json, read_tensors, write_json, write_tensors
 from ..rundir import CARD, WEIGHTS
 
 REQUIRED = ("arch", "class_names", "img_size", "mean", "std")
@@ -45,18 +44,40 @@ class ModelCard:
     @classmethod
     def from_file(cls, path: Path) -> ModelCard:
         data = read_json(path)
+        if not isinstance(data, dict):
+            raise FewlabelError(f"'{path}': expected a JSON object of the model's fields, got {type(data).__name__}.")
         missing = [k for k in REQUIRED if k not in data]
         if missing:
             raise FewlabelError(f"{path}: missing key(s) {', '.join(missing)}.")
+        _check_card_types(path, data)
         extras = dict(data.get("extras", {})) | {k: data[k] for k in _LEGACY_EXTRAS if data.get(k)}
         known = set(cls.__dataclass_fields__) - {"extras"}
         return cls(**{k: v for k, v in data.items() if k in known}, extras=extras)
 
 
+def _check_card_types(path: Path, data: dict) -> None:
+    """Refuse a model.json whose fields have the wrong type, in one line naming the field."""
+    def numbers(v):
+        return isinstance(v, list) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+
+    checks = {
+        "arch": (lambda v: isinstance(v, str) and v, "a timm architecture name"),
+        "class_names": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of names"),
+        "img_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive whole number"),
+        "mean": (numbers, "a list of numbers"),
+        "std": (numbers, "a list of numbers"),
+        "channels": (lambda v: v in (1, 3), "1 or 3"),
+        "extras": (lambda v: isinstance(v, dict), "a JSON object"),
+    }
+    for key, (valid, accepted) in checks.items():
+        if key in data and not valid(data[key]):
+            raise FewlabelError(f"'{path}': {key} {data[key]!r} is not accepted; expected {accepted}.")
+
+
 def save_model_files(folder: Path, model: nn.Module, card: ModelCard) -> None:
     """Write model.safetensors then model.json, each atomically."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(Path(folder) / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    write_tensors(Path(folder) / WEIGHTS, state)
     write_json(Path(folder) / CARD, asdict(card))
 
 
@@ -73,9 +94,12 @@ def load_model_files(folder: str | Path, build: Callable[[ModelCard], nn.Module]
     safetensors weights; any tensor that does not match is an error naming it."""
     folder = Path(folder)
     card = read_card(folder)
-    model = build(card)
+    try:
+        model = build(card)
+    except FewlabelError as exc:
+        raise FewlabelError(f"{folder / CARD}: {exc}") from None
     weights = folder / WEIGHTS
-    state = load_file(str(weights))
+    state = read_tensors(weights)
     own = model.state_dict()
     bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
     if bad or len(state) != len(own):

@@ -16,6 +16,7 @@ A folder with ``train/`` (and ``val/``, ``test/``) sub-folders holds its splits 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from PIL import Image
 from ..data.images import is_image_file, to_rgb
 from ..data.sources import decode_files, split_folder
 from ..errors import FewlabelError
+from ..fileio import read_text
 
 log = logging.getLogger("fewlabel.data")
 MASK_SUFFIXES = ("_mask.png", "_mask.tif", "_mask.tiff")
@@ -76,12 +78,11 @@ class NucleusSet:
 def _checked_rows(path: Path, columns: tuple[str, ...], what: str, accepted: str) -> list[tuple[int, dict]]:
     """(line number, row) of a CSV whose header starts with ``columns``; another header is
     refused naming the columns found."""
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        found = [c.strip() for c in reader.fieldnames or []]
-        if found[: len(columns)] != list(columns):
-            raise FewlabelError(f"{what} '{path}': columns {found or 'none'}; accepted: {accepted}.")
-        return list(enumerate(reader, start=2))
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    found = [c.strip() for c in reader.fieldnames or []]
+    if found[: len(columns)] != list(columns):
+        raise FewlabelError(f"{what} '{path}': columns {found or 'none'}; accepted: {accepted}.")
+    return list(enumerate(reader, start=2))
 
 
 def _point(path: Path, line: int, row: dict) -> tuple[float, float] | None:

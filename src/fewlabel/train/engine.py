@@ -24,13 +24,12 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
-from safetensors.torch import save_file
 from torch import nn
 
 from ..config import CONFIG_KEYS_FREE_ON_RESUME, TrainConfig, loss_terms
 from ..distributed import is_rank_zero
 from ..errors import FewlabelError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, write_tensors
 from ..rundir import LAST_CHECKPOINT, LOGS, STATE, STATE_WEIGHTS
 from .callbacks import (
     IDENTITY_KEY,
@@ -131,6 +130,13 @@ def check_logger_available(logger: str) -> None:
     package = {"tensorboard": "tensorboard", "mlflow": "mlflow"}.get(logger)
     if package and importlib.util.find_spec(package) is None:
         raise FewlabelError(f"--logger {logger} needs the '{package}' package: pip install 'fewlabel[{package}]'.")
+
+
+def save_torch(obj: dict, path: Path) -> None:
+    """torch.save through a handle: a full disk is then an OSError (torch's own path writer
+    raises an unnamed RuntimeError)."""
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def run_identity(cfg: TrainConfig, class_names: list[str] | None) -> dict:
@@ -337,8 +343,8 @@ class Engine:
             "saved_weights": self.saved_weights,
             IDENTITY_KEY: json.dumps(self.identity),
         }
-        atomic_write(self.run_dir / STATE, lambda tmp: torch.save(state, tmp))
-        atomic_write(self.run_dir / STATE_WEIGHTS, lambda tmp: save_file(state["weights"], str(tmp)))
+        atomic_write(self.run_dir / STATE, lambda tmp: save_torch(state, tmp))
+        write_tensors(self.run_dir / STATE_WEIGHTS, state["weights"])
 
     def _trainer(self, name: str, index: int, epochs: int, fit: Fit, meter: Throughput, checkpoints: bool) -> L.Trainer:
         """The fit's Trainer. A fit on cached features (seconds long) writes no per-epoch
