@@ -126,3 +126,140 @@ def test_page_end_to_end_in_headless_chromium(trained, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def huge_png_header(width: int = 9000, height: int = 9000) -> bytes:
+    """A small PNG whose header declares ``width`` x ``height``: what a 9000 x 9000 upload looks
+    like before it is decoded (the size check must not need the pixels)."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of fields
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def test_requests_from_other_hosts_and_origins_are_refused(trained):
+    app = create_app(trained / "run")
+    good = next((trained / "data/test/blue").iterdir())
+    upload = [("files", (good.name, good.read_bytes(), "image/png"))]
+    rebinding = TestClient(app, base_url="http://attacker.example:8000")
+    answer = rebinding.get("/api/info")
+    assert answer.status_code == 421 and "'attacker.example' is not served here" in answer.json()["detail"]
+    client = local(app)
+    cross = client.post("/api/predict", files=upload, headers={"Origin": "http://attacker.example"})
+    assert cross.status_code == 403 and "Cross-origin" in cross.json()["detail"]
+    assert client.post("/api/predict", files=upload, headers={"Origin": "null"}).status_code == 403
+    same = client.post("/api/predict", files=upload, headers={"Origin": "http://127.0.0.1:8000"})
+    assert same.status_code == 200
+    assert TestClient(app, base_url="http://localhost:8000").get("/api/info").status_code == 200
+    assert TestClient(app, base_url="http://[::1]:8000").get("/api/info").status_code == 200
+
+
+def test_request_limits_refuse_before_storing_and_errors_are_plain_text(trained):
+    from fewlabel.serve import Limits
+
+    limits = Limits(max_upload_mb=1, max_files=3, max_request_mb=0.05, max_megapixels=4)
+    client = local(create_app(trained / "run", limits=limits))
+    good = next((trained / "data/test/blue").iterdir())
+    many = [("files", (f"{i}.png", good.read_bytes(), "image/png")) for i in range(4)]
+    answer = client.post("/api/predict", files=many)
+    assert answer.status_code == 400 and "Too many files" in answer.json()["detail"]
+    big = [("files", ("big.png", b"\x89PNG" + bytes(80_000), "image/png"))]
+    answer = client.post("/api/predict", files=big)
+    assert answer.status_code == 413 and "larger than the 0.05 MB limit" in answer.json()["detail"]
+    chunks = (bytes(10_000) for _ in range(10))  # no Content-Length: counted as it arrives
+    answer = client.post("/api/predict", content=chunks, headers={"content-type": "multipart/form-data; boundary=x"})
+    assert answer.status_code == 413 and "MB limit" in answer.json()["detail"]
+    huge = [("files", ("huge.png", huge_png_header(), "image/png"))]
+    answer = client.post("/api/predict", files=huge)
+    assert answer.status_code == 400 and "9000x9000 pixels exceeds the limit of 4000000" in answer.json()["detail"]
+    junk = [("files", ("junk.png", b"GIF89a" + bytes(40), "image/png"))]
+    answer = client.post("/api/predict", files=junk)
+    assert answer.status_code == 400 and "object at 0x" not in answer.json()["detail"]
+    assert client.post("/api/predict", data={"x": "1"}).json()["detail"].startswith("No files")
+    assert client.post("/api/predict", files=[("files", (good.name, good.read_bytes(), "image/png"))]).is_success
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_size():
+    from fewlabel.data.images import decode_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (200, 30, 30)).save(buffer, format="JPEG")
+    full, reduced = decode_image(buffer.getvalue()), decode_image(buffer.getvalue(), min_side=224)
+    assert tuple(full.shape) == (3, 3000, 4000) and tuple(reduced.shape) == (3, 375, 500)  # draft mode: 1/8
+    png = io.BytesIO()
+    Image.new("RGBA", (2400, 1200), (0, 0, 255, 128)).save(png, format="PNG")
+    assert tuple(decode_image(png.getvalue(), min_side=224).shape) == (3, 240, 480)  # reduced by 5 after decoding
+
+
+def test_the_app_answers_while_a_prediction_is_running(trained, monkeypatch):
+    """A prediction held in its worker thread does not stop the page or /api/info."""
+    import httpx
+
+    import fewlabel.serve as serve_module
+
+    release, entered = threading.Event(), threading.Event()
+    predict_one = serve_module._predict_one
+
+    def held(*args):
+        entered.set()
+        assert release.wait(timeout=60)
+        return predict_one(*args)
+
+    monkeypatch.setattr(serve_module, "_predict_one", held)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(trained / "run"), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    good = next((trained / "data/test/blue").iterdir())
+    posted: dict = {}
+
+    def post():
+        files = [("files", (good.name, good.read_bytes(), "image/png"))]
+        posted["status"] = httpx.post(f"http://127.0.0.1:{port}/api/predict", files=files, timeout=60).status_code
+
+    sender = threading.Thread(target=post)
+    try:
+        sender.start()
+        assert entered.wait(timeout=30)
+        info = httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=10)
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
+        assert info.status_code == 200 and page.status_code == 200 and "status" not in posted
+        release.set()
+        sender.join(timeout=60)
+        assert posted["status"] == 200
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_listening_off_loopback_warns_and_sets_the_host_list(trained, monkeypatch, caplog):
+    import fewlabel.serve as serve_module
+    from fewlabel.serve import default_allowed_hosts, is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("10.0.0.5")
+    assert default_allowed_hosts("127.0.0.1") == ["127.0.0.1", "localhost", "::1"]
+    assert default_allowed_hosts("10.0.0.5")[-1] == "10.0.0.5" and default_allowed_hosts("0.0.0.0") == ["*"]
+    ran = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(kw))
+    monkeypatch.setattr(serve_module, "check_port_free", lambda host, port: None)
+    with caplog.at_level("WARNING", logger="fewlabel"):
+        serve_module.serve(trained / "run", host="0.0.0.0", port=8765)
+    assert ran["host"] == "0.0.0.0" and "not loopback" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fewlabel"):
+        serve_module.serve(trained / "run", host="127.0.0.1", port=8765)
+    assert "not loopback" not in caplog.text

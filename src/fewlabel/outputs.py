@@ -255,6 +255,8 @@ def _abandon(out: Path, target: Path, keep_on_error: Callable[[Path], bool], exi
     if target != out:  # beside: the old output never moved
         if not keep_on_error(target):
             shutil.rmtree(target.parent, ignore_errors=True)
+        else:
+            log.warning("'%s' is untouched; the unfinished new one waits in '%s': --resume continues it", out, target)
         return
     aside = aside_path(out)
     if aside.is_dir() or not keep_on_error(out):

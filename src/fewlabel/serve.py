@@ -135,7 +135,7 @@ async def _read_upload(upload: UploadFile, max_bytes: int) -> bytes:
         raise HTTPException(415, f"'{name}' is not an image file; accepted: {' '.join(IMAGE_EXTENSIONS)}.")
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise HTTPException(413, f"'{name}' is larger than the {max_bytes / 2**20:g} MB upload limit.")
+        raise HTTPException(413, f"'{name}' is larger than the {max_bytes / 2**20:.3g} MB upload limit.")
     return data
 
 
@@ -220,7 +220,8 @@ class GuardMiddleware:
 
     def too_large(self) -> str:
         return (
-            f"The request is larger than the {self.max_request_bytes / 2**20:g} MB limit; send fewer or smaller files."
+            f"The request is larger than the {self.max_request_bytes / 2**20:.3g} MB limit; send fewer or smaller "
+            "files."
         )
 
     def counted(self, receive):

@@ -256,12 +256,25 @@ def _decode_all(
 ) -> ImageSet:
     """Decode labelled files into one ImageSet, resized to ``image_size`` (see :func:`decode_files`)."""
     decoded = decode_files([p for p, _ in entries], image_size, strict, progress)
+    _check_every_class_readable(entries, class_names, {i for i, _, _ in decoded})
     images = [image for _, image, _ in decoded]
     channels = max(im.shape[0] for im in images)
     stacked = torch.stack([im.expand(channels, -1, -1) for im in images]).contiguous()
     labels = torch.tensor([entries[i][1] for i, _, _ in decoded], dtype=torch.long)
     ids = [str(entries[i][0]) for i, _, _ in decoded]
     return ImageSet(stacked, labels, class_names, ids, original_sizes=[size for _, _, size in decoded])
+
+
+def _check_every_class_readable(entries: list[tuple[Path, int]], class_names: list[str], read: set[int]) -> None:
+    """Refuse a class none of whose files could be read (it would stay in the class list with no
+    images, and the split would fail with a misleading count)."""
+    for label, name in enumerate(class_names):
+        files = [i for i, (_, y) in enumerate(entries) if y == label]
+        if files and not any(i in read for i in files):
+            raise FewlabelError(
+                f"class '{name}': no readable image among its {len(files)} file(s) (first: '{entries[files[0]][0]}'); "
+                "fix or remove them."
+            )
 
 
 def load_images_by_id(ids: list[str], image_size: int) -> list[torch.Tensor | None]:

@@ -77,7 +77,8 @@ def list_backbones(pattern: str = "") -> list[str]:
     return timm.list_models(pattern or "*")
 
 
-def _check_arch(arch: str) -> None:
+def check_arch(arch: str) -> None:
+    """Refuse a name timm does not know, listing the offline ones and the closest match."""
     if not timm.is_model(arch):
         candidates = timm.list_models()
         raise FewlabelError(
@@ -105,7 +106,7 @@ def create_backbone(
     (see :func:`keeps_head`); for other weights it is re-initialised whenever its class count
     differs from ``num_classes``.
     """
-    _check_arch(arch)
+    check_arch(arch)
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes, drop_rate=drop_rate)
     cfg = model.pretrained_cfg
     mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))

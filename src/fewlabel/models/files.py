@@ -57,6 +57,7 @@ class ModelCard:
 
 def _check_card_types(path: Path, data: dict) -> None:
     """Refuse a model.json whose fields have the wrong type, in one line naming the field."""
+
     def numbers(v):
         return isinstance(v, list) and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
 
@@ -95,6 +96,9 @@ def load_model_files(folder: str | Path, build: Callable[[ModelCard], nn.Module]
     folder = Path(folder)
     card = read_card(folder)
     try:
+        from .backbones import check_arch
+
+        check_arch(card.arch)
         model = build(card)
     except FewlabelError as exc:
         raise FewlabelError(f"{folder / CARD}: {exc}") from None
