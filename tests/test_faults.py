@@ -408,3 +408,31 @@ def test_a_class_whose_images_are_all_unreadable_is_named(tmp_path):
         image.write_bytes(b"not an image")
     with pytest.raises(FewlabelError, match=r"class 'green'.*no readable image"):
         fewlabel.train(str(data), tmp_path / "run", **LINEAR)
+
+
+def test_an_audit_replaces_its_own_earlier_output_and_refuses_a_foreign_folder(tmp_path):
+    from fewlabel.audit.uap_audit import UAP_OUTPUT
+    from fewlabel.outputs import audit_folder
+
+    with audit_folder(tmp_path / "uap", UAP_OUTPUT.name) as folder:
+        (folder / "uap.json").write_text("first")
+    with audit_folder(tmp_path / "uap", UAP_OUTPUT.name) as folder:
+        (folder / "uap.json").write_text("second")
+    assert (tmp_path / "uap" / "uap.json").read_text() == "second"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "figure.png").write_bytes(b"a person's figure")
+    refused = r"'.*mine' holds files that are not a UAP audit; choose an empty"
+    with pytest.raises(FewlabelError, match=refused), audit_folder(tmp_path / "mine", UAP_OUTPUT.name):
+        pass
+    assert (tmp_path / "mine" / "figure.png").read_bytes() == b"a person's figure"
+
+
+def test_export_replaces_an_earlier_export_but_not_another_file(finished, tmp_path):
+    other = tmp_path / "notes.onnx"
+    other.write_text("not a model")
+    with pytest.raises(FewlabelError, match=r"notes.onnx' exists and is not an ONNX model"):
+        fewlabel.export(finished, other)
+    assert other.read_text() == "not a model"
+    first = fewlabel.export(finished, tmp_path / "model.onnx")
+    again = fewlabel.export(finished, tmp_path / "model.onnx")
+    assert first["size_bytes"] == again["size_bytes"] > 0

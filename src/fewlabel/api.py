@@ -126,7 +126,26 @@ def export(run_dir: str | Path, out: str | Path | None = None, fmt: str = "onnx"
 
     folder = model_dir(run_dir)
     model, card = load_network(folder)
-    return export_model(model, card, Path(out) if out else folder / ONNX)
+    target = Path(out) if out else folder / ONNX
+    check_replaceable_onnx(target)
+    return export_model(model, card, target)
+
+
+def check_replaceable_onnx(path: Path) -> None:
+    """An export replaces an existing file only when it is an ONNX model (an earlier export);
+    anything else at ``path`` is refused, named."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise FewlabelError(f"--out '{path}' is a folder; give the .onnx file to write.")
+    import onnx
+
+    try:
+        onnx.load(str(path), load_external_data=False)
+    except Exception:
+        raise FewlabelError(
+            f"--out '{path}' exists and is not an ONNX model (an earlier export); choose another file."
+        ) from None
 
 
 def load(run_dir: str | Path, device: str | None = None):

@@ -224,6 +224,15 @@ def output_folder(
     _swap_in(out, target)
 
 
+def audit_folder(out: str | Path, kind: str) -> contextlib.AbstractContextManager[Path]:
+    """:func:`output_folder` for an audit, which a rerun replaces: a previous audit of the same
+    kind is replaced (built beside, swapped in), any other non-empty folder refused."""
+    out = Path(out)
+    if _holds_files(out) and not is_output_of(out, kind):
+        raise FewlabelError(f"'{out}' holds files that are not a {kind}; choose an empty or new --out folder.")
+    return output_folder(out, kind, overwrite=_holds_files(out))
+
+
 def _claim(out: Path, kind: str, overwrite: bool, resume: bool, swap: str) -> Path:
     """Check ``out`` and create the folder the command writes into."""
     staged = staging_path(out)

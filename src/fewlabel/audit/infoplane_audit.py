@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import FewlabelError
 from ..fileio import atomic_write, write_json
+from ..outputs import audit_folder, register_output_kind
 from ..rundir import (
     REPORT,
     model_dir,
@@ -30,6 +31,7 @@ from .infoplane import ESTIMATORS, epochs_to_reach, small_split_warning
 
 log = logging.getLogger("fewlabel.audit")
 INFOPLANE_FILE, FIGURE_FILE = "infoplane.json", "infoplane.png"
+INFOPLANE_OUTPUT = register_output_kind("information-plane audit", (INFOPLANE_FILE, FIGURE_FILE), (INFOPLANE_FILE,))
 # transfer: epochs until I(T;Y) reaches this share of H(Y). Half: with ten classes a symmetric
 # channel carries half of H(Y) at about 74% accuracy and 90% only at about 97%, out of reach
 # with few labels (no run of bench/infoplane.py reached 90%).
@@ -59,11 +61,11 @@ def audit_infoplane(
     if per_class:
         result["per_class"] = {name: _per_class(record) for name, record in records.items()}
     result["transfer"] = transfer_groups(records, reach)
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / INFOPLANE_FILE, result)
     png = base64.b64decode(_figure(result, per_class))
-    atomic_write(folder / FIGURE_FILE, lambda tmp: Path(tmp).write_bytes(png))
+    with audit_folder(out, INFOPLANE_OUTPUT.name) as target:
+        write_json(target / INFOPLANE_FILE, result)
+        atomic_write(target / FIGURE_FILE, lambda tmp: Path(tmp).write_bytes(png))
+    folder = Path(out)
     for name in records:
         _leave_comparison(Path(name), folder, result)
     return result

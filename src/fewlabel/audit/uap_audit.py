@@ -21,11 +21,11 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import FewlabelError
-from ..fileio import write_json
+from ..fileio import write_arrays, write_json
+from ..outputs import audit_folder, register_output_kind
 from .uap import (
     UAP,
     check_zeta,
@@ -41,6 +41,7 @@ from .uap import (
 
 log = logging.getLogger("fewlabel.audit")
 UAP_FILE, PERTURBATION_FILE, FIGURE_FILE = "uap.json", "perturbation.npy", "uap.png"
+UAP_OUTPUT = register_output_kind("UAP audit", (UAP_FILE, PERTURBATION_FILE, FIGURE_FILE), (UAP_FILE,))
 EXAMPLES = 4
 BALL_WARNING = 0.95  # warn when the perturbation's norm stays below this share of its radius
 
@@ -111,11 +112,13 @@ def audit_uap(
     if compare:
         v = uap.perturbation
         record["compare"] = {str(other): _transfer(other, v, control, eval_pixels, target) for other in compare}
-    folder = Path(out) if out is not None else Path(run) / "audit" / "uap"
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / PERTURBATION_FILE, uap.perturbation.numpy())
-    write_json(folder / UAP_FILE, record)
-    _write_figure(folder / FIGURE_FILE, forward, eval_pixels, uap.perturbation, card.class_names, record["per_class"])
+    target = Path(out) if out is not None else Path(run) / "audit" / "uap"
+    with audit_folder(target, UAP_OUTPUT.name) as folder:
+        write_arrays(folder / PERTURBATION_FILE, uap.perturbation.numpy())
+        write_json(folder / UAP_FILE, record)
+        _write_figure(folder / FIGURE_FILE, forward, eval_pixels, uap.perturbation, card.class_names,
+                      record["per_class"])  # fmt: skip
+    folder = target
     if folder.resolve() == (Path(run) / "audit" / "uap").resolve() and (Path(run) / "report.html").is_file():
         from ..report import write_report
 
