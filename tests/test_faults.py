@@ -436,3 +436,23 @@ def test_export_replaces_an_earlier_export_but_not_another_file(finished, tmp_pa
     first = fewlabel.export(finished, tmp_path / "model.onnx")
     again = fewlabel.export(finished, tmp_path / "model.onnx")
     assert first["size_bytes"] == again["size_bytes"] > 0
+
+
+def test_the_command_line_prints_one_line_naming_the_file(data, monkeypatch, capsys):
+    import fewlabel.cli as cli
+
+    monkeypatch.setattr(sys, "argv", ["fewlabel", "train", str(data), "--out", str(data), "--overwrite"])
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main()
+    printed = capsys.readouterr().err
+    assert exit_code.value.code == 1 and "Traceback" not in printed
+    error = [line for line in printed.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and error[0].startswith("error: --out") and "is the input" in error[0]
+
+    def unreadable():
+        raise PermissionError(13, "Permission denied", "/data/slides/001.png")
+
+    monkeypatch.setattr(cli, "app", unreadable)
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert capsys.readouterr().err.strip() == "error: '/data/slides/001.png': Permission denied."

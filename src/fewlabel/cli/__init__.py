@@ -64,3 +64,8 @@ def main() -> None:
     except FewlabelError as exc:
         print_error(str(exc))
         raise SystemExit(1) from None
+    except OSError as exc:  # a file the command reads or writes, not a bug: one line naming it
+        if exc.filename is None:
+            raise
+        print_error(f"'{exc.filename}': {exc.strerror or exc}.")
+        raise SystemExit(1) from None
