@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -22,6 +23,23 @@ from fewlabel.outputs import MARKER, staging_path
 
 LINEAR = FAST | {"strategy": "linear-probe"}
 KILL_SCRIPT = Path(__file__).parent / "kill_run.py"
+
+
+INTERRUPTED = FAST | {"strategy": "freeze-unfreeze", "feature_cache": "off"}
+
+
+class CutInFinetune(L.Callback):
+    """An interruption (an exception) at the end of the first fine-tuning epoch."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if pl_module.phase == "finetune":
+            raise RuntimeError("cut")
+
+
+def interrupt(data: Path, out: Path) -> None:
+    """Train INTERRUPTED into ``out`` until the cut: its head fit finished, a checkpoint written."""
+    with pytest.raises(RuntimeError, match="cut"):
+        fewlabel.train(str(data), out, callbacks=[CutInFinetune()], **INTERRUPTED)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -132,16 +150,8 @@ def test_a_kill_between_the_two_renames_of_a_swap_is_finished_by_the_next_comman
 
 
 def test_resume_needs_config_yaml_and_the_same_architecture(data, tmp_path):
-    import lightning as L
-
-    class Cut(L.Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
-            if pl_module.phase == "finetune":
-                raise RuntimeError("cut")
-
-    options = FAST | {"strategy": "freeze-unfreeze", "feature_cache": "off"}
-    with pytest.raises(RuntimeError):
-        fewlabel.train(str(data), tmp_path / "run", callbacks=[Cut()], **options)
+    options = INTERRUPTED
+    interrupt(data, tmp_path / "run")
     (tmp_path / "run" / "config.yaml").rename(tmp_path / "config.yaml")
     with pytest.raises(FewlabelError, match=r"config.yaml' is missing.*start a new run") as err:
         fewlabel.train(str(data), tmp_path / "run", resume=True, **options | {"model": "test_resnet"})
@@ -162,17 +172,9 @@ def test_a_checkpoint_of_another_run_is_refused_naming_the_field(data, tmp_path)
 
 
 def test_resume_after_changing_the_classes_is_refused(tmp_path):
-    import lightning as L
-
-    class Cut(L.Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
-            if pl_module.phase == "finetune":
-                raise RuntimeError("cut")
-
     data = make_image_folder(tmp_path / "data")
-    options = FAST | {"strategy": "freeze-unfreeze", "feature_cache": "off"}
-    with pytest.raises(RuntimeError):
-        fewlabel.train(str(data), tmp_path / "run", callbacks=[Cut()], **options)
+    options = INTERRUPTED
+    interrupt(data, tmp_path / "run")
     (data / "blue").rename(data / "cyan")  # the same config, other classes
     with pytest.raises(FewlabelError, match=r"belongs to another run \(class_names: \['blue'"):
         fewlabel.train(str(data), tmp_path / "run", resume=True, **options)
@@ -333,16 +335,8 @@ def test_planted_pickles_run_nothing(data, finished, tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(FewlabelError, match="is not a readable safetensors file"):
         fewlabel.train(str(data), tmp_path / "from", **LINEAR | {"pretrained": str(finished / "model.safetensors")})
-    import lightning as L
-
-    class Cut(L.Callback):
-        def on_train_epoch_end(self, trainer, pl_module):
-            if pl_module.phase == "finetune":
-                raise RuntimeError("cut")
-
-    options = FAST | {"strategy": "freeze-unfreeze", "feature_cache": "off"}
-    with pytest.raises(RuntimeError):
-        fewlabel.train(str(data), tmp_path / "cut", callbacks=[Cut()], **options)
+    options = INTERRUPTED
+    interrupt(data, tmp_path / "cut")
     for name in ("checkpoints/last.ckpt", "checkpoints/state.pt"):
         torch.save({"state_dict": Payload(evidence)}, tmp_path / "cut" / name)
     with pytest.raises(FewlabelError, match="cannot be read"):

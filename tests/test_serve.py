@@ -37,6 +37,21 @@ def local(app) -> TestClient:
     return TestClient(app, base_url="http://127.0.0.1:8000")
 
 
+def start_server(run) -> tuple[uvicorn.Server, threading.Thread, int]:
+    """The app of ``run`` served by uvicorn in a thread on a free loopback port, once it listens."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(run), host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    return server, thread, port
+
+
 def png_bytes(path) -> bytes:
     return path.read_bytes()
 
@@ -90,16 +105,7 @@ def test_port_in_use_and_missing_model_are_clear_errors(tmp_path):
 def test_page_end_to_end_in_headless_chromium(trained, tmp_path):
     chromium = shutil.which("chromium")
     assert chromium, "Debian's chromium is needed: make test installs it (apt-get install chromium)"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(trained / "run"), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.1)
+    server, thread, port = start_server(trained / "run")
     images = sorted(str(p) for p in (trained / "data/test/green").iterdir())
     try:
         with sync_playwright() as playwright:
@@ -213,16 +219,7 @@ def test_the_app_answers_while_a_prediction_is_running(trained, monkeypatch):
         return predict_one(*args)
 
     monkeypatch.setattr(serve_module, "_predict_one", held)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(trained / "run"), host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.1)
+    server, thread, port = start_server(trained / "run")
     good = next((trained / "data/test/blue").iterdir())
     posted: dict = {}
 

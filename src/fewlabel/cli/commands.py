@@ -17,7 +17,9 @@ from .options import parse_seeds, with_training_options
 Compare = Enum("Compare", {"direct": "direct"}, type=str)
 DataArgument = Annotated[str | None, typer.Argument(help="folder, CSV (path,label) or built-in name[:split]")]
 ConfigOption = Annotated[Path | None, typer.Option(help="YAML config; flags override it")]
-OverwriteOption = Annotated[bool, typer.Option(help="replace an existing run directory")]
+OverwriteOption = Annotated[
+    bool, typer.Option(help="replace a folder fewlabel wrote before (the new one is swapped in when complete)")
+]
 ResumeOption = Annotated[bool, typer.Option(help="continue an interrupted run from its checkpoints")]
 
 

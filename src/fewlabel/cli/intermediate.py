@@ -33,7 +33,7 @@ def build(
     seed: Annotated[int, typer.Option()] = 0,
     model: Annotated[str, typer.Option(help="backbone for the embedding descriptor")] = "efficientnet_lite0",
     img_size: Annotated[int, typer.Option()] = 64,
-    overwrite: Annotated[bool, typer.Option()] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace data this command built before")] = False,
 ) -> None:
     """Build an intermediate dataset: pseudo-classes of unlabeled images, or generated images."""
     from ..stepwise.build import build_intermediate
