@@ -79,13 +79,13 @@ def uploads(work: Path) -> dict[str, bytes]:
     return {"photo": photo.getvalue(), "huge": huge.read_bytes(), "truncated": photo.getvalue()[:500]}
 
 
-def client_loop(kind: str, base: str, files: dict[str, bytes], rounds: int, record: list, stop: threading.Event):
-    """One client: ``rounds`` requests of its kind (the info poller: until ``stop``)."""
+def client_loop(kind: str, base: str, files: dict[str, bytes], rounds: int, record: list) -> None:
+    """One uploading client: ``rounds`` requests of its kind."""
     import httpx
 
     with httpx.Client(base_url=base, timeout=300) as http:
         done = 0
-        while (kind == "info" and not stop.is_set()) or (kind != "info" and done < rounds):
+        while done < rounds:
             done += 1
             started = time.perf_counter()
             try:
@@ -93,13 +93,37 @@ def client_loop(kind: str, base: str, files: dict[str, bytes], rounds: int, reco
             except httpx.HTTPError as exc:
                 status = f"error: {type(exc).__name__}"
             record.append((kind, status, time.perf_counter() - started))
-            if kind == "info":
-                time.sleep(0.02)
+
+
+def info_poller(base: str, out: Path):
+    """The ``/api/info`` client in a process of its own (as a browser tab is: the uploading clients'
+    threads would otherwise delay it inside this process). Returns a function that stops it and
+    gives its records."""
+    code = (
+        "import json, sys, time, httpx\n"
+        "base, out, stop = sys.argv[1], sys.argv[2], sys.argv[3]\n"
+        "import pathlib\nrecord = []\n"
+        "with httpx.Client(base_url=base, timeout=300) as http:\n"
+        "    while not pathlib.Path(stop).exists():\n"
+        "        t = time.perf_counter()\n"
+        "        try:\n            s = http.get('/api/info').status_code\n"
+        "        except httpx.HTTPError as e:\n            s = 'error: ' + type(e).__name__\n"
+        "        record.append(('info', s, time.perf_counter() - t))\n"
+        "        time.sleep(0.02)\n"
+        "pathlib.Path(out).write_text(json.dumps(record))\n"
+    )
+    stop = out.with_suffix(".stop")
+    process = subprocess.Popen([sys.executable, "-c", code, base, str(out), str(stop)])
+
+    def finish() -> list:
+        stop.touch()
+        process.wait(timeout=120)
+        return [tuple(r) for r in json.loads(out.read_text())]
+
+    return finish
 
 
 def send(http, kind: str, files: dict[str, bytes]) -> int:
-    if kind == "info":
-        return http.get("/api/info").status_code
     one = {
         "ordinary": [("files", ("photo.jpg", files["photo"], "image/jpeg"))],
         "huge": [("files", ("huge.png", files["huge"], "image/png"))],
@@ -117,13 +141,16 @@ CLIENTS = (
 )  # 16 clients
 
 
-def load_test(run: Path, files: dict[str, bytes], rounds: int, pythonpath: str) -> dict:
-    """Start a server from ``pythonpath``'s fewlabel, idle-measure, load it, and summarise."""
+def load_test(
+    run: Path, files: dict[str, bytes], rounds: int, pythonpath: str, serve_args: list[str], server_env: dict
+) -> dict:
+    """Start a server from ``pythonpath``'s fewlabel (with ``serve_args``, in ``server_env``),
+    idle-measure, load it, and summarise."""
     port = free_port()
-    env = os.environ | {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"} | server_env
     code = "import sys; from fewlabel.cli import main; sys.argv = ['fewlabel', 'serve', *sys.argv[1:]]; main()"
     log = open(run.parent / f"serve-{port}.log", "w")  # noqa: SIM115 (closed when the server ends)
-    args = [sys.executable, "-c", code, str(run), "--port", str(port)]
+    args = [sys.executable, "-c", code, str(run), "--port", str(port), *serve_args]
     server = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     import httpx
@@ -138,7 +165,7 @@ def load_test(run: Path, files: dict[str, bytes], rounds: int, pythonpath: str) 
     time.sleep(1)
     idle = rss_mb(server.pid)
     samples: list[float] = []
-    stop, sampling = threading.Event(), threading.Event()
+    sampling = threading.Event()
 
     def sample():
         while not sampling.is_set() and server.poll() is None:
@@ -148,15 +175,15 @@ def load_test(run: Path, files: dict[str, bytes], rounds: int, pythonpath: str) 
     record: list = []
     sampler = threading.Thread(target=sample)
     sampler.start()
-    threads = [threading.Thread(target=client_loop, args=(k, base, files, rounds, record, stop)) for k in CLIENTS]
+    uploaders = [k for k in CLIENTS if k != "info"]
+    threads = [threading.Thread(target=client_loop, args=(k, base, files, rounds, record)) for k in uploaders]
     started = time.perf_counter()
+    poller = info_poller(base, run.parent / f"info-{port}.json")
     for thread in threads:
         thread.start()
     for thread in threads:
-        if thread is not threads[CLIENTS.index("info")]:
-            thread.join()
-    stop.set()
-    threads[CLIENTS.index("info")].join()
+        thread.join()
+    record += poller()
     seconds = time.perf_counter() - started
     alive = server.poll() is None
     try:
@@ -256,25 +283,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="requests per client (the info poller runs throughout)")
     parser.add_argument("--baseline", default=None, help="a commit whose server takes the same load, side by side")
     parser.add_argument("--no-kill", action="store_true", help="skip the kill battery")
+    parser.add_argument("--serve-args", default="", help="more options of fewlabel serve (not for the baseline)")
+    parser.add_argument("--server-env", default="", help="NAME=VALUE,... set in the server's environment")
+    parser.add_argument("--result", default="reliability", help="name of the JSON under bench/results")
     args = parser.parse_args()
+    serve_args = args.serve_args.split()
+    server_env = dict(item.split("=", 1) for item in args.server_env.split(",") if item)
     result: dict = {"command": command_line("reliability.py", args), "clients": CLIENTS}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         run = make_run(work)
         files = uploads(work)
         result["uploads_bytes"] = {k: len(v) for k, v in files.items()}
-        result["serve"] = load_test(run, files, args.rounds, str(ROOT / "src"))
+        result["serve"] = load_test(run, files, args.rounds, str(ROOT / "src"), serve_args, server_env)
         if args.baseline:
             tree = work / "baseline"
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline],
                            check=True, capture_output=True)  # fmt: skip
             try:
-                result["baseline"] = {"ref": args.baseline} | load_test(run, files, args.rounds, str(tree / "src"))
+                baseline = load_test(run, files, args.rounds, str(tree / "src"), [], server_env)
+                result["baseline"] = {"ref": args.baseline} | baseline
             finally:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
         if not args.no_kill:
             result["kill_battery"] = kill_battery(work)
-    save("reliability", result)
+    save(args.result, result)
     print(json.dumps({k: result[k] for k in result if k in ("serve", "baseline", "kill_battery")}, indent=1)[:4000])
 
 
