@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import pickle
 import subprocess
@@ -450,3 +451,18 @@ def test_the_command_line_prints_one_line_naming_the_file(data, monkeypatch, cap
     with pytest.raises(SystemExit):
         cli.main()
     assert capsys.readouterr().err.strip() == "error: '/data/slides/001.png': Permission denied."
+
+
+def test_after_a_nan_loss_a_new_run_starts_from_the_weights_it_names(data, tmp_path):
+    class Poison(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if pl_module.phase == "finetune":
+                with torch.no_grad():
+                    next(pl_module.parameters()).fill_(float("nan"))
+
+    with pytest.raises(FewlabelError, match=r"loss became nan.*--pretrained (\S+weights.safetensors)") as err:
+        fewlabel.train(str(data), tmp_path / "run", callbacks=[Poison()], **INTERRUPTED)
+    weights = str(err.value).split("--pretrained ")[1].split(" ")[0]
+    retried = fewlabel.train(str(data), tmp_path / "retry", **INTERRUPTED | {"pretrained": weights, "lr": 1e-3})
+    assert math.isfinite(retried.metrics["nll"])
+    assert fewlabel.load(retried.run_dir).card.pretrained == weights

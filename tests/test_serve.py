@@ -127,6 +127,9 @@ def test_page_end_to_end_in_headless_chromium(trained, tmp_path):
             (tmp_path / "x.txt").write_text("not an image")
             page.set_input_files("#files", [str(tmp_path / "x.txt")])
             page.wait_for_selector("#error:has-text('is not an image file')")
+            page.set_input_files("#files", [images[0]] * 17)  # over the 16 files a request may send
+            page.wait_for_selector("#error:has-text('Too many files')")
+            assert "[object Object]" not in page.inner_text("#error")
             browser.close()
         assert not errors or all("Failed to load resource" in e for e in errors), errors
     finally:

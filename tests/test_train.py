@@ -141,6 +141,7 @@ def test_nan_loss_stops_names_the_step_and_keeps_the_last_good_checkpoint(split_
     with pytest.raises(FewlabelError, match=r"loss became nan in phase 'finetune' at epoch 1, step \d+") as err:
         fewlabel.train(str(split_folder), tmp_path / "run", strategy="full", callbacks=[Poison()], **FAST)
     assert "\n" not in str(err.value)
+    assert f"Kept: {tmp_path / 'run' / CHECKPOINT}." in str(err.value) and "start a new --out" in str(err.value)
     checkpoint = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
     assert checkpoint["epoch"] == 0
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
