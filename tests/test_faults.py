@@ -466,3 +466,48 @@ def test_after_a_nan_loss_a_new_run_starts_from_the_weights_it_names(data, tmp_p
     retried = fewlabel.train(str(data), tmp_path / "retry", **INTERRUPTED | {"pretrained": weights, "lr": 1e-3})
     assert math.isfinite(retried.metrics["nll"])
     assert fewlabel.load(retried.run_dir).card.pretrained == weights
+
+
+def test_a_resumed_run_that_fails_is_never_removed(data, finished):
+    """A run resumed with nothing to resume from (no checkpoints) that then fails keeps its model,
+    metrics, report and config (the fit it redid starts its own logs and history again)."""
+    import shutil
+
+    class Fail(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            raise RuntimeError("fails at once")
+
+    shutil.rmtree(finished / "checkpoints", ignore_errors=True)
+    before = snapshot(finished)
+    with pytest.raises(RuntimeError, match="fails at once"):
+        fewlabel.train(str(data), finished, resume=True, callbacks=[Fail()], **LINEAR)
+    results = ("model.safetensors", "model.json", "metrics.json", "report.html", "predictions.csv", "config.yaml")
+    assert {k: snapshot(finished)[k] for k in results} == {k: before[k] for k in results}
+
+
+def test_interrupted_swap_folders_are_removed_only_when_they_are_fewlabel_s(data, finished):
+    from fewlabel.outputs import aside_path, recover
+
+    stranger = staging_path(finished).parent
+    stranger.mkdir()
+    (stranger / "thesis.tex").write_text("mine")
+    with pytest.raises(FewlabelError, match=r"fewlabel-new' holds files fewlabel did not write \(thesis.tex\)"):
+        recover(finished, "run")
+    assert (stranger / "thesis.tex").read_text() == "mine"
+    (stranger / "thesis.tex").unlink()
+    stranger.rmdir()
+    aside = aside_path(finished)
+    aside.mkdir()
+    (aside / "photo.jpg").write_bytes(b"a person's photo")
+    (finished / MARKER).write_text(json.dumps({"kind": "run", "complete": False}))
+    with pytest.raises(FewlabelError, match="is not fewlabel's run output alone"):
+        recover(finished, "run")
+    assert (aside / "photo.jpg").read_bytes() == b"a person's photo" and (finished / "model.safetensors").is_file()
+
+
+def test_only_the_temporary_files_of_interrupted_writes_are_removed(tmp_path):
+    (tmp_path / ".metrics.json.a1b2c3d4.tmp").write_text("half")
+    (tmp_path / ".notes.tmp").write_text("a person's")
+    (tmp_path / ".draft.v2.final.tmp").write_text("a person's")
+    assert [p.name for p in fileio.remove_stale_temporaries(tmp_path)] == [".metrics.json.a1b2c3d4.tmp"]
+    assert (tmp_path / ".notes.tmp").exists() and (tmp_path / ".draft.v2.final.tmp").exists()

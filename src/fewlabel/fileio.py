@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -26,7 +27,8 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-TEMPORARY_PATTERN = ".*.tmp"  # what atomic_write's temporary files are called (".NAME.XXXX.tmp")
+TEMPORARY_PATTERN = ".*.tmp"  # what atomic_write's temporary files are called (".NAME.XXXXXXXX.tmp")
+_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # exactly mkstemp's names, so no one else's file matches
 # what torch's and Lightning's writers raise (RuntimeError) when the disk fills under them
 _SHORT_WRITE_MARKS = ("inline_container", "iostream", "file write failed", "unexpected pos")
 
@@ -79,7 +81,8 @@ def _fsync(path: str | Path) -> None:
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Remove the temporary files interrupted writes left under ``folder`` (its own kind of
     file, nothing else); returns them."""
-    stale = [p for p in Path(folder).rglob(TEMPORARY_PATTERN) if p.is_file()]
+    found = Path(folder).rglob(TEMPORARY_PATTERN)
+    stale = [p for p in found if p.is_file() and _TEMPORARY_NAME.fullmatch(p.name)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -163,23 +163,47 @@ def _check_replaceable(out: Path, kind: str) -> None:
 def recover(out: Path, kind: str, resume: bool = False) -> None:
     """Finish or undo what an interrupted swap left beside ``out``: a complete new output is moved
     into place; the old one comes back when ``out`` is missing or half-written; a half-built new
-    one is removed (kept for ``resume``)."""
+    one is removed (kept for ``resume``). Only folders carrying fewlabel's output of ``kind`` and
+    nothing else are ever removed; anything else in their place is refused, named."""
     staged, aside = staging_path(out), aside_path(out)
     staged_done = (read_marker(staged) or {}).get("complete", False)
     if staged.is_dir() and staged_done and not out.exists():
         os.replace(staged, out)
         log.info("finished the interrupted overwrite of '%s'", out)
     if aside.is_dir():
+        _check_own(aside, kind)
         if _holds_files(out) and (read_marker(out) or {}).get("complete"):
-            shutil.rmtree(aside)
+            _remove_own(aside, kind)
         else:
-            if out.exists() and is_output_of(out, kind):
-                shutil.rmtree(out)
-            if not out.exists():
-                os.replace(aside, out)
-                log.info("brought back the previous '%s': the overwrite that replaced it did not finish", out)
+            if out.exists():
+                _remove_own(out, kind)
+            os.replace(aside, out)
+            log.info("brought back the previous '%s': the overwrite that replaced it did not finish", out)
     if staged.parent.is_dir() and not (resume and staged.is_dir()):
-        shutil.rmtree(staged.parent)
+        others = [p.name for p in staged.parent.iterdir() if p.name != out.name]
+        if others:
+            raise FewlabelError(f"'{staged.parent}' holds files fewlabel did not write ({', '.join(others[:5])}).")
+        if staged.exists():
+            _remove_own(staged, kind)
+        staged.parent.rmdir()
+
+
+def _remove_own(folder: Path, kind: str) -> None:
+    """Remove a folder of fewlabel's ``kind`` output (or an empty one, created just before a kill);
+    refuse (naming it) one that is not, or holds more."""
+    if not _holds_files(folder):
+        folder.rmdir()
+        return
+    _check_own(folder, kind)
+    shutil.rmtree(folder)
+
+
+def _check_own(folder: Path, kind: str) -> None:
+    if not is_output_of(folder, kind) or foreign_entries(folder, kind):
+        raise FewlabelError(
+            f"'{folder}' is in the way of an interrupted overwrite but is not fewlabel's {kind} output alone; "
+            "move it away and rerun."
+        )
 
 
 @contextlib.contextmanager
@@ -212,13 +236,15 @@ def output_folder(
         return
     recover(out, kind, resume)
     existed = out.is_dir()
-    target = _claim(out, kind, overwrite, resume, swap)
-    for stale in remove_stale_temporaries(target):
-        log.info("removed %s, left by an interrupted write", stale)
+    target, fresh = _claim(out, kind, overwrite, resume, swap)
     try:
+        if fresh:
+            write_marker(target, kind)
+        for stale in remove_stale_temporaries(target):
+            log.info("removed %s, left by an interrupted write", stale)
         yield target
     except BaseException:
-        _abandon(out, target, keep_on_error, existed)
+        _abandon(out, target, keep_on_error, existed, fresh)
         raise
     write_marker(target, kind, complete=True)
     _swap_in(out, target)
@@ -233,17 +259,18 @@ def audit_folder(out: str | Path, kind: str) -> contextlib.AbstractContextManage
     return output_folder(out, kind, overwrite=_holds_files(out))
 
 
-def _claim(out: Path, kind: str, overwrite: bool, resume: bool, swap: str) -> Path:
-    """Check ``out`` and create the folder the command writes into."""
+def _claim(out: Path, kind: str, overwrite: bool, resume: bool, swap: str) -> tuple[Path, bool]:
+    """Check ``out`` and create the folder the command writes into; returns it and whether this
+    call created it (a resumed folder is not: a failure never removes it)."""
     staged = staging_path(out)
     if resume:
         if staged.is_dir():
-            return staged
+            return staged, False
         if not _holds_files(out):
             raise FewlabelError(f"--resume: '{out}' does not exist or is empty; start the run without --resume.")
         if not is_output_of(out, kind):
             raise FewlabelError(f"--resume: '{out}' is not a fewlabel {kind}; check --out.")
-        return out
+        return out, False
     if _holds_files(out):
         if not overwrite:
             also = " or --resume to continue it" if _kind(kind).resumable else ""
@@ -254,26 +281,22 @@ def _claim(out: Path, kind: str, overwrite: bool, resume: bool, swap: str) -> Pa
         else:
             out = staged
     out.mkdir(parents=True, exist_ok=True)
-    write_marker(out, kind)
-    return out
+    return out, True
 
 
-def _abandon(out: Path, target: Path, keep_on_error: Callable[[Path], bool], existed: bool) -> None:
-    """After a failure: keep a resumable new output, else remove it (a folder that existed, empty,
-    is emptied, not removed); bring back an old one."""
-    if target != out:  # beside: the old output never moved
-        if not keep_on_error(target):
-            shutil.rmtree(target.parent, ignore_errors=True)
-        else:
-            log.warning("'%s' is untouched; the unfinished new one waits in '%s': --resume continues it", out, target)
-        return
+def _abandon(out: Path, target: Path, keep_on_error: Callable[[Path], bool], existed: bool, fresh: bool) -> None:
+    """After a failure: a folder this call created is removed unless worth resuming (a folder that
+    existed, empty, is emptied, not removed), and always when the old output waits aside, which
+    then comes back. A resumed folder is never removed."""
     aside = aside_path(out)
-    if aside.is_dir() or not keep_on_error(out):
-        shutil.rmtree(out, ignore_errors=True)
+    if fresh and (aside.is_dir() or not keep_on_error(target)):
+        shutil.rmtree(target.parent if target != out else out, ignore_errors=True)
+        if target == out and existed and not aside.is_dir():
+            out.mkdir(exist_ok=True)
+    elif target != out:
+        log.warning("'%s' is untouched; the unfinished new one waits in '%s': --resume continues it", out, target)
     if aside.is_dir():
         os.replace(aside, out)
-    elif existed:
-        out.mkdir(exist_ok=True)
 
 
 def _swap_in(out: Path, target: Path) -> None:
