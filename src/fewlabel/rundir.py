@@ -133,7 +133,7 @@ FILES: tuple[Entry, ...] = (
     Entry(
         STATE_WEIGHTS,
         "run",
-        "engine, after every finished fit",
+        "engine, from state.pt, when a message names it (a NaN loss, a refused --resume)",
         "--pretrained of a new run (after a NaN loss, or to change a setting)",
         "the network's weights after the last finished fit (safetensors)",
     ),

@@ -19,12 +19,10 @@ from .errors import FewlabelError
 from .methods import get_method, load_object
 from .models import ModelCard, save_model_files
 from .outputs import input_paths, output_folder
-from .report import write_report
 from .rundir import (
     CONFIG,
     ROBUSTNESS,
     RUN_OUTPUT,
-    STATE_WEIGHTS,
     WEIGHTS,
     has_checkpoint,
     has_model,
@@ -39,7 +37,7 @@ from .rundir import (
 from .tasks import get_task
 from .tasks.base import DataBundle, RunContext
 from .train.callbacks import best_of_many_margin
-from .train.engine import Engine, check_logger_available, run_identity
+from .train.engine import Engine, check_logger_available, finished_fit_weights, run_identity
 
 log = logging.getLogger("fewlabel")
 REFIT_BELOW = 50  # labelled images per class under which a held-out fifth is worth taking back
@@ -93,7 +91,7 @@ def run_training(
             }
             if is_rank_zero():
                 write_metrics(run_dir, metrics)
-                write_report(run_dir)
+                finish(run_dir)
     if is_rank_zero() and cfg.logger == "mlflow":
         track_in_mlflow(out, cfg, seeds)
     return TrainResult(out, metrics, cfg)
@@ -114,10 +112,11 @@ def check_resumed_config(run_dir: Path, cfg: TrainConfig) -> None:
         )
     changes = config_changes(previous, cfg)
     if changes:
-        weights = run_dir / (WEIGHTS if has_model(run_dir) else STATE_WEIGHTS)
+        weights = run_dir / WEIGHTS if has_model(run_dir) else finished_fit_weights(run_dir)
+        start = f" from its weights with --pretrained {weights}" if weights is not None else ""
         raise FewlabelError(
             f"--resume: '{run_dir}' was started with another config ({changes}); resume with its own settings, or "
-            f"start a new --out from its weights with --pretrained {weights}."
+            f"start a new --out{start}."
         )
 
 
@@ -182,7 +181,7 @@ def train_one_seed(
         if robustness:
             write_record(run_dir, ROBUSTNESS, robustness | {"eval_data": data.eval_name})
         write_metrics(run_dir, metrics)
-        write_report(run_dir)
+        finish(run_dir)
     return metrics
 
 
@@ -285,6 +284,13 @@ def model_selection(engine: Engine, cfg: TrainConfig, task, val_images: int) -> 
         "val_images": val_images,
         "margin": margin,
     }
+
+
+def finish(run_dir: Path) -> None:
+    """Write the run's report (imported here: reading a run needs none of the training code)."""
+    from .report import write_report
+
+    write_report(run_dir)
 
 
 def track_in_mlflow(out: Path, cfg: TrainConfig, seeds: list[int]) -> None:

@@ -139,6 +139,17 @@ def save_torch(obj: dict, path: Path) -> None:
         torch.save(obj, handle)
 
 
+def finished_fit_weights(run_dir: Path) -> Path | None:
+    """checkpoints/weights.safetensors, the network after the last finished fit for a new run's
+    --pretrained: written from state.pt when a message names it (a NaN loss, a refused resume),
+    not after every fit (state.pt already holds them). None when no fit finished."""
+    try:
+        weights = torch.load(run_dir / STATE, map_location="cpu", weights_only=True)["weights"]
+    except Exception:  # none yet, or unreadable: nothing to start from
+        return None
+    return write_tensors(run_dir / STATE_WEIGHTS, weights)
+
+
 def run_identity(cfg: TrainConfig, class_names: list[str] | None) -> dict:
     """What a checkpoint must share with the run that resumes it: the architecture, the class
     names, and a hash of every setting that shapes the weights (all but those free on resume)."""
@@ -320,9 +331,10 @@ class Engine:
 
     def _what_is_saved(self) -> str:
         """After a failed fit: which checkpoints exist, and how to train again with other settings."""
-        saved = [p for p in (LAST_CHECKPOINT, STATE_WEIGHTS) if (self.run_dir / p).is_file()]
-        kept = f"Kept: {', '.join(str(self.run_dir / p) for p in saved)}." if saved else "No checkpoint was kept."
-        start = f" --pretrained {self.run_dir / STATE_WEIGHTS}" if STATE_WEIGHTS in saved else ""
+        weights = finished_fit_weights(self.run_dir)
+        saved = [str(p) for p in (self.run_dir / LAST_CHECKPOINT, weights) if p is not None and p.is_file()]
+        kept = f"Kept: {', '.join(saved)}." if saved else "No checkpoint was kept."
+        start = f" --pretrained {weights}" if weights is not None else ""
         return f"{kept} To retry with a lower --lr, start a new --out{start} (--resume keeps the run's settings)."
 
     def _resume_checkpoint(self, name: str) -> Path | None:
@@ -344,7 +356,6 @@ class Engine:
             IDENTITY_KEY: json.dumps(self.identity),
         }
         atomic_write(self.run_dir / STATE, lambda tmp: save_torch(state, tmp))
-        write_tensors(self.run_dir / STATE_WEIGHTS, state["weights"])
 
     def _trainer(self, name: str, index: int, epochs: int, fit: Fit, meter: Throughput, checkpoints: bool) -> L.Trainer:
         """The fit's Trainer. A fit on cached features (seconds long) writes no per-epoch
