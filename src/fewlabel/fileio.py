@@ -27,8 +27,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-TEMPORARY_PATTERN = ".*.tmp"  # what atomic_write's temporary files are called (".NAME.XXXXXXXX.tmp")
-_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # exactly mkstemp's names, so no one else's file matches
+_TEMPORARY_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # atomic_write's (mkstemp's) names: ".NAME.XXXXXXXX.tmp"
 # what torch's and Lightning's writers raise (RuntimeError) when the disk fills under them
 _SHORT_WRITE_MARKS = ("inline_container", "iostream", "file write failed", "unexpected pos")
 
@@ -78,11 +77,15 @@ def _fsync(path: str | Path) -> None:
         os.close(fd)
 
 
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` is one of atomic_write's temporary files (and no one else's)."""
+    return _TEMPORARY_NAME.fullmatch(name) is not None
+
+
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Remove the temporary files interrupted writes left under ``folder`` (its own kind of
     file, nothing else); returns them."""
-    found = Path(folder).rglob(TEMPORARY_PATTERN)
-    stale = [p for p in found if p.is_file() and _TEMPORARY_NAME.fullmatch(p.name)]
+    stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file() and is_temporary_name(p.name)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import logging
 import os
 import shutil
@@ -32,7 +31,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .errors import FewlabelError
-from .fileio import TEMPORARY_PATTERN, remove_stale_temporaries, write_json
+from .fileio import is_temporary_name, read_json, remove_stale_temporaries, write_json
 
 log = logging.getLogger("fewlabel")
 MARKER = ".fewlabel.json"  # {"kind", "version", "complete", "entries"}: this folder is fewlabel's output
@@ -80,9 +79,11 @@ def aside_path(out: Path) -> Path:
 
 def read_marker(folder: Path) -> dict | None:
     """The folder's marker, or None when it has none (or an unreadable one)."""
+    if not (folder / MARKER).is_file():
+        return None
     try:
-        return json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(folder / MARKER)
+    except FewlabelError:
         return None
 
 
@@ -106,8 +107,12 @@ def is_output_of(folder: Path, kind: str) -> bool:
 def foreign_entries(folder: Path, kind: str) -> list[str]:
     """Top-level entries of ``folder`` that fewlabel's ``kind`` does not write (sorted)."""
     marker = read_marker(folder) or {}
-    known = (*_kind(kind).entries, *marker.get("entries", ()), MARKER, TEMPORARY_PATTERN)
-    return sorted(p.name for p in folder.iterdir() if not any(fnmatch.fnmatch(p.name, k) for k in known))
+    known = (*_kind(kind).entries, *marker.get("entries", ()), MARKER)
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if not (is_temporary_name(p.name) or any(fnmatch.fnmatch(p.name, k) for k in known))
+    )
 
 
 def _holds_files(folder: Path) -> bool:
@@ -144,20 +149,24 @@ def input_paths(values: Iterable) -> list[Path]:
     return found
 
 
+def not_own(folder: Path, kind: str) -> str | None:
+    """Why ``folder`` is not fewlabel's output of ``kind`` alone (None when it is): what it holds."""
+    if not is_output_of(folder, kind):
+        other = (read_marker(folder) or {}).get("kind")
+        if other:
+            return f"holds fewlabel's {other} output, not a {kind}"
+        shown = sorted(p.name for p in folder.iterdir())
+        more = f" and {len(shown) - 5} more" if len(shown) > 5 else ""
+        return f"was not written by fewlabel ({', '.join(shown[:5])}{more})"
+    foreign = foreign_entries(folder, kind)
+    return f"holds files fewlabel did not write ({', '.join(foreign[:5])})" if foreign else None
+
+
 def _check_replaceable(out: Path, kind: str) -> None:
     """Refuse to overwrite a folder that is not fewlabel's output of ``kind`` or holds more."""
-    if not is_output_of(out, kind):
-        shown = sorted(p.name for p in out.iterdir())
-        listing = ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
-        other = (read_marker(out) or {}).get("kind")
-        what = f"holds fewlabel's {other} output, not a {kind}" if other else f"was not written by fewlabel ({listing})"
-        raise FewlabelError(f"--overwrite: '{out}' {what}; choose another --out folder or remove it yourself.")
-    foreign = foreign_entries(out, kind)
-    if foreign:
-        raise FewlabelError(
-            f"--overwrite: '{out}' holds files fewlabel did not write ({', '.join(foreign[:5])}); "
-            "move them out first or choose another --out folder."
-        )
+    reason = not_own(out, kind)
+    if reason:
+        raise FewlabelError(f"--overwrite: '{out}' {reason}; move those out or choose another --out folder.")
 
 
 def recover(out: Path, kind: str, resume: bool = False) -> None:
@@ -199,10 +208,11 @@ def _remove_own(folder: Path, kind: str) -> None:
 
 
 def _check_own(folder: Path, kind: str) -> None:
-    if not is_output_of(folder, kind) or foreign_entries(folder, kind):
+    reason = not_own(folder, kind)
+    if reason:
         raise FewlabelError(
-            f"'{folder}' is in the way of an interrupted overwrite but is not fewlabel's {kind} output alone; "
-            "move it away and rerun."
+            f"'{folder}' is in the way of an interrupted overwrite but is not fewlabel's {kind} output alone "
+            f"(it {reason}); move it away and rerun."
         )
 
 
