@@ -263,3 +263,14 @@ def test_listening_off_loopback_warns_and_sets_the_host_list(trained, monkeypatc
     with caplog.at_level("WARNING", logger="fewlabel"):
         serve_module.serve(trained / "run", host="127.0.0.1", port=8765)
     assert "not loopback" not in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["P", "1", "L", "LA", "RGBA", "I;16", "I", "F", "CMYK"])
+def test_reduced_decoding_takes_every_mode(mode):
+    """Every mode a full-size decode takes also decodes at reduced size, to the same channels."""
+    from fewlabel.data.images import decode_image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (900, 700)).save(buffer, format="TIFF" if mode in ("LA", "I;16", "I", "F", "CMYK") else "PNG")
+    full, reduced = decode_image(buffer.getvalue()), decode_image(buffer.getvalue(), min_side=224)
+    assert reduced.shape[0] == full.shape[0] and min(reduced.shape[1:]) >= 224

@@ -66,11 +66,15 @@ def _shrink_while_decoding(img: Image.Image, min_side: int) -> None:
         img.draft(img.mode, (math.ceil(width * scale), math.ceil(height * scale)))
 
 
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA", "CMYK", "I", "F")  # what Image.reduce takes (not P, 1, I;16)
+
+
 def _reduced(img: Image.Image, min_side: int) -> Image.Image:
     """A decoded image shrunk by a whole factor (box average) while its shorter side stays at
-    least ``min_side``: later steps (mode conversion, resizing) then work on the small copy."""
+    least ``min_side``: later steps (mode conversion, resizing) then work on the small copy.
+    Palette, 1-bit and 16-bit images stay at full size (Pillow cannot reduce them)."""
     factor = min(img.size) // min_side
-    return img.reduce(factor) if factor >= 2 else img
+    return img.reduce(factor) if factor >= 2 and img.mode in _REDUCIBLE_MODES else img
 
 
 def decode_image(
